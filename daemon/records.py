@@ -1,0 +1,110 @@
+"""The values that flow between pipeline stages."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+
+from birdd.engines.labels import Species
+
+Channel = Union[int, str]
+"""A channel index, or ``"mix"`` for the downmix of all channels."""
+
+
+@dataclass(frozen=True)
+class StreamClock:
+    """Maps a sample index at ``sample_rate`` to UTC; ``origin`` says where the time came from."""
+
+    start: datetime
+    sample_rate: int
+    origin: str
+
+    def utc(self, sample: int) -> datetime:
+        return self.start + timedelta(seconds=sample / self.sample_rate)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A model-sized slice of one stream; ``valid`` < len(samples) when zero-padded at the end."""
+
+    index: int
+    start_sample: int
+    samples: np.ndarray
+    valid: int
+    source: str
+    channel: Channel
+
+
+@dataclass(frozen=True)
+class ScoredWindow:
+    """A window's raw model outputs (logits or probabilities, one per class)."""
+
+    window: Window
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One species heard over ``[offset_start, offset_end)`` seconds of a stream."""
+
+    id: str
+    species: Species
+    species_index: int
+    confidence: float
+    offset_start: float
+    offset_end: float
+    start: datetime
+    end: datetime
+    source: str
+    channel: Channel
+    station: str
+    model: Dict[str, str]
+    windows: int = 1
+
+    def to_record(self) -> Dict[str, Any]:
+        """The JSON record printed as jsonl, stored in SQLite and published over MQTT."""
+        return {
+            "id": self.id,
+            "station": self.station,
+            "source": self.source,
+            "channel": self.channel,
+            "offset_start": round(self.offset_start, 3),
+            "offset_end": round(self.offset_end, 3),
+            "start": iso_utc(self.start),
+            "end": iso_utc(self.end),
+            "species": {
+                "scientific": self.species.scientific,
+                "common": self.species.common,
+                "code": self.species.code,
+            },
+            "is_bird": self.species.is_bird,
+            "confidence": round(self.confidence, 4),
+            "windows": self.windows,
+            "model": dict(self.model),
+        }
+
+
+def new_detection_id() -> str:
+    """A random, globally unique id that every sink and every re-send carries unchanged."""
+    return uuid.uuid4().hex
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a ``Z``: ``2024-05-02T04:00:03.000Z``."""
+    utc = moment.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def parse_iso_utc(text: str) -> Optional[datetime]:
+    """Parse what ``iso_utc`` writes (and other ISO 8601 forms); None when it is not a time."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)

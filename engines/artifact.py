@@ -1,0 +1,155 @@
+"""The model artifact contract: an engine file plus a sidecar JSON that describes it.
+
+``training`` writes artifacts, ``daemon`` reads them, and both go through this module. The
+sidecar sits beside the model file with the same stem (``model.tflite`` → ``model.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .errors import ModelArtifactError
+from .labels import Species
+
+SIDECAR_SCHEMA = "birdd.model/1"
+FORMATS = ("tflite", "onnx", "tensorrt")
+ACTIVATIONS = ("sigmoid", "none")
+KINDS = ("classifier", "location")
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A validated model file and what its sidecar says about it."""
+
+    path: Path
+    name: str
+    version: str
+    format: str
+    sha256: str
+    kind: str
+    species: List[Species]
+    activation: str
+    sample_rate: int = 0
+    window_samples: int = 0
+    input_name: str = ""
+    licence: str = ""
+    source: str = ""
+    outputs: Dict[str, Any] = field(default_factory=dict)
+    frontend: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window_s(self) -> float:
+        return self.window_samples / self.sample_rate if self.sample_rate else 0.0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.species)
+
+    def identity(self) -> Dict[str, str]:
+        """The model block carried by every detection record."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_sidecar(model_path: Path, meta: Dict[str, Any], species: List[Species]) -> Path:
+    """Write the sidecar for ``model_path``; the file hash is computed here, never trusted."""
+    body = dict(meta)
+    body.update(
+        schema=SIDECAR_SCHEMA,
+        file=model_path.name,
+        sha256=file_sha256(model_path),
+        classes=[sp.to_json() for sp in species],
+    )
+    target = sidecar_path(model_path)
+    target.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    return target
+
+
+def load_artifact(model_path: "Path | str", verify_hash: bool = True) -> ModelArtifact:
+    """Read and check a model file's sidecar; every failure is one line naming the fix."""
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        raise ModelArtifactError(f"model path {path} is a directory: name the model file inside it")
+    if not path.is_file():
+        raise ModelArtifactError(
+            f"model file {path} not found: run 'birdd models install birdnet' or fix model.path"
+        )
+    meta = _read_sidecar(path)
+    artifact = _artifact_from_meta(path, meta)
+    if verify_hash:
+        actual = file_sha256(path)
+        if actual != artifact.sha256:
+            raise ModelArtifactError(
+                f"model file {path} does not match its sidecar (sha256 {actual[:12]}… != "
+                f"{artifact.sha256[:12]}…): reinstall it with 'birdd models install'"
+            )
+    return artifact
+
+
+def _read_sidecar(path: Path) -> Dict[str, Any]:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise ModelArtifactError(
+            f"model {path} has no sidecar {side.name}: every model needs one (see docs/models.md)"
+        )
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelArtifactError(f"sidecar {side} is not valid JSON ({exc}): reinstall the model")
+    if not isinstance(meta, dict) or meta.get("schema") != SIDECAR_SCHEMA:
+        raise ModelArtifactError(f"sidecar {side} is not a {SIDECAR_SCHEMA} document")
+    return meta
+
+
+def _choice(meta: Dict[str, Any], key: str, allowed: "tuple[str, ...]", side: str) -> str:
+    value = meta.get(key)
+    if value not in allowed:
+        raise ModelArtifactError(f"sidecar {side}: {key}={value!r}, allowed: {', '.join(allowed)}")
+    return value
+
+
+def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
+    side = sidecar_path(path).name
+    try:
+        species = [Species(**entry) for entry in meta["classes"]]
+        kind = _choice(meta, "kind", KINDS, side)
+        artifact = ModelArtifact(
+            path=path,
+            name=str(meta["name"]),
+            version=str(meta["version"]),
+            format=_choice(meta, "format", FORMATS, side),
+            sha256=str(meta["sha256"]),
+            kind=kind,
+            species=species,
+            activation=_choice(meta, "activation", ACTIVATIONS, side),
+            sample_rate=int(meta.get("sample_rate", 0)),
+            window_samples=int(meta.get("window_samples", 0)),
+            input_name=str(meta.get("input_name", "")),
+            licence=str(meta.get("licence", "")),
+            source=str(meta.get("source", "")),
+            outputs=dict(meta.get("outputs", {})),
+            frontend=dict(meta.get("frontend", {})),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelArtifactError(f"sidecar {side} is incomplete or malformed ({exc!r})")
+    if kind == "classifier" and (artifact.sample_rate <= 0 or artifact.window_samples <= 0):
+        raise ModelArtifactError(f"sidecar {side}: a classifier needs sample_rate and window_samples")
+    if not species:
+        raise ModelArtifactError(f"sidecar {side} lists no classes")
+    return artifact
+

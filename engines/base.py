@@ -1,0 +1,85 @@
+"""The engine interface every backend implements, and the config fields they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .artifact import ModelArtifact
+from .errors import EngineError
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What an engine eats: mono float32 windows of ``window_samples`` at ``sample_rate``."""
+
+    sample_rate: int
+    window_samples: int
+    max_batch: int
+
+    @property
+    def window_s(self) -> float:
+        return self.window_samples / self.sample_rate
+
+
+class EngineConfig(BaseModel):
+    """Fields every engine has; each backend subclasses this with a ``type`` literal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "birdnet",
+        description="Model file (with its sidecar JSON beside it) or the name of an installed "
+        "model: 'birdnet' is BirdNET V2.4 installed by 'birdd models install birdnet'.",
+    )
+    batch_size: int = Field(
+        8, ge=1, le=256, description="Windows scored per engine call (one fixed size)."
+    )
+
+
+class Engine(ABC):
+    """A loaded model that turns a batch of audio windows into class scores.
+
+    ``predict`` returns the model's raw output per class (logits when the sidecar says
+    ``activation: sigmoid``); post-processing applies the activation and the sensitivity.
+    """
+
+    type: ClassVar[str]
+    config_class: ClassVar["type[EngineConfig]"]
+
+    def __init__(self, config: EngineConfig, artifact: ModelArtifact) -> None:
+        self.config = config
+        self.artifact = artifact
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(
+            self.artifact.sample_rate, self.artifact.window_samples, self.config.batch_size
+        )
+
+    @abstractmethod
+    def load(self) -> None:
+        """Import the runtime and prepare the model; raise EngineError on any failure."""
+
+    @abstractmethod
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Score ``float32[B, window_samples]`` with B ≤ max_batch; return ``float32[B, C]``."""
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Return ``float32[B, D]`` embeddings; engines whose model has none raise EngineError."""
+        raise EngineError(f"model {self.artifact.name} on engine {self.type} has no embeddings")
+
+    def close(self) -> None:
+        """Release the runtime's resources."""
+
+    def _check_batch(self, batch: np.ndarray) -> Optional[str]:
+        spec = self.input_spec
+        if batch.ndim != 2 or batch.shape[1] != spec.window_samples:
+            return f"batch shape {batch.shape} != (B, {spec.window_samples})"
+        if batch.shape[0] > spec.max_batch:
+            return f"batch of {batch.shape[0]} > batch_size {spec.max_batch}"
+        return None

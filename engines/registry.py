@@ -1,0 +1,62 @@
+"""The one place engines are registered: built-ins here, third parties via entry points.
+
+A third-party package registers an ``Engine`` subclass (with ``type`` and ``config_class``)
+under the entry-point group ``birdd.engines``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Dict, Type
+
+from .artifact import load_artifact
+from .base import Engine, EngineConfig
+from .errors import EngineError
+from .modeldir import resolve_model
+from .tflite import TFLiteEngine
+
+ENTRY_POINT_GROUP = "birdd.engines"
+BUILTIN_ENGINES: Dict[str, Type[Engine]] = {TFLiteEngine.type: TFLiteEngine}
+
+
+def _entry_point_engines() -> Dict[str, Type[Engine]]:
+    if sys.version_info >= (3, 10):
+        from importlib.metadata import entry_points
+
+        points = entry_points(group=ENTRY_POINT_GROUP)
+    else:  # pragma: no cover - Python 3.8/3.9 API
+        from importlib.metadata import entry_points
+
+        points = entry_points().get(ENTRY_POINT_GROUP, [])
+    found = {}
+    for point in points:
+        engine = point.load()
+        found[engine.type] = engine
+    return found
+
+
+def engine_classes() -> Dict[str, Type[Engine]]:
+    engines = dict(_entry_point_engines())
+    engines.update(BUILTIN_ENGINES)
+    return engines
+
+
+def engine_config_classes() -> "list[Type[EngineConfig]]":
+    return [engine.config_class for engine in engine_classes().values()]
+
+
+def create_engine(config: EngineConfig) -> Engine:
+    """Resolve the model, check its artifact, construct and load the configured engine."""
+    engine_type = getattr(config, "type", None)
+    engine_class = engine_classes().get(engine_type)
+    if engine_class is None:
+        raise EngineError(f"unknown engine type {engine_type!r}: see 'birdd engines'")
+    artifact = load_artifact(resolve_model(config.model, engine_type))
+    if artifact.format != engine_type:
+        raise EngineError(
+            f"model {artifact.path.name} is a {artifact.format} model but engine.type is "
+            f"{engine_type}: choose engine.type {artifact.format} or another model"
+        )
+    engine = engine_class(config, artifact)
+    engine.load()
+    return engine

@@ -1,0 +1,1 @@
+"""Offline training: classifier heads on BirdNET embeddings, distillation, export (later issues)."""
