@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from .errors import ModelArtifactError
 from .labels import Species
@@ -80,7 +80,7 @@ def write_sidecar(model_path: Path, meta: Dict[str, Any], species: List[Species]
     return target
 
 
-def load_artifact(model_path: "Path | str", verify_hash: bool = True) -> ModelArtifact:
+def load_artifact(model_path: Path | str, verify_hash: bool = True) -> ModelArtifact:
     """Read and check a model file's sidecar; every failure is one line naming the fix."""
     path = Path(model_path).expanduser()
     if path.is_dir():
@@ -110,13 +110,15 @@ def _read_sidecar(path: Path) -> Dict[str, Any]:
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelArtifactError(f"sidecar {side} is not valid JSON ({exc}): reinstall the model")
+        raise ModelArtifactError(
+            f"sidecar {side} is not valid JSON ({exc}): reinstall the model"
+        ) from None
     if not isinstance(meta, dict) or meta.get("schema") != SIDECAR_SCHEMA:
         raise ModelArtifactError(f"sidecar {side} is not a {SIDECAR_SCHEMA} document")
     return meta
 
 
-def _choice(meta: Dict[str, Any], key: str, allowed: "tuple[str, ...]", side: str) -> str:
+def _choice(meta: Dict[str, Any], key: str, allowed: Tuple[str, ...], side: str) -> str:
     value = meta.get(key)
     if value not in allowed:
         raise ModelArtifactError(f"sidecar {side}: {key}={value!r}, allowed: {', '.join(allowed)}")
@@ -146,10 +148,11 @@ def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
             frontend=dict(meta.get("frontend", {})),
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelArtifactError(f"sidecar {side} is incomplete or malformed ({exc!r})")
+        raise ModelArtifactError(f"sidecar {side} is incomplete or malformed ({exc!r})") from None
     if kind == "classifier" and (artifact.sample_rate <= 0 or artifact.window_samples <= 0):
-        raise ModelArtifactError(f"sidecar {side}: a classifier needs sample_rate and window_samples")
+        raise ModelArtifactError(
+            f"sidecar {side}: a classifier needs sample_rate and window_samples"
+        )
     if not species:
         raise ModelArtifactError(f"sidecar {side} lists no classes")
     return artifact
-

@@ -49,7 +49,7 @@ class Engine(ABC):
     """
 
     type: ClassVar[str]
-    config_class: ClassVar["type[EngineConfig]"]
+    config_class: ClassVar[type[EngineConfig]]
 
     def __init__(self, config: EngineConfig, artifact: ModelArtifact) -> None:
         self.config = config

@@ -1,9 +1,9 @@
-"""Class labels of a model: scientific and common names, species codes and the bird / non-bird tag."""
+"""Class labels of a model: scientific and common names, species codes, the bird/non-bird tag."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Species:
         }
 
 
-def split_label(label: str) -> "tuple[str, str]":
+def split_label(label: str) -> Tuple[str, str]:
     """Split ``Scientific name_Common name``; a label without ``_`` names both parts the same."""
     scientific, _, common = label.strip().partition("_")
     return scientific, common or scientific

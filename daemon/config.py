@@ -1,0 +1,193 @@
+"""The daemon's configuration: pydantic models, YAML loading and one-line error reports.
+
+``config.yaml`` at the repository root is the documented reference; every field here carries a
+description, so ``birdd config-schema`` prints the same documentation.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Type, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from typing_extensions import Annotated
+
+from birdd.engines.modeldir import data_dir
+from birdd.engines.registry import engine_config_classes
+from birdd.engines.tflite import TFLiteConfig
+
+from .postprocess import PostprocessConfig
+
+STATION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StationConfig(Strict):
+    id: str = Field(
+        "birdd", description="Station name carried by every detection (and MQTT topics)."
+    )
+    lat: Optional[float] = Field(None, ge=-90, le=90, description="Station latitude (decimal °).")
+    lon: Optional[float] = Field(
+        None, ge=-180, le=180, description="Station longitude (decimal °)."
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_topic_safe(cls, value: str) -> str:
+        if not STATION_ID.match(value):
+            raise ValueError("use 1-64 letters, digits, '_', '.' or '-' (it becomes an MQTT topic)")
+        return value
+
+
+class AudioConfig(Strict):
+    channels: Union[int, str] = Field(
+        "mix", description="'mix' to analyse the downmix of all channels, or a channel index."
+    )
+    block_s: float = Field(
+        0.5, gt=0.01, le=5, description="Seconds of audio read and resampled per block."
+    )
+    ring_buffer_s: float = Field(
+        120, ge=10, le=3600, description="Capacity of the ring buffer between capture and windows."
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: Union[int, str]) -> Union[int, str]:
+        if value == "mix" or (isinstance(value, int) and value >= 0):
+            return value
+        raise ValueError("allowed: 'mix' or a channel index 0, 1, …")
+
+
+class WindowConfig(Strict):
+    overlap_s: float = Field(
+        0.0, ge=0, description="Overlap of consecutive windows in seconds (hop = window − overlap)."
+    )
+
+
+class StorageConfig(Strict):
+    db: Path = Field(
+        default_factory=lambda: data_dir() / "birdd.sqlite",
+        description="SQLite database, the source of truth for detections.",
+    )
+
+    @field_validator("db")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+class OutputConfig(Strict):
+    format: str = Field("table", description="Simulate-mode output: table, jsonl, csv or raven.")
+    path: Optional[Path] = Field(None, description="Write the output to this file, not stdout.")
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in OUTPUT_FORMATS:
+            raise ValueError(f"allowed: {', '.join(OUTPUT_FORMATS)}")
+        return value
+
+
+OUTPUT_FORMATS = ("table", "jsonl", "csv", "raven")
+
+
+def _engine_field() -> Any:
+    classes = engine_config_classes()
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[tuple(classes)], Field(discriminator="type")]
+
+
+def _build_config_model() -> Type[BaseModel]:
+    """The top-level model; the engine union is built from the engine registry at import."""
+    return create_model(
+        "BirddConfig",
+        __config__=ConfigDict(extra="forbid"),
+        station=(StationConfig, Field(default_factory=StationConfig)),
+        audio=(AudioConfig, Field(default_factory=AudioConfig)),
+        engine=(_engine_field(), Field(default_factory=TFLiteConfig)),
+        windows=(WindowConfig, Field(default_factory=WindowConfig)),
+        postprocess=(PostprocessConfig, Field(default_factory=PostprocessConfig)),
+        storage=(StorageConfig, Field(default_factory=StorageConfig)),
+        output=(OutputConfig, Field(default_factory=OutputConfig)),
+    )
+
+
+BirddConfig = _build_config_model()
+
+
+class ConfigError(ValueError):
+    """An invalid config; ``lines`` holds one ``key path | value | message`` per problem."""
+
+    def __init__(self, source: str, lines: List[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(lines))
+        self.source = source
+        self.lines = lines
+
+
+def format_validation_error(error: ValidationError) -> List[str]:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        value = item.get("input")
+        shown = "(missing)" if item["type"] == "missing" else repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        message = item["msg"].replace("Value error, ", "")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key: remove it or check its spelling against config.yaml"
+        lines.append(f"{path} | {shown} | {message}")
+    return lines
+
+
+def read_yaml(path: Path) -> Dict[str, Any]:
+    """Read a config file into a dict; problems with the file itself are a ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"(file) | {str(path)!r} | cannot read it: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "?"
+        problem = f"(yaml) | {where} | not valid YAML: {exc}".splitlines()[0]
+        raise ConfigError(str(path), [problem]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [f"(top level) | {type(data).__name__} | must be a mapping"])
+    return data
+
+
+def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating the levels; used for command-line overrides."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(data: Dict[str, Any], source: str = "config") -> Any:
+    try:
+        return BirddConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from None
+
+
+def load_config(path: Optional[Path], overrides: Optional[Dict[str, Any]] = None) -> Any:
+    """Load ``path`` (or defaults when None), apply dotted-key overrides, and validate."""
+    data = read_yaml(path) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        set_path(data, key, value)
+    return build_config(data, str(path) if path else "command line")

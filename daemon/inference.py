@@ -1,0 +1,63 @@
+"""The inference stage: collects windows into batches and scores them with the engine."""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Callable, List
+
+import numpy as np
+
+from birdd.engines.base import Engine
+
+from .records import ScoredWindow, Window
+
+END_OF_STREAM = None
+
+
+def next_batch(windows: queue.Queue, size: int) -> List[Window]:
+    """Wait for one window, then take what is already queued, up to ``size``.
+
+    Returns an empty list at the end of the stream. Never waits for a batch to fill: in live
+    mode a window is scored as soon as it exists; in simulate mode the queue is full anyway.
+    """
+    first = windows.get()
+    if first is END_OF_STREAM:
+        return []
+    batch = [first]
+    while len(batch) < size:
+        try:
+            item = windows.get_nowait()
+        except queue.Empty:
+            break
+        if item is END_OF_STREAM:
+            windows.put(END_OF_STREAM)  # seen again on the next call, which then ends
+            break
+        batch.append(item)
+    return batch
+
+
+class InferenceStage:
+    """Scores batches of windows; ``engine_seconds`` is the time spent inside the engine."""
+
+    def __init__(self, engine: Engine, on_scored: Callable[[List[ScoredWindow]], None]) -> None:
+        self.engine = engine
+        self.on_scored = on_scored
+        self.batch_size = engine.input_spec.max_batch
+        self.engine_seconds = 0.0
+        self.windows_scored = 0
+
+    def run(self, windows: queue.Queue) -> None:
+        while True:
+            batch = next_batch(windows, self.batch_size)
+            if not batch:
+                return
+            self.on_scored(self.score(batch))
+
+    def score(self, batch: List[Window]) -> List[ScoredWindow]:
+        stacked = np.stack([window.samples for window in batch])
+        began = time.perf_counter()
+        scores = self.engine.predict(stacked)
+        self.engine_seconds += time.perf_counter() - began
+        self.windows_scored += len(batch)
+        return [ScoredWindow(window, row) for window, row in zip(batch, scores)]

@@ -1,0 +1,159 @@
+"""The post-processing stage: scored windows in, detection events out."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from birdd.engines.artifact import ModelArtifact
+from birdd.engines.errors import EngineError
+from birdd.engines.location import LocationModel, location_model_beside
+
+from ..records import Channel, Detection, ScoredWindow, StreamClock, new_detection_id
+from .config import PostprocessConfig
+from .errors import PostprocessError
+from .events import Event, EventTracker
+from .location_filter import LocationFilter
+from .scoring import confidences
+from .selection import NEVER_REPORTED, select_classes
+
+StreamKey = Tuple[str, Channel]
+
+
+class PostProcessor:
+    """Applies activation and sensitivity, class thresholds and filters, and turns detecting
+    windows into events, kept apart per (source, channel).
+
+    ``location_mask`` (bool per class) replaces the location model: when it is None and
+    ``config.location`` is set, the location model installed beside the classifier is loaded.
+    """
+
+    def __init__(
+        self,
+        config: PostprocessConfig,
+        artifact: ModelArtifact,
+        station: str,
+        clock: StreamClock,
+        live: bool,
+        location_mask: Optional[np.ndarray] = None,
+    ) -> None:
+        self._config = config
+        self._artifact = artifact
+        self._model_identity = artifact.identity()
+        self._station = station
+        self._clock = clock
+        self._live = live
+        selection = select_classes(config, artifact.species, live)
+        self._named = selection.named
+        self._thresholds = selection.thresholds
+        self._location: Optional[LocationFilter] = None
+        if location_mask is not None:
+            self._thresholds = self._masked(self._checked_mask(location_mask))
+        elif config.location is not None:
+            self._location = LocationFilter(
+                config.location, self._location_model(), artifact.species
+            )
+        self._week: Optional[int] = None
+        self._week_thresholds = self._thresholds
+        self._trackers: Dict[StreamKey, EventTracker] = {}
+
+    def process(self, scored: ScoredWindow) -> List[Detection]:
+        """Score one window; return the events it closed (by start, then confidence desc)."""
+        window = scored.window
+        if scored.scores.shape != (self._artifact.num_classes,):
+            raise PostprocessError(
+                f"scores of shape {scored.scores.shape} for a model with "
+                f"{self._artifact.num_classes} classes"
+            )
+        conf = confidences(scored.scores, self._artifact.activation, self._config.sensitivity)
+        classes = np.flatnonzero(conf >= self._thresholds_at(window.start_sample))
+        tracker = self._tracker((window.source, window.channel))
+        end = window.start_sample + window.valid
+        events = tracker.update(window.start_sample, end, classes, conf[classes])
+        return self._detections(events, window.source, window.channel)
+
+    def flush(self) -> List[Detection]:
+        """End of stream: report every event still open."""
+        detections: List[Detection] = []
+        for (source, channel), tracker in self._trackers.items():
+            detections += self._detections(tracker.flush(), source, channel)
+        return sorted(detections, key=_report_order)
+
+    def _location_model(self) -> LocationModel:
+        path = location_model_beside(self._artifact.path)
+        if path is None:
+            raise PostprocessError(
+                f"postprocess.location: model {self._artifact.name} has no location model "
+                "beside it: remove postprocess.location or install 'birdd models install birdnet'"
+            )
+        try:
+            return LocationModel(path)
+        except EngineError as exc:
+            raise PostprocessError(f"postprocess.location: {exc}") from exc
+
+    def _checked_mask(self, mask: np.ndarray) -> np.ndarray:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self._artifact.num_classes,):
+            raise PostprocessError(
+                f"location mask of shape {mask.shape} for a model with "
+                f"{self._artifact.num_classes} classes"
+            )
+        return mask
+
+    def _masked(self, location_mask: np.ndarray) -> np.ndarray:
+        """Thresholds with the classes the location drops (and include does not name) removed."""
+        return np.where(location_mask | self._named, self._thresholds, NEVER_REPORTED).astype(
+            np.float32
+        )
+
+    def _thresholds_at(self, sample: int) -> np.ndarray:
+        if self._location is None:
+            return self._thresholds
+        week = self._location.week_of(self._clock.utc(sample))
+        if week != self._week:
+            self._week = week
+            self._week_thresholds = self._masked(self._location.mask(week))
+        return self._week_thresholds
+
+    def _tracker(self, key: StreamKey) -> EventTracker:
+        if key not in self._trackers:
+            self._trackers[key] = self._new_tracker()
+        return self._trackers[key]
+
+    def _new_tracker(self) -> EventTracker:
+        config = self._config
+        rate = self._clock.sample_rate
+        hold_down = self._live and not config.per_window
+        return EventTracker(
+            num_classes=self._artifact.num_classes,
+            merge=config.merge and not config.per_window,
+            max_event_samples=round(config.max_event_s * rate),
+            hold_down_samples=round(config.hold_down_s * rate) if hold_down else None,
+        )
+
+    def _detections(self, events: List[Event], source: str, channel: Channel) -> List[Detection]:
+        rate = self._clock.sample_rate
+        detections = [
+            Detection(
+                id=new_detection_id(),
+                species=self._artifact.species[event.class_index],
+                species_index=event.class_index,
+                confidence=event.confidence,
+                offset_start=event.start / rate,
+                offset_end=event.end / rate,
+                start=self._clock.utc(event.start),
+                end=self._clock.utc(event.end),
+                source=source,
+                channel=channel,
+                station=self._station,
+                model=dict(self._model_identity),
+                windows=event.windows,
+            )
+            for event in events
+        ]
+        return sorted(detections, key=_report_order)
+
+
+def _report_order(detection: Detection) -> Tuple[float, float]:
+    return detection.offset_start, -detection.confidence

@@ -1,0 +1,88 @@
+"""A preallocated float32 ring buffer between capture and the windower.
+
+Samples carry a monotonic index from the start of the stream. The writer either waits for room
+(simulate: nothing is lost) or overwrites the oldest unread audio and counts it (live:
+freshness matters more than completeness).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+
+class RingBuffer:
+    def __init__(self, capacity: int, drop_oldest: bool) -> None:
+        self.capacity = capacity
+        self.drop_oldest = drop_oldest
+        self._data = np.zeros(capacity, dtype=np.float32)
+        self._cond = threading.Condition()
+        self.written = 0
+        """Samples written since the stream started (the next sample's index)."""
+        self.released = 0
+        """Samples before this index are no longer needed by the reader."""
+        self.overwritten = 0
+        """Unread samples lost to overwriting (live mode only)."""
+        self.closed = False
+
+    def write(self, samples: np.ndarray) -> None:
+        """Append samples; in back-pressure mode this waits while the buffer is full."""
+        offset = 0
+        while offset < len(samples):
+            with self._cond:
+                room = self._wait_for_room()
+                if self.closed:
+                    return
+                chunk = samples[offset : offset + room]
+                self._copy_in(chunk)
+                offset += len(chunk)
+                self._cond.notify_all()
+
+    def _wait_for_room(self) -> int:
+        if self.drop_oldest:
+            return self.capacity
+        while not self.closed and self.written - self.released >= self.capacity:
+            self._cond.wait()
+        return self.capacity - (self.written - self.released)
+
+    def _copy_in(self, chunk: np.ndarray) -> None:
+        start = self.written % self.capacity
+        first = min(len(chunk), self.capacity - start)
+        self._data[start : start + first] = chunk[:first]
+        self._data[: len(chunk) - first] = chunk[first:]
+        self.written += len(chunk)
+        lost = self.written - self.capacity - self.released
+        if lost > 0:
+            self.overwritten += lost
+            self.released += lost
+
+    def read(self, start: int, out: np.ndarray) -> int:
+        """Copy samples ``[start, start + len(out))`` into ``out`` once they are all written, or
+        what there is once the stream is closed; return how many samples were copied. Samples
+        already overwritten are left as zeros in ``out``."""
+        with self._cond:
+            while not self.closed and self.written < start + len(out):
+                self._cond.wait()
+            first = max(start, self.written - self.capacity)
+            end = min(self.written, start + len(out))
+            count = end - first
+            if count > 0:
+                ring_at = first % self.capacity
+                head = min(count, self.capacity - ring_at)
+                out[first - start : first - start + head] = self._data[ring_at : ring_at + head]
+                out[first - start + head : end - start] = self._data[: count - head]
+            return max(0, end - start)
+
+    def release(self, upto: int) -> None:
+        """The reader needs no sample before ``upto`` any more; wakes a waiting writer."""
+        with self._cond:
+            if upto > self.released:
+                self.released = min(upto, self.written)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """End of stream (or stop): readers get what there is, writers return at once."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()

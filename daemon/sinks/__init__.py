@@ -1,0 +1,1 @@
+"""Detection sinks: SQLite (the source of truth) and the text outputs, fed by ``SinkFanout``."""

@@ -1,0 +1,168 @@
+"""The detection database's schema as an ordered list of migrations.
+
+``MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1`` (kept in ``PRAGMA user_version``).
+``SQLiteStore`` applies the missing ones in one transaction when it opens a database. Once a
+version has shipped, its migration is never edited: a change is a new function appended here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Callable, Dict, List, Sequence
+
+from birdd.daemon.records import Detection, iso_utc
+
+from .base import RunInfo
+
+_V1_INITIAL = (
+    """
+    CREATE TABLE runs (
+        run_id        TEXT PRIMARY KEY,
+        station       TEXT NOT NULL,
+        mode          TEXT NOT NULL CHECK (mode IN ('simulate', 'live')),
+        source        TEXT NOT NULL,
+        started_at    TEXT NOT NULL,
+        ended_at      TEXT,
+        status        TEXT NOT NULL DEFAULT 'running'
+                      CHECK (status IN ('running', 'complete', 'interrupted', 'failed')),
+        clock_origin  TEXT NOT NULL,
+        model_name    TEXT,
+        model_version TEXT,
+        model_sha256  TEXT,
+        config_json   TEXT NOT NULL,
+        detections    INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    # rowid orders the MQTT outbox; id is the stable detection id every sink and re-send carries.
+    # Times are stored twice: ISO 8601 UTC text for people, epoch seconds for range queries.
+    """
+    CREATE TABLE detections (
+        rowid         INTEGER PRIMARY KEY,
+        id            TEXT UNIQUE NOT NULL,
+        run_id        TEXT NOT NULL REFERENCES runs (run_id),
+        station       TEXT NOT NULL,
+        source        TEXT NOT NULL,
+        channel       TEXT NOT NULL,
+        start_utc     TEXT NOT NULL,
+        start_epoch   REAL NOT NULL,
+        end_utc       TEXT NOT NULL,
+        end_epoch     REAL NOT NULL,
+        offset_start  REAL NOT NULL,
+        offset_end    REAL NOT NULL,
+        scientific    TEXT NOT NULL,
+        common        TEXT NOT NULL,
+        code          TEXT,
+        is_bird       INTEGER NOT NULL,
+        confidence    REAL NOT NULL,
+        windows       INTEGER NOT NULL,
+        model_name    TEXT,
+        model_version TEXT,
+        model_sha256  TEXT,
+        record_json   TEXT NOT NULL,
+        -- Set (ISO 8601 UTC) by the MQTT outbox once the broker has acknowledged the record;
+        -- NULL means not yet published.
+        published_at  TEXT
+    )
+    """,
+    "CREATE INDEX detections_start ON detections (start_epoch)",
+    "CREATE INDEX detections_species_start ON detections (scientific, start_epoch)",
+    "CREATE INDEX detections_run ON detections (run_id)",
+    # The outbox scans unpublished rows in rowid order; published rows drop out of the index.
+    "CREATE INDEX detections_unpublished ON detections (rowid) WHERE published_at IS NULL",
+)
+
+
+def _v1_initial(conn: sqlite3.Connection) -> None:
+    for statement in _V1_INITIAL:
+        conn.execute(statement)
+
+
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_v1_initial]
+
+
+RUN_COLUMNS = (
+    "run_id",
+    "station",
+    "mode",
+    "source",
+    "started_at",
+    "clock_origin",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "config_json",
+)
+DETECTION_COLUMNS = (
+    "id",
+    "run_id",
+    "station",
+    "source",
+    "channel",
+    "start_utc",
+    "start_epoch",
+    "end_utc",
+    "end_epoch",
+    "offset_start",
+    "offset_end",
+    "scientific",
+    "common",
+    "code",
+    "is_bird",
+    "confidence",
+    "windows",
+    "model_name",
+    "model_version",
+    "model_sha256",
+    "record_json",
+)
+
+
+def insert_statement(table: str, columns: Sequence[str]) -> str:
+    """``INSERT`` with named placeholders, for rows built by ``run_row`` / ``detection_row``."""
+    placeholders = ", ".join(f":{column}" for column in columns)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
+
+
+def run_row(run: RunInfo) -> Dict[str, object]:
+    return {
+        "run_id": run.run_id,
+        "station": run.station,
+        "mode": run.mode,
+        "source": run.source,
+        "started_at": iso_utc(run.started_at),
+        "clock_origin": run.clock_origin,
+        "model_name": run.model.get("name"),
+        "model_version": run.model.get("version"),
+        "model_sha256": run.model.get("sha256"),
+        "config_json": run.config_json,
+    }
+
+
+def detection_row(run_id: str, detection: Detection) -> Dict[str, object]:
+    """The column values, taken from the record where both exist so that SQL and JSON agree."""
+    record = detection.to_record()
+    species = detection.species
+    return {
+        "id": detection.id,
+        "run_id": run_id,
+        "station": detection.station,
+        "source": detection.source,
+        "channel": str(detection.channel),
+        "start_utc": record["start"],
+        "start_epoch": detection.start.timestamp(),
+        "end_utc": record["end"],
+        "end_epoch": detection.end.timestamp(),
+        "offset_start": record["offset_start"],
+        "offset_end": record["offset_end"],
+        "scientific": species.scientific,
+        "common": species.common,
+        "code": species.code,
+        "is_bird": int(species.is_bird),
+        "confidence": record["confidence"],
+        "windows": detection.windows,
+        "model_name": detection.model.get("name"),
+        "model_version": detection.model.get("version"),
+        "model_sha256": detection.model.get("sha256"),
+        "record_json": json.dumps(record),
+    }

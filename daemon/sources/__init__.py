@@ -1,0 +1,1 @@
+"""Audio sources: where blocks of samples come from (files now; microphones, stdin, RTSP next)."""

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian/Ubuntu machine with Python >= 3.8:
+# the Debian packages the tests drive, birdd with its dev extras, and the BirdNET V2.4 model.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages that tests drive for real (a broker, ffmpeg, PortAudio) are listed here.
+DEBIAN_PACKAGES=()
+missing=()
+for package in ${DEBIAN_PACKAGES[@]+"${DEBIAN_PACKAGES[@]}"}; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+python3 -m birdd.daemon models install birdnet

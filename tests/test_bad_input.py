@@ -1,0 +1,160 @@
+"""Bad input gets one clear line, a non-zero exit, and leaves no rows behind."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from birdd_testing import run_birdd
+
+from birdd.engines.artifact import file_sha256, sidecar_path
+from birdd.engines.install import BIRDNET_MODEL
+from birdd.engines.modeldir import models_dir
+
+
+def assert_one_clear_line(result, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) >= 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def assert_no_rows(db: Path) -> None:
+    if db.exists():
+        with sqlite3.connect(str(db)) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM detections").fetchone()[0] == 0
+            assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def simulate(path: Path, db: Path, *extra: str):
+    return run_birdd("--simulate", str(path), "--db", str(db), *extra)
+
+
+def test_missing_file(tmp_path):
+    result = simulate(tmp_path / "nope.wav", tmp_path / "db.sqlite")
+    assert_one_clear_line(result, "not found")
+    assert_no_rows(tmp_path / "db.sqlite")
+
+
+def test_directory(tmp_path):
+    result = simulate(tmp_path, tmp_path / "db.sqlite")
+    assert_one_clear_line(result, "is a directory")
+
+
+def test_zero_byte_file(tmp_path):
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    assert_one_clear_line(simulate(empty, tmp_path / "db.sqlite"), "empty")
+
+
+def test_text_file_named_wav(tmp_path):
+    fake = tmp_path / "notes.wav"
+    fake.write_text("these are field notes, not audio\n" * 20)
+    result = simulate(fake, tmp_path / "db.sqlite")
+    assert_one_clear_line(result, "cannot decode", "notes.wav")
+    assert_no_rows(tmp_path / "db.sqlite")
+
+
+def test_truncated_mp3_decodes_what_is_there(audio_dir, tmp_path):
+    data = (audio_dir / "soundscapes" / "XC563936_soundscape.mp3").read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) // 3])
+    result = simulate(
+        cut, tmp_path / "db.sqlite", "--format", "jsonl", "--per-window", "--min-conf", "0.4"
+    )
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {round(r["offset_start"]) for r in rows} == {15, 21}  # the first third's juncos
+
+
+@pytest.mark.parametrize(
+    "yaml_text, words",
+    [
+        ("windows:\n  overlap_s: 1\n  hop: 2\n", ["windows.hop", "unknown key"]),
+        ("postprocess:\n  sensitivity: loud\n", ["postprocess.sensitivity", "'loud'"]),
+        ("output:\n  format: xml\n", ["output.format", "'xml'", "jsonl"]),
+        ("engine:\n  type: coral\n", ["engine", "coral", "tflite"]),
+        ("station: [1, 2]\n", ["station"]),
+        ("windows: {overlap_s: 1\n", ["not valid YAML"]),
+    ],
+)
+def test_bad_config_file(tmp_path, yaml_text, words):
+    config = tmp_path / "birdd.yaml"
+    config.write_text(yaml_text)
+    checked = run_birdd("check-config", str(config))
+    assert checked.returncode == 2
+    for word in words:
+        assert word in checked.stdout, checked.stdout
+    assert all(line.count(" | ") >= 2 for line in checked.stdout.splitlines()), checked.stdout
+    result = run_birdd(
+        "--simulate", "whatever.wav", "--config", str(config), "--db", str(tmp_path / "db.sqlite")
+    )
+    assert_one_clear_line(result, "config error", *words)
+    assert_no_rows(tmp_path / "db.sqlite")
+
+
+def test_reference_config_is_valid():
+    result = run_birdd("check-config", str(Path(__file__).resolve().parents[1] / "config.yaml"))
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--overlap", "-1"], ["windows.overlap_s", "-1"]),
+        (["--overlap", "3"], ["overlap_s", "0 to 2.9"]),
+        (["--min-conf", "2"], ["postprocess.min_confidence"]),
+        (["--include", "Dodo bird"], ["Dodo bird", "include"]),
+        (["--format", "pdf"], ["output.format"]),
+    ],
+)
+def test_bad_flags(audio_dir, tmp_path, flags, words):
+    db = tmp_path / "db.sqlite"
+    result = simulate(audio_dir / "soundscapes" / "tawnyowl.wav", db, *flags)
+    assert_one_clear_line(result, *words)
+    assert_no_rows(db)
+
+
+def test_flag_of_wrong_type(tmp_path):
+    result = run_birdd("--simulate", "x.wav", "--overlap", "lots")
+    assert result.returncode == 2 and "invalid float value" in result.stderr
+
+
+def fake_model(tmp_path: Path, content: bytes, keep_hash: bool) -> Path:
+    real = models_dir() / "birdnet" / BIRDNET_MODEL.name
+    fake = tmp_path / "model.tflite"
+    fake.write_bytes(content)
+    meta = json.loads(sidecar_path(real).read_text())
+    if not keep_hash:
+        meta["sha256"] = file_sha256(fake)
+    sidecar_path(fake).write_text(json.dumps(meta))
+    return fake
+
+
+@pytest.mark.parametrize(
+    "content, keep_hash, words",
+    [
+        (b"not a model at all" * 100, False, ["cannot load TFLite model"]),
+        (b"not a model at all" * 100, True, ["does not match its sidecar"]),
+    ],
+)
+def test_model_file_that_is_not_a_model(audio_dir, tmp_path, content, keep_hash, words):
+    model = fake_model(tmp_path, content, keep_hash)
+    db = tmp_path / "db.sqlite"
+    result = simulate(audio_dir / "soundscapes" / "tawnyowl.wav", db, "--model", str(model))
+    assert_one_clear_line(result, *words)
+    assert_no_rows(db)
+
+
+def test_model_without_sidecar(audio_dir, tmp_path):
+    model = tmp_path / "lonely.tflite"
+    shutil.copy(models_dir() / "birdnet" / BIRDNET_MODEL.name, model)
+    result = simulate(
+        audio_dir / "soundscapes" / "tawnyowl.wav", tmp_path / "db.sqlite", "--model", str(model)
+    )
+    assert_one_clear_line(result, "no sidecar")

@@ -1,0 +1,87 @@
+import threading
+
+import numpy as np
+import pytest
+
+from birdd.daemon.ring import RingBuffer
+from birdd.daemon.windower import Windower, hop_samples
+
+
+def feed(ring: RingBuffer, samples: np.ndarray, block: int) -> threading.Thread:
+    def writer() -> None:
+        for start in range(0, len(samples), block):
+            ring.write(samples[start : start + block])
+        ring.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    return thread
+
+
+def cut(samples, window, hop, rate, capacity, block=7):
+    ring = RingBuffer(capacity, drop_oldest=False)
+    thread = feed(ring, samples, block)
+    windows = list(Windower(ring, window, hop, rate, "test", "mix").windows())
+    thread.join()
+    return windows
+
+
+def test_windows_match_birdnet_chunking_with_zero_padded_tail():
+    rate = 10
+    samples = np.arange(1, 72, dtype=np.float32)  # 7.1 s at 10 Hz: windows at 0, 3, 6
+    windows = cut(samples, window=30, hop=30, rate=rate, capacity=40)
+    assert [w.start_sample for w in windows] == [0, 30, 60]
+    assert [w.valid for w in windows] == [30, 30, 11]
+    for w in windows:
+        np.testing.assert_array_equal(w.samples[: w.valid], samples[w.start_sample :][: w.valid])
+        assert not w.samples[w.valid :].any()
+
+
+def test_tail_shorter_than_one_second_is_dropped_but_a_short_stream_is_not():
+    rate = 10
+    assert len(cut(np.ones(65, np.float32), 30, 30, rate, 40)) == 2  # 0.5 s tail dropped
+    only = cut(np.ones(4, np.float32), 30, 30, rate, 40)
+    assert [(w.start_sample, w.valid) for w in only] == [(0, 4)]
+
+
+def test_overlapping_windows_through_a_small_ring_lose_nothing():
+    rate = 100
+    samples = np.random.default_rng(1).standard_normal(2000).astype(np.float32)
+    windows = cut(samples, window=300, hop=150, rate=rate, capacity=320, block=33)
+    assert [w.start_sample for w in windows] == list(range(0, 2000, 150))[: len(windows)]
+    for w in windows:
+        np.testing.assert_array_equal(w.samples[: w.valid], samples[w.start_sample :][: w.valid])
+
+
+def test_live_ring_overwrites_oldest_and_counts_it():
+    ring = RingBuffer(100, drop_oldest=True)
+    ring.write(np.arange(250, dtype=np.float32))
+    assert ring.written == 250 and ring.overwritten == 150
+    out = np.zeros(50, np.float32)
+    ring.close()
+    assert ring.read(0, out) == 50 and not out.any()  # lost samples read as zeros
+    assert ring.read(200, out) == 50
+    np.testing.assert_array_equal(out, np.arange(200, 250, dtype=np.float32))
+
+
+def test_close_releases_a_blocked_writer():
+    ring = RingBuffer(10, drop_oldest=False)
+    thread = threading.Thread(target=ring.write, args=(np.ones(30, np.float32),))
+    thread.start()
+    thread.join(0.2)
+    assert thread.is_alive() and ring.written == 10
+    ring.close()
+    thread.join(2)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("overlap", [-0.5, 2.95, 3.0])
+def test_overlap_out_of_range_is_refused(overlap):
+    with pytest.raises(ValueError, match="overlap_s"):
+        hop_samples(144000, 48000, overlap)
+
+
+def test_hop_from_overlap():
+    assert hop_samples(144000, 48000, 0) == 144000
+    assert hop_samples(144000, 48000, 1.5) == 72000
+    assert hop_samples(144000, 48000, 2.9) == 4800
