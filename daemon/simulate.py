@@ -36,7 +36,7 @@ def simulate(config: Any, path: Path, start_time: Optional[str], realtime: Optio
     source = FileSource(path, config.audio.block_s)
     check_channel(config.audio.channels, source.channels, str(path))
     start, origin = recording_start(path, start_time, source.duration_s)
-    engine = create_engine(config.engine)
+    engine = create_engine(config.engine.for_mode(live=False))
     clock = StreamClock(start, engine.input_spec.sample_rate, origin)
     log.info("recording starts %s (from the %s)", start.isoformat(), origin)
     postprocessor = PostProcessor(

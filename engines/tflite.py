@@ -1,13 +1,14 @@
 """TFLite engine: ai-edge-litert (LiteRT) by default, tflite-runtime as the fallback.
 
-Resizing an interpreter's input costs 0.3–2.4 s on its first call, so the engine keeps two
-interpreters sized once at load: batch 1 for the trickle of live windows and ``batch_size``
-for full batches. A partial batch runs window by window on the batch-1 interpreter.
+Resizing an interpreter's input costs 0.3–2.4 s on its first call, and every interpreter holds
+its own packed weights and activations (BirdNET: about 170 MB at batch 1, 330 MB at batch 8),
+so the engine keeps one interpreter, sized once at load to ``batch_size``, and zero-pads a
+partial batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 from pydantic import Field
@@ -49,18 +50,16 @@ class TFLiteEngine(Engine):
 
     def __init__(self, config: TFLiteConfig, artifact: Any) -> None:
         super().__init__(config, artifact)
-        self._interpreters: Dict[int, Any] = {}
-        self._interpreter_class: Optional[Any] = None
+        self._interpreter: Optional[Any] = None
 
     def load(self) -> None:
-        self._interpreter_class = import_interpreter(self.config.runtime)
-        for size in sorted({1, self.config.batch_size}):
-            self._interpreters[size] = self._make_interpreter(size)
+        interpreter_class = import_interpreter(self.config.runtime)
+        self._interpreter = self._make_interpreter(interpreter_class, self.input_spec.max_batch)
 
-    def _make_interpreter(self, batch: int) -> Any:
+    def _make_interpreter(self, interpreter_class: Any, batch: int) -> Any:
         path = str(self.artifact.path)
         try:
-            interpreter = self._interpreter_class(model_path=path, num_threads=self.config.threads)
+            interpreter = interpreter_class(model_path=path, num_threads=self.config.threads)
             detail = interpreter.get_input_details()[0]
             if list(detail["shape"][1:]) != [self.artifact.window_samples]:
                 raise EngineError(
@@ -90,19 +89,17 @@ class TFLiteEngine(Engine):
         problem = self._check_batch(batch)
         if problem:
             raise EngineError(f"TFLite engine: {problem}")
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.shape[0] in self._interpreters:
-            return self._invoke(self._interpreters[batch.shape[0]], batch, role)
-        single = self._interpreters[1]
-        return np.concatenate([self._invoke(single, row[None, :], role) for row in batch])
-
-    def _invoke(self, interpreter: Any, batch: np.ndarray, role: str) -> np.ndarray:
-        index = self._output_index(interpreter, role)
+        if self._interpreter is None:
+            raise EngineError("TFLite engine used before load()")
+        index = self._output_index(self._interpreter, role)
         if index is None:
             return super().embed(batch)
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
-        interpreter.invoke()
-        return interpreter.get_tensor(index).copy()
+        rows = batch.shape[0]
+        full = np.zeros((self.input_spec.max_batch, batch.shape[1]), dtype=np.float32)
+        full[:rows] = batch
+        self._interpreter.set_tensor(self._interpreter.get_input_details()[0]["index"], full)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(index)[:rows].copy()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch, "scores")
@@ -111,4 +108,4 @@ class TFLiteEngine(Engine):
         return self._run(batch, "embeddings")
 
     def close(self) -> None:
-        self._interpreters.clear()
+        self._interpreter = None
