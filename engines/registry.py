@@ -54,7 +54,7 @@ def create_engine(config: EngineConfig) -> Engine:
     artifact = load_artifact(resolve_model(config.model, engine_type))
     if artifact.format != engine_type:
         raise EngineError(
-            f"model {artifact.path.name} is a {artifact.format} model but engine.type is "
+            f"model {artifact.path.name} is in {artifact.format} format but engine.type is "
             f"{engine_type}: choose engine.type {artifact.format} or another model"
         )
     engine = engine_class(config, artifact)

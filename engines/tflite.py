@@ -63,7 +63,7 @@ class TFLiteEngine(Engine):
             detail = interpreter.get_input_details()[0]
             if list(detail["shape"][1:]) != [self.artifact.window_samples]:
                 raise EngineError(
-                    f"model {path} takes input {list(detail['shape'])} but its sidecar says "
+                    f"model {path} takes input {detail['shape'].tolist()} but its sidecar says "
                     f"[B, {self.artifact.window_samples}]: the sidecar belongs to another model"
                 )
             interpreter.resize_tensor_input(detail["index"], [batch, self.artifact.window_samples])

@@ -1,0 +1,90 @@
+"""The TFLite engine on the real BirdNET V2.4 model, and the engine/artifact refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+from birdd_testing import AUDIO
+
+from birdd.engines.artifact import sidecar_path
+from birdd.engines.errors import EngineError, RuntimeMissingError
+from birdd.engines.modeldir import resolve_model
+from birdd.engines.registry import create_engine
+from birdd.engines.tflite import TFLiteConfig
+
+
+@pytest.fixture(scope="module")
+def owl_windows() -> np.ndarray:
+    audio, rate = soundfile.read(str(AUDIO / "soundscapes" / "tawnyowl.wav"), dtype="float32")
+    assert rate == 48000
+    return audio[: 3 * 144000].reshape(3, 144000)
+
+
+def test_a_partial_batch_is_padded_and_scores_like_a_full_one(owl_windows):
+    engine = create_engine(TFLiteConfig(batch_size=2))
+    full = engine.predict(owl_windows[:2])
+    alone = engine.predict(owl_windows[2:3])
+    single = create_engine(TFLiteConfig(batch_size=1))
+    assert alone.shape == (1, 6522)
+    np.testing.assert_allclose(alone[0], single.predict(owl_windows[2:3])[0], atol=1e-4)
+    np.testing.assert_allclose(full[1], single.predict(owl_windows[1:2])[0], atol=1e-4)
+    owl = engine.artifact.species.index(
+        next(s for s in engine.artifact.species if s.scientific == "Strix aluco")
+    )
+    assert (full.argmax(axis=1) == owl).all() and alone.argmax() == owl
+    with pytest.raises(EngineError, match="batch of 3 > batch_size 2"):
+        engine.predict(owl_windows)
+
+
+def test_embeddings_come_from_the_same_model(owl_windows):
+    engine = create_engine(TFLiteConfig(batch_size=2))
+    embeddings = engine.embed(owl_windows[:2])
+    assert embeddings.shape == (2, 1024) and np.isfinite(embeddings).all()
+
+
+def test_batch_size_defaults_by_mode():
+    assert TFLiteConfig().for_mode(live=True).batch_size == 1
+    assert TFLiteConfig().for_mode(live=False).batch_size == 2
+    assert TFLiteConfig(batch_size=8).for_mode(live=True).batch_size == 8
+
+
+def test_a_missing_runtime_names_the_extra_to_install():
+    pytest.importorskip("ai_edge_litert")
+    try:
+        import tflite_runtime  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.fail("this check needs tflite-runtime to be absent")
+    with pytest.raises(RuntimeMissingError, match=r"pip install 'birdd\[tflite-runtime\]'"):
+        create_engine(TFLiteConfig(runtime="tflite-runtime"))
+
+
+def copy_with_sidecar(tmp_path, **changes):
+    real = resolve_model("birdnet", "tflite")
+    model = tmp_path / "model.tflite"
+    model.symlink_to(real)
+    meta = json.loads(sidecar_path(real).read_text())
+    meta.update(changes)
+    sidecar_path(model).write_text(json.dumps(meta))
+    return model
+
+
+def test_a_sidecar_with_the_wrong_window_is_refused(tmp_path):
+    model = copy_with_sidecar(tmp_path, window_samples=96000, sample_rate=32000)
+    with pytest.raises(EngineError, match=r"takes input \[1, 144000\].*sidecar says"):
+        create_engine(TFLiteConfig(model=str(model)))
+
+
+def test_a_sidecar_of_another_format_is_refused(tmp_path):
+    model = copy_with_sidecar(tmp_path, format="onnx")
+    with pytest.raises(EngineError, match=r"is in onnx format but engine\.type is tflite"):
+        create_engine(TFLiteConfig(model=str(model)))
+
+
+def test_an_unknown_installed_model_name():
+    with pytest.raises(EngineError, match=r"not installed.*birdd models install perch"):
+        create_engine(TFLiteConfig(model="perch"))
