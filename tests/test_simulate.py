@@ -165,7 +165,47 @@ def test_negatives_report_no_bird_with_defaults(audio_dir, tmp_path, name):
     assert [r for r in jsonl_rows(strict.stdout) if r["is_bird"]] == []
 
 
-def test_sigterm_flushes_and_exits_zero(audio_dir, tmp_path):
+@pytest.fixture(scope="module")
+def stereo_owl_flac(audio_dir, tmp_path_factory):
+    """The tawny owl resampled to 44.1 kHz in channel 1 of a stereo FLAC; channel 0 silent."""
+    import soxr
+
+    owl, rate = soundfile.read(str(audio_dir / "soundscapes" / "tawnyowl.wav"), dtype="float32")
+    owl = soxr.resample(owl, rate, 44100)
+    path = tmp_path_factory.mktemp("stereo") / "owl_stereo.flac"
+    soundfile.write(str(path), np.stack([np.zeros_like(owl), owl], axis=1), 44100)
+    return path
+
+
+@pytest.mark.parametrize("channel, owl_windows", [("1", 4), ("mix", 4), ("0", 0)])
+def test_channels_of_a_resampled_stereo_flac(stereo_owl_flac, tmp_path, channel, owl_windows):
+    result = run_birdd(
+        "--simulate",
+        str(stereo_owl_flac),
+        "--channel",
+        channel,
+        "--per-window",
+        "--format",
+        "jsonl",
+        "--db",
+        str(tmp_path / "db.sqlite"),
+    )
+    assert result.returncode == 0, result.stderr
+    rows = jsonl_rows(result.stdout)
+    owl = [r for r in rows if r["species"]["scientific"] == "Strix aluco"]
+    assert len(owl) == owl_windows
+    assert all(r["channel"] == (channel if channel == "mix" else int(channel)) for r in rows)
+
+
+def test_a_channel_the_file_lacks_is_refused(stereo_owl_flac, tmp_path):
+    result = run_birdd(
+        "--simulate", str(stereo_owl_flac), "--channel", "2", "--db", str(tmp_path / "db.sqlite")
+    )
+    assert result.returncode == 2 and "has 2 channel(s)" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_flushes_and_exits_zero(audio_dir, tmp_path, signum):
     db = tmp_path / "db.sqlite"
     command = [
         sys.executable,
@@ -185,7 +225,7 @@ def test_sigterm_flushes_and_exits_zero(audio_dir, tmp_path):
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(8)  # model load, then about 20 s of audio at 4x real time
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     rows = jsonl_rows(stdout)
