@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages that tests drive for real (a broker, ffmpeg, PortAudio) are listed here.
-DEBIAN_PACKAGES=()
+DEBIAN_PACKAGES=(mosquitto openssl)
 missing=()
 for package in ${DEBIAN_PACKAGES[@]+"${DEBIAN_PACKAGES[@]}"}; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
