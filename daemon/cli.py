@@ -17,6 +17,7 @@ from birdd.engines.errors import EngineError
 
 from . import __version__
 from .config import OUTPUT_FORMATS, ConfigError
+from .mqtt.config import DEFAULT_PASSWORD_ENV, parse_mqtt_url
 from .postprocess import PostprocessError
 from .sinks.base import SinkError
 from .sources.base import SourceError
@@ -41,6 +42,7 @@ OVERRIDES = {
     "threads": "engine.threads",
     "batch_size": "engine.batch_size",
     "model": "engine.model",
+    "engine": "engine.type",
 }
 
 
@@ -52,8 +54,8 @@ def _names(text: str) -> List[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by ``simulate`` and (later) ``run``; each overrides one config key."""
+def add_store_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the config, the database and the broker are: ``simulate``, ``run``, ``publish``."""
     parser.add_argument(
         "--config",
         type=Path,
@@ -62,6 +64,18 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--station", help="station id carried by every detection")
     parser.add_argument("--db", help="SQLite database path")
+    parser.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="publish detections to this broker: mqtt[s]://[user@]host[:port][/prefix] "
+        f"(the password from ${DEFAULT_PASSWORD_ENV} or mqtt.password_file)",
+    )
+
+
+def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by ``simulate`` and (later) ``run``; each overrides one config key."""
+    add_store_flags(parser)
+    parser.add_argument("--engine", help="engine type: tflite or onnx (see 'birdd engines')")
     parser.add_argument("--model", help="model file or installed model name")
     parser.add_argument("--threads", type=int, help="engine CPU threads")
     parser.add_argument("--batch-size", type=int, help="windows per engine call")
@@ -126,6 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_analysis_flags(sim)
 
+    publish = command(
+        "publish",
+        help="send the detections the broker has not acknowledged yet (from any run), then exit",
+    )
+    add_store_flags(publish)
+    publish.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="give up after S seconds and exit 1 (default 300)",
+    )
+
+    from .mqtt import listen  # paho and the schema check load only with the parser
+
+    listen.add_arguments(
+        command("listen", help="print the detections stations publish, once each (for the hub)")
+    )
+
     check = command("check-config", help="validate a config file")
     check.add_argument("file", type=Path)
     command("config-schema", help="print the config's JSON schema with descriptions")
@@ -140,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install.add_argument("--force", action="store_true", help="reinstall")
     model_commands.add_parser("list", help="list installed models")
+    convert = model_commands.add_parser(
+        "convert", help="convert an installed model for another engine (one-off, minutes)"
+    )
+    convert.add_argument("name", choices=["birdnet"])
+    convert.add_argument("--to", choices=["onnx"], default="onnx", help="target format")
+    convert.add_argument("--force", action="store_true", help="convert again")
+    command("engines", help="list the engines and whether their runtime is installed here")
 
     species = command("species", help="search the model's classes")
     species.add_argument("query", nargs="?", default="", help="part of a name or code")
@@ -172,6 +212,10 @@ def overrides_from(args: argparse.Namespace) -> Dict[str, Any]:
     }
     if location:
         overrides["postprocess.location"] = location
+    url = getattr(args, "mqtt", None)
+    if url is not None:
+        for key, value in parse_mqtt_url(url).items():
+            overrides[f"mqtt.{key}"] = value
     return overrides
 
 

@@ -7,18 +7,56 @@ import json
 import sys
 
 from birdd.engines.artifact import load_artifact
+from birdd.engines.errors import RuntimeMissingError
 from birdd.engines.install import install_birdnet, install_demo_recording
 from birdd.engines.labels import SpeciesIndex
 from birdd.engines.modeldir import models_dir, read_manifest, resolve_model
+from birdd.engines.registry import engine_classes
 
 from .cli import config_path, log, overrides_from
 from .config import BirddConfig, ConfigError, load_config
+from .mqtt.service import MqttPublisher
+from .signals import StopOnSignals
 from .simulate import simulate
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     config = load_config(config_path(args), overrides_from(args))
     return simulate(config, args.file, args.start_time, args.realtime)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Deliver the outbox without analysing audio: 0 once it is empty, 1 at the timeout."""
+    config = load_config(config_path(args), overrides_from(args))
+    if not config.mqtt.enabled:
+        raise ValueError("MQTT is off: give --mqtt mqtt://host or set mqtt.enabled: true")
+    if not config.storage.db.is_file():
+        raise ValueError(f"{config.storage.db}: no such database; give --db")
+    publisher = MqttPublisher(config, as_station=False)
+    log.info(
+        "mqtt: %d detection(s) to publish from %s", publisher.outbox.backlog, config.storage.db
+    )
+    publisher.start()
+    with StopOnSignals(publisher.cancel, "stopping; the rest stays in the outbox"):
+        publisher.drain(args.timeout)
+    state = publisher.connection.state
+    remaining = publisher.stop()
+    published = publisher.outbox.published
+    if remaining:
+        print(
+            f"birdd: {remaining} detection(s) still unpublished after {args.timeout:g} s "
+            f"(published {published}; mqtt: {state})",
+            file=sys.stderr,
+        )
+        return 1
+    log.info("published %d detection(s); the outbox is empty", published)
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from .mqtt import listen
+
+    return listen.run(args)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -50,7 +88,12 @@ def cmd_models(args: argparse.Namespace) -> int:
                 for fmt, name in files.items():
                     print(f"{folder.name:<12} {role:<22} {fmt:<9} {folder / name}")
         return 0
-    print("usage: birdd models {install NAME | list}", file=sys.stderr)
+    if args.models_command == "convert":
+        from birdd.engines.convert import convert_birdnet_to_onnx
+
+        print(convert_birdnet_to_onnx(models_dir() / args.name, log=log.info, force=args.force))
+        return 0
+    print("usage: birdd models {install NAME | list | convert NAME}", file=sys.stderr)
     return 2
 
 
@@ -73,3 +116,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     log.info("simulating %s (same as: birdd --simulate %s)", recording, recording)
     config = load_config(None, {})
     return simulate(config, recording, None, None)
+
+
+def cmd_engines(args: argparse.Namespace) -> int:
+    """One line per registered engine: usable here (with its runtime) or what to install."""
+    usable = 0
+    for name, engine in sorted(engine_classes().items()):
+        try:
+            state = f"usable    {engine.probe()}"
+            usable += 1
+        except RuntimeMissingError as exc:
+            state = f"missing   {exc}"
+        print(f"{name:<10} {state}")
+    return 0 if usable else 1

@@ -12,12 +12,12 @@ from typing import Any, Dict, List, Optional, Type, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
-from typing_extensions import Annotated
 
 from birdd.engines.modeldir import data_dir
-from birdd.engines.registry import engine_config_classes
+from birdd.engines.registry import engine_config_type
 from birdd.engines.tflite import TFLiteConfig
 
+from .mqtt.config import MqttConfig
 from .postprocess import PostprocessConfig
 
 STATION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -74,6 +74,12 @@ class StorageConfig(Strict):
         default_factory=lambda: data_dir() / "birdd.sqlite",
         description="SQLite database, the source of truth for detections.",
     )
+    retention_days: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Delete detections older than this many days (by detection time), at start "
+        "and then hourly; with MQTT on, only those already published. Unset: keep forever.",
+    )
 
     @field_validator("db")
     @classmethod
@@ -96,13 +102,6 @@ class OutputConfig(Strict):
 OUTPUT_FORMATS = ("table", "jsonl", "csv", "raven")
 
 
-def _engine_field() -> Any:
-    classes = engine_config_classes()
-    if len(classes) == 1:
-        return classes[0]
-    return Annotated[Union[tuple(classes)], Field(discriminator="type")]
-
-
 def _build_config_model() -> Type[BaseModel]:
     """The top-level model; the engine union is built from the engine registry at import."""
     return create_model(
@@ -110,11 +109,12 @@ def _build_config_model() -> Type[BaseModel]:
         __config__=ConfigDict(extra="forbid"),
         station=(StationConfig, Field(default_factory=StationConfig)),
         audio=(AudioConfig, Field(default_factory=AudioConfig)),
-        engine=(_engine_field(), Field(default_factory=TFLiteConfig)),
+        engine=(engine_config_type(), Field(default_factory=TFLiteConfig)),
         windows=(WindowConfig, Field(default_factory=WindowConfig)),
         postprocess=(PostprocessConfig, Field(default_factory=PostprocessConfig)),
         storage=(StorageConfig, Field(default_factory=StorageConfig)),
         output=(OutputConfig, Field(default_factory=OutputConfig)),
+        mqtt=(MqttConfig, Field(default_factory=MqttConfig)),
     )
 
 
@@ -166,7 +166,11 @@ def read_yaml(path: Path) -> Dict[str, Any]:
 
 
 def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict, creating the levels; used for command-line overrides."""
+    """Set ``a.b.c`` in a nested dict, creating the levels; used for command-line overrides.
+
+    A mapping is merged into a mapping already there: ``--mqtt mqtts://…`` turns TLS on
+    without dropping the file's ``mqtt.tls.ca_file``.
+    """
     node = data
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -175,6 +179,9 @@ def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
             child = {}
             node[part] = child
         node = child
+    existing = node.get(parts[-1])
+    if isinstance(existing, dict) and isinstance(value, dict):
+        value = {**existing, **value}
     node[parts[-1]] = value
 
 

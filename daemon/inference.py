@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Callable, List
+from typing import Callable, List, NamedTuple
 
 import numpy as np
 
 from birdd.engines.base import Engine
 
+from .meters import RecentLatencies
 from .records import ScoredWindow, Window
 
 END_OF_STREAM = None
 
 
-def next_batch(windows: queue.Queue, size: int) -> List[Window]:
+class QueuedWindow(NamedTuple):
+    """A window and when it became available (``time.monotonic()``), for the latency meter."""
+
+    window: Window
+    ready_at: float
+
+
+def next_batch(windows: queue.Queue, size: int) -> List[QueuedWindow]:
     """Wait for one window, then take what is already queued, up to ``size``.
 
     Returns an empty list at the end of the stream. Never waits for a batch to fill: in live
@@ -38,7 +46,8 @@ def next_batch(windows: queue.Queue, size: int) -> List[Window]:
 
 
 class InferenceStage:
-    """Scores batches of windows; ``engine_seconds`` is the time spent inside the engine."""
+    """Scores batches of windows; ``engine_seconds`` is the time spent inside the engine and
+    ``latencies`` holds, per recent window, the time from its availability to its scores."""
 
     def __init__(self, engine: Engine, on_scored: Callable[[List[ScoredWindow]], None]) -> None:
         self.engine = engine
@@ -46,13 +55,18 @@ class InferenceStage:
         self.batch_size = engine.input_spec.max_batch
         self.engine_seconds = 0.0
         self.windows_scored = 0
+        self.latencies = RecentLatencies()
 
     def run(self, windows: queue.Queue) -> None:
         while True:
             batch = next_batch(windows, self.batch_size)
             if not batch:
                 return
-            self.on_scored(self.score(batch))
+            scored = self.score([queued.window for queued in batch])
+            scored_at = time.monotonic()
+            for queued in batch:
+                self.latencies.add(scored_at - queued.ready_at)
+            self.on_scored(scored)
 
     def score(self, batch: List[Window]) -> List[ScoredWindow]:
         stacked = np.stack([window.samples for window in batch])

@@ -11,15 +11,16 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from birdd.engines.base import Engine
 
-from .inference import END_OF_STREAM, InferenceStage
+from .inference import END_OF_STREAM, InferenceStage, QueuedWindow
+from .meters import LevelMeter
 from .postprocess import PostProcessor
-from .records import Channel, ScoredWindow, Window
+from .records import Channel, ScoredWindow
 from .ring import RingBuffer
 from .sinks.fanout import SinkFanout
 from .sources.base import AudioSource, Resampler, select_channel
@@ -81,6 +82,7 @@ class Pipeline:
         self.inference = InferenceStage(engine, self._on_scored)
         self.windows: queue.Queue = queue.Queue(WINDOW_QUEUE_SIZE)
         self.stats = PipelineStats(spec.sample_rate)
+        self.level = LevelMeter(source.sample_rate)
         self._resampler = Resampler(source.sample_rate, spec.sample_rate)
         self._errors: List[BaseException] = []
 
@@ -112,6 +114,21 @@ class Pipeline:
             raise self._errors[0]
         return self.stats
 
+    def health(self) -> Dict[str, Any]:
+        """The pipeline's part of the ``…/stats`` message (read from any thread)."""
+        return {
+            "audio_seconds": round(self.stats.audio_seconds, 3),
+            "realtime_factor": round(self.stats.realtime_factor, 2),
+            "inference_latency_ms": self.inference.latencies.percentiles_ms(),
+            "queue_depths": {"windows": self.windows.qsize(), **self.fanout.queue_depths()},
+            "dropped": {
+                "windows": self.stats.windows_dropped,
+                "overwritten_samples": self.ring.overwritten,
+            },
+            "input_level_dbfs": _rounded(self.level.level_dbfs),
+            "silence_s": round(self.level.silence_s, 3),
+        }
+
     def _update(self, began: float) -> None:
         self.stats.samples = self.ring.written
         self.stats.windows = self.inference.windows_scored
@@ -134,6 +151,7 @@ class Pipeline:
                 if self.stop_event.is_set():
                     break
                 mono = select_channel(block, self.settings.channel)
+                self.level.update(mono)
                 self.ring.write(self._resampler(mono))
                 self._pace(began)
             if not self.stop_event.is_set():
@@ -151,10 +169,10 @@ class Pipeline:
 
     def _cut_windows(self) -> None:
         for window in self.windower.windows():
-            self._put(window)
+            self._put(QueuedWindow(window, time.monotonic()))
         self._put(END_OF_STREAM)
 
-    def _put(self, item: Optional[Window]) -> None:
+    def _put(self, item: Optional[QueuedWindow]) -> None:
         """Queue a window: wait in simulate mode; in live mode drop the oldest and count it."""
         while True:
             try:
@@ -190,3 +208,7 @@ class Pipeline:
         if detections:
             self.stats.detections += len(detections)
             self.fanout.publish(detections)
+
+
+def _rounded(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 2)

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from birdd.engines.registry import create_engine
 
+from .mqtt.service import MqttPublisher
 from .pipeline import Pipeline, PipelineSettings, PipelineStats
 from .postprocess import PostProcessor
 from .progress import ProgressLine
 from .records import StreamClock, new_detection_id
+from .signals import StopOnSignals
 from .sinks.base import RunInfo
 from .sinks.fanout import SinkFanout
 from .sinks.files import make_output_sink
-from .sinks.sqlite import SQLiteSink
+from .sinks.sqlite import Retention, SQLiteSink
 from .sources.base import check_channel
 from .sources.file import FileSource
 from .starttime import recording_start
@@ -49,9 +49,13 @@ def simulate(config: Any, path: Path, start_time: Optional[str], realtime: Optio
         live=False,
         realtime_factor=realtime,
     )
-    fanout = SinkFanout(
-        [SQLiteSink(config.storage.db), make_output_sink(config.output.format, config.output.path)]
+    publisher = MqttPublisher(config) if config.mqtt.enabled else None
+    sqlite = SQLiteSink(
+        config.storage.db,
+        on_commit=publisher.notify_commit if publisher else None,
+        retention=_retention(config),
     )
+    fanout = SinkFanout([sqlite, make_output_sink(config.output.format, config.output.path)])
     pipeline = Pipeline(source, engine, postprocessor, fanout, settings)
     run = RunInfo(
         run_id=new_detection_id(),
@@ -63,24 +67,56 @@ def simulate(config: Any, path: Path, start_time: Optional[str], realtime: Optio
         model=engine.artifact.identity(),
         config_json=json.dumps(config.model_dump(mode="json"), sort_keys=True),
     )
-    return _run_to_end(pipeline, fanout, run, source.duration_s, config.storage.db)
+    return _run_to_end(pipeline, fanout, run, source.duration_s, config, publisher)
+
+
+def _retention(config: Any) -> Optional[Retention]:
+    days = config.storage.retention_days
+    return None if days is None else Retention(days, keep_unpublished=config.mqtt.enabled)
 
 
 def _run_to_end(
-    pipeline: Pipeline, fanout: SinkFanout, run: RunInfo, duration_s: float, db: Path
+    pipeline: Pipeline,
+    fanout: SinkFanout,
+    run: RunInfo,
+    duration_s: float,
+    config: Any,
+    publisher: Optional[MqttPublisher],
 ) -> int:
     fanout.open(run)
+    if publisher is not None:
+        publisher.start(pipeline.health)
     progress = ProgressLine(duration_s)
     status = "failed"
-    with _stop_on_signals(pipeline):
+    with StopOnSignals(pipeline.stop, "stopping after the audio already read") as signals:
         try:
             stats = pipeline.run(progress)
             status = "interrupted" if pipeline.stop_event.is_set() else "complete"
         finally:
             progress.finish()
-            fanout.close(status)
-    log.info(_summary(stats, status, run.run_id, db))
+            try:
+                fanout.close(status)
+            finally:
+                if publisher is not None:
+                    signals.action, signals.reason = publisher.cancel, LEAVE_OUTBOX
+                    _finish_publishing(publisher, config.mqtt.drain_timeout_s)
+    log.info(_summary(stats, status, run.run_id, config.storage.db))
     return 0
+
+
+LEAVE_OUTBOX = "leaving the unpublished detections in the outbox for the next run"
+
+
+def _finish_publishing(publisher: MqttPublisher, timeout_s: float) -> None:
+    """Give the broker up to ``timeout_s`` to acknowledge the outbox, then say goodbye."""
+    publisher.drain(timeout_s)
+    remaining = publisher.stop()
+    if remaining:
+        log.warning(
+            "mqtt: %d detection(s) not acknowledged by the broker stay in the outbox; "
+            "the next run or `birdd publish` sends them",
+            remaining,
+        )
 
 
 def _summary(stats: PipelineStats, status: str, run_id: str, db: Path) -> str:
@@ -89,25 +125,3 @@ def _summary(stats: PipelineStats, status: str, run_id: str, db: Path) -> str:
         f"({stats.realtime_factor:,.0f}x real time), {stats.windows} windows, "
         f"{stats.detections} detection(s); run {run_id} in {db}"
     )
-
-
-class _stop_on_signals:
-    """SIGINT and SIGTERM ask the pipeline to drain and stop instead of killing the process."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self._previous: dict = {}
-
-    def __enter__(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("%s: stopping after the audio already read", signal.Signals(signum).name)
-        self.pipeline.stop()
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)

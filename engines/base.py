@@ -72,6 +72,11 @@ class Engine(ABC):
             self.artifact.sample_rate, self.artifact.window_samples, self.config.batch_size or 1
         )
 
+    @classmethod
+    @abstractmethod
+    def probe(cls) -> str:
+        """Name the runtime this engine would use here; raise RuntimeMissingError without it."""
+
     @abstractmethod
     def load(self) -> None:
         """Import the runtime and prepare the model; raise EngineError on any failure."""

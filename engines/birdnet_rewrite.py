@@ -250,14 +250,14 @@ def _aligned_buffers(model: Any, schema: Any) -> None:
 
     class AlignedBufferT(schema.BufferT):
         def Pack(self, builder: Any) -> int:  # the generated class's method name
-            raw = np.asarray(self.data, np.uint8).tobytes() if self.data is not None else b""
-            if raw:
+            raw = None if self.data is None else np.asarray(self.data, np.uint8).tobytes()
+            if raw is not None:  # kept even when empty: a shape-[0] constant is not "no data"
                 builder.StartVector(1, len(raw), 16)
                 builder.head -= len(raw)
                 builder.Bytes[builder.head : builder.head + len(raw)] = raw
                 data = builder.EndVector()
             schema.BufferStart(builder)
-            if raw:
+            if raw is not None:
                 schema.BufferAddData(builder, data)
             return schema.BufferEnd(builder)
 

@@ -22,7 +22,7 @@ from .artifact import write_sidecar
 from .birdnet_rewrite import output_names, rewrite_birdnet
 from .errors import ModelArtifactError, RuntimeMissingError
 from .labels import Species, species_from_labels
-from .modeldir import MANIFEST, data_dir, models_dir
+from .modeldir import MANIFEST, data_dir, models_dir, write_manifest
 
 
 @dataclass(frozen=True)
@@ -141,17 +141,17 @@ def _write_fast_birdnet(
         return None
     target = original.with_name(BIRDNET_FAST)
     target.write_bytes(rewritten)
+    write_sidecar(target, fast_birdnet_meta(meta, rewritten), species)
+    return target
+
+
+def fast_birdnet_meta(meta: Dict[str, Any], rewritten: bytes) -> Dict[str, Any]:
+    """The sidecar fields of the rewritten BirdNET, from those of the original."""
     scores, embeddings = output_names(rewritten)[:2]
     frontend = dict(
         meta["frontend"], note="rfft+mel folded into one matmul (birdd.engines.birdnet_rewrite)"
     )
-    fast_meta = dict(
-        meta,
-        frontend=frontend,
-        outputs={"scores": scores, "embeddings": embeddings},
-    )
-    write_sidecar(target, fast_meta, species)
-    return target
+    return dict(meta, frontend=frontend, outputs={"scores": scores, "embeddings": embeddings})
 
 
 def install_birdnet(root: Optional[Path] = None, log: Log = print, force: bool = False) -> Path:
@@ -200,7 +200,7 @@ def install_birdnet(root: Optional[Path] = None, log: Log = print, force: bool =
     }
     if fast is not None:
         manifest["classifier_reference"] = {"tflite": BIRDNET_MODEL.name}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    write_manifest(staging, manifest)
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     log(f"installed BirdNET V2.4 ({len(species)} classes) in {folder}")

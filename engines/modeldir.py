@@ -39,6 +39,13 @@ def read_manifest(folder: Path) -> Dict[str, Dict[str, str]]:
         ) from None
 
 
+def write_manifest(folder: Path, manifest: Dict[str, Dict[str, str]]) -> None:
+    """Replace ``manifest.json`` atomically: a reader sees the old or the new one, never half."""
+    partial = folder / (MANIFEST + ".partial")
+    partial.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    os.replace(partial, folder / MANIFEST)
+
+
 def resolve_model(name_or_path: str, fmt: str, role: str = "classifier") -> Path:
     """A path to an existing file is used as is; anything else names an installed model."""
     candidate = Path(name_or_path).expanduser()

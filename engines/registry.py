@@ -7,16 +7,25 @@ under the entry-point group ``birdd.engines``.
 from __future__ import annotations
 
 import sys
-from typing import Dict, List, Type
+from pathlib import PurePath
+from typing import Any, Dict, List, Type, Union
+
+from pydantic import BeforeValidator, Field
+from typing_extensions import Annotated
 
 from .artifact import load_artifact
 from .base import Engine, EngineConfig
 from .errors import EngineError
 from .modeldir import resolve_model
+from .onnx import ONNXEngine
 from .tflite import TFLiteEngine
 
 ENTRY_POINT_GROUP = "birdd.engines"
-BUILTIN_ENGINES: Dict[str, Type[Engine]] = {TFLiteEngine.type: TFLiteEngine}
+DEFAULT_ENGINE = TFLiteEngine.type
+BUILTIN_ENGINES: Dict[str, Type[Engine]] = {
+    TFLiteEngine.type: TFLiteEngine,
+    ONNXEngine.type: ONNXEngine,
+}
 
 
 def _entry_point_engines() -> Dict[str, Type[Engine]]:
@@ -43,6 +52,22 @@ def engine_classes() -> Dict[str, Type[Engine]]:
 
 def engine_config_classes() -> List[Type[EngineConfig]]:
     return [engine.config_class for engine in engine_classes().values()]
+
+
+def _default_type(section: Any) -> Any:
+    """Fill in a missing ``type``: the model file's suffix where it names an engine, else tflite."""
+    if isinstance(section, dict) and "type" not in section:
+        suffix = PurePath(str(section.get("model", ""))).suffix.lstrip(".")
+        return {"type": suffix if suffix in engine_classes() else DEFAULT_ENGINE, **section}
+    return section
+
+
+def engine_config_type() -> Any:
+    """The type of the config's ``engine`` section: the engines' configs discriminated on
+    ``type``, which a section may leave out (a config that only sets ``model``, or ``--model``
+    alone on the command line): ``model.onnx`` then means onnx, anything else tflite."""
+    union = Union[tuple(engine_config_classes())]  # type: ignore[valid-type]
+    return Annotated[union, Field(discriminator="type"), BeforeValidator(_default_type)]
 
 
 def create_engine(config: EngineConfig) -> Engine:

@@ -52,6 +52,11 @@ class TFLiteEngine(Engine):
         super().__init__(config, artifact)
         self._interpreter: Optional[Any] = None
 
+    @classmethod
+    def probe(cls) -> str:
+        interpreter = import_interpreter("auto")
+        return interpreter.__module__.split(".")[0]
+
     def load(self) -> None:
         interpreter_class = import_interpreter(self.config.runtime)
         self._interpreter = self._make_interpreter(interpreter_class, self.input_spec.max_batch)

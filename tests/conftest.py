@@ -1,11 +1,14 @@
-"""Shared fixtures: the real recordings in ../shared/audio (or $BIRDD_TEST_AUDIO)."""
+"""Shared fixtures: the real recordings in ../shared/audio (or $BIRDD_TEST_AUDIO), and real
+mosquitto brokers on free loopback ports (see broker.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Iterator, List
 
 import pytest
 from birdd_testing import AUDIO
+from broker import Mosquitto
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +16,25 @@ def audio_dir() -> Path:
     if not (AUDIO / "soundscapes").is_dir():
         pytest.fail(f"test recordings not found in {AUDIO}: set BIRDD_TEST_AUDIO")
     return AUDIO
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """``broker_factory(mode="plain"|"password"|"tls", require_certificate=False, start=True)``
+    makes a broker in its own folder; every one made is stopped when the test ends."""
+    made: List[Mosquitto] = []
+
+    def make(mode: str = "plain", require_certificate: bool = False, start: bool = True):
+        broker = Mosquitto(tmp_path / f"broker-{len(made)}", mode, require_certificate)
+        made.append(broker)
+        return broker.start() if start else broker
+
+    yield make
+    for broker in made:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    """A started plain (anonymous) broker on 127.0.0.1."""
+    return broker_factory("plain")

@@ -20,3 +20,6 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
 python3 -m birdd.daemon models install birdnet
+# One-off: BirdNET as ONNX for the ONNX Runtime engine (tf2onnx in a throwaway virtualenv,
+# about 2 minutes the first time; nothing happens when it is already converted).
+python3 -m birdd.daemon models convert birdnet --to onnx

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import soundfile
-from birdd_testing import AUDIO
+from birdd_testing import AUDIO, run_birdd
 
 from birdd.engines.artifact import sidecar_path
 from birdd.engines.errors import EngineError, RuntimeMissingError
@@ -88,3 +88,11 @@ def test_a_sidecar_of_another_format_is_refused(tmp_path):
 def test_an_unknown_installed_model_name():
     with pytest.raises(EngineError, match=r"not installed.*birdd models install perch"):
         create_engine(TFLiteConfig(model="perch"))
+
+
+def test_birdd_engines_lists_what_is_usable_here():
+    result = run_birdd("engines")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "usable" in lines["tflite"] and "ai_edge_litert" in lines["tflite"]
+    assert "usable" in lines["onnx"] and "CPUExecutionProvider" in lines["onnx"]

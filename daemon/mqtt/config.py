@@ -75,6 +75,13 @@ class MqttConfig(Strict):
     stats_interval_s: float = Field(
         60.0, ge=1, le=86400, description="Seconds between …/stats health messages."
     )
+    drain_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="At the end of a run, wait at most this long for the outbox to empty; "
+        "what is left is sent by the next run or `birdd publish`.",
+    )
     homeassistant: HomeAssistantConfig = Field(
         default_factory=HomeAssistantConfig, description="Home Assistant MQTT discovery."
     )

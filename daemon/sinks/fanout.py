@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from birdd.daemon.records import Detection
 
@@ -101,6 +101,12 @@ class SinkFanout:
             return
         for worker in self._threads:
             worker.batches.put(batch)
+
+    def queue_depths(self) -> Dict[str, int]:
+        """Batches waiting in each sink's queue, by sink name (for health reports)."""
+        depths = {sink.name: 0 for sink in self.sinks}
+        depths.update((worker.sink.name, worker.batches.qsize()) for worker in list(self._threads))
+        return depths
 
     def close(self, status: str) -> None:
         """Let every sink write what is queued, close it, and raise ``SinkError`` if any failed.

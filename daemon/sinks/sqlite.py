@@ -6,14 +6,20 @@ its final status, end time and count. Readers treat only 'complete' runs as fina
 'running' when the next writer opens the database was left by a process that died; it is
 marked 'interrupted'. The writer holds an exclusive lock on ``<db>.lock``, so a run that another
 live process is still writing is never mistaken for a dead one.
+
+Retention (``storage.retention_days``) runs when the sink opens and then at most hourly, after a
+commit; with MQTT on it deletes only rows the outbox has already delivered.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, List, Optional, Sequence, Union
+from typing import IO, Callable, List, Optional, Sequence, Union
 
 from birdd.daemon.records import Detection
 
@@ -23,6 +29,16 @@ from .sqlite_store import SQLiteStore, StoreError
 __all__ = ["SQLiteSink", "SQLiteStore", "StoreError"]
 
 log = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Delete detections older than ``days``; ``keep_unpublished`` spares the MQTT outbox's."""
+
+    days: float
+    keep_unpublished: bool
 
 
 class _WriterLock:
@@ -57,12 +73,23 @@ class _WriterLock:
 class SQLiteSink(Sink):
     """Writes a run and its detections to the database; the only writer of that database."""
 
-    def __init__(self, path: Union[str, Path], busy_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: Union[str, Path],
+        busy_timeout_s: float = 5.0,
+        on_commit: Optional[Callable[[], None]] = None,
+        retention: Optional[Retention] = None,
+    ) -> None:
+        """``on_commit`` is called after each committed batch (the MQTT outbox's wake-up); it
+        runs in the sink's thread and must return at once."""
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self.on_commit = on_commit
+        self.retention = retention
         self._lock = _WriterLock(self.path)
         self._store: Optional[SQLiteStore] = None
         self._run_id = ""
+        self._purged_at = 0.0
 
     @property
     def name(self) -> str:
@@ -73,6 +100,7 @@ class SQLiteSink(Sink):
         try:
             self._lock.acquire()
             _log_recovered(self.path, store.recover_interrupted())
+            self._purge(store)
             store.begin_run(run)
         except BaseException:
             self._lock.release()
@@ -81,7 +109,12 @@ class SQLiteSink(Sink):
         self._store, self._run_id = store, run.run_id
 
     def write(self, detections: Sequence[Detection]) -> None:
-        self._open_store().add_detections(self._run_id, detections)
+        store = self._open_store()
+        store.add_detections(self._run_id, detections)
+        if self.on_commit is not None:
+            self.on_commit()
+        if time.monotonic() - self._purged_at >= RETENTION_EVERY_S:
+            self._purge(store)
 
     def close(self, status: str) -> None:
         store = self._open_store()
@@ -91,6 +124,20 @@ class SQLiteSink(Sink):
             store.close()
             self._lock.release()
             self._store = None
+
+    def _purge(self, store: SQLiteStore) -> None:
+        self._purged_at = time.monotonic()
+        if self.retention is None:
+            return
+        cutoff = datetime.now(timezone.utc) - timedelta(days=self.retention.days)
+        deleted = store.purge(cutoff, self.retention.keep_unpublished)
+        if deleted:
+            log.info(
+                "%s: deleted %d detection(s) older than %g days",
+                self.path,
+                deleted,
+                self.retention.days,
+            )
 
     def _open_store(self) -> SQLiteStore:
         if self._store is None:

@@ -25,7 +25,6 @@ from .sqlite_schema import (
     run_row,
 )
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 _COUNT = "SELECT COUNT(*) FROM detections WHERE detections.run_id = runs.run_id"
 
 
@@ -97,6 +96,22 @@ class SQLiteStore:
             )
         return [row["run_id"] for row in rows]
 
+    def purge(self, older_than: datetime, only_published: bool) -> int:
+        """Delete detections that started before ``older_than``; return how many.
+
+        With ``only_published`` a row the MQTT outbox has not delivered yet is kept whatever
+        its age. The newest row is always kept, so that rowids are never reused (the outbox
+        finds new rows by rowid).
+        """
+        condition = "start_epoch < ? AND rowid < (SELECT MAX(rowid) FROM detections)"
+        if only_published:
+            condition += " AND published_at IS NOT NULL"
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                f"DELETE FROM detections WHERE {condition}", (older_than.timestamp(),)
+            )
+        return cursor.rowcount
+
     def detections(self, run_id: Optional[str] = None) -> List[Dict[str, Any]]:
         """Detection records (``Detection.to_record()``), in the order they were stored."""
         query = "SELECT record_json FROM detections"
@@ -147,28 +162,42 @@ class SQLiteStore:
 
 
 def _check_path(path: Path) -> None:
-    """Refuse a directory or a non-SQLite file before SQLite touches anything."""
+    """Refuse a directory or a non-SQLite file before SQLite writes anything."""
     if path.is_dir():
         raise StoreError(f"{path} is a directory; give a database file such as {path / 'birdd.db'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = _read_header(path)
     except OSError as exc:
         reason = "a parent is a file" if isinstance(exc, FileExistsError) else exc.strerror
         raise StoreError(f"cannot use {path}: {reason}; check the path and permissions") from exc
-    if header and header != SQLITE_HEADER:
+    if _is_foreign_file(path):
         raise StoreError(
             f"{path} exists and is not an SQLite database (left unchanged); "
             "move it away or choose another database path"
         )
 
 
-def _read_header(path: Path) -> bytes:
-    """The first bytes of an existing file; empty for a missing or empty one (a new database)."""
+def _is_foreign_file(path: Path) -> bool:
+    """True when ``path`` exists and is not an SQLite database.
+
+    Read through a read-only SQLite connection, never with ``open()``: closing any descriptor
+    of a database file drops every POSIX lock this process holds on it, and with another
+    connection open in the process (the MQTT outbox's) another process could then delete the
+    WAL file that this one is still appending to. SQLite's own file handling avoids that.
+    """
     if not path.is_file():
-        return b""
-    with path.open("rb") as existing:
-        return existing.read(len(SQLITE_HEADER))
+        return False
+    try:
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False  # unreadable: _connect reports it
+    try:
+        probe.execute("PRAGMA schema_version")
+    except sqlite3.DatabaseError as exc:
+        return "not a database" in str(exc)
+    finally:
+        probe.close()
+    return False
 
 
 def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:

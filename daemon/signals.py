@@ -1,0 +1,33 @@
+"""SIGINT and SIGTERM ask the current phase to stop cleanly instead of killing the process."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any, Callable, Dict
+
+log = logging.getLogger("birdd")
+
+
+class StopOnSignals:
+    """While active, SIGINT/SIGTERM log ``reason`` and call ``action``; both may be changed as
+    the program moves on (first stop the audio, then cut the MQTT drain short)."""
+
+    def __init__(self, action: Callable[[], None], reason: str) -> None:
+        self.action, self.reason = action, reason
+        self._previous: Dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("%s: %s", signal.Signals(signum).name, self.reason)
+        self.action()
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

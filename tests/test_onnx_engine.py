@@ -1,0 +1,191 @@
+"""Every installed engine scores real BirdNET windows alike; the ONNX Runtime engine's refusals.
+
+Needs BirdNET installed and converted to ONNX once (tests/install.sh does both; the conversion
+takes minutes, so the suite never converts). A missing ONNX model fails, it does not skip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile
+from pydantic import TypeAdapter, ValidationError
+
+from birdd.engines.artifact import load_artifact, sidecar_path, write_sidecar
+from birdd.engines.errors import EngineError, ModelArtifactError, RuntimeMissingError
+from birdd.engines.modeldir import resolve_model
+from birdd.engines.onnx import ONNXConfig
+from birdd.engines.registry import create_engine, engine_classes, engine_config_type
+from birdd.engines.tflite import TFLiteConfig
+
+WINDOW = 144000
+RECORDINGS = ["XC563936_soundscape.mp3", "tawnyowl.wav"]
+CONVERT = "python3 -m birdd.daemon models convert birdnet --to onnx"
+
+
+@pytest.fixture(scope="module")
+def onnx_model():
+    try:
+        return resolve_model("birdnet", "onnx")
+    except ModelArtifactError as exc:
+        pytest.fail(f"BirdNET has no ONNX model ({exc}); run '{CONVERT}' once (tests/install.sh)")
+
+
+@pytest.fixture(scope="module")
+def windows(audio_dir) -> np.ndarray:
+    """3 s windows from t = 0, the last partial one zero-padded: 24 + 5 windows."""
+    chunks = []
+    for name in RECORDINGS:
+        audio, rate = soundfile.read(
+            str(audio_dir / "soundscapes" / name), dtype="float32", always_2d=True
+        )
+        assert rate == 48000
+        mono = audio.mean(axis=1)
+        padded = np.zeros(-(-len(mono) // WINDOW) * WINDOW, np.float32)
+        padded[: len(mono)] = mono
+        chunks.append(padded.reshape(-1, WINDOW))
+    return np.concatenate(chunks)
+
+
+def config_for(engine_type: str, **fields):
+    return engine_classes()[engine_type].config_class(**fields)
+
+
+def score(engine_type: str, windows: np.ndarray, method: str = "predict") -> np.ndarray:
+    engine = create_engine(config_for(engine_type, batch_size=8))
+    run = getattr(engine, method)
+    return np.concatenate([run(windows[i : i + 8]) for i in range(0, len(windows), 8)])
+
+
+@pytest.fixture(scope="module")
+def reference(windows):
+    """The fast TFLite model's logits and embeddings: what every engine must reproduce."""
+    return score("tflite", windows), score("tflite", windows, "embed")
+
+
+@pytest.mark.parametrize("engine_type", sorted(engine_classes()))
+def test_every_engine_scores_real_windows_like_tflite(engine_type, windows, reference, onnx_model):
+    logits, embeddings = score(engine_type, windows), score(engine_type, windows, "embed")
+    assert logits.shape == (len(windows), 6522) and embeddings.shape == (len(windows), 1024)
+    np.testing.assert_array_equal(logits.argmax(axis=1), reference[0].argmax(axis=1))
+    assert np.abs(logits - reference[0]).max() <= 1e-3
+    np.testing.assert_allclose(embeddings, reference[1], atol=1e-3)
+    species = load_artifact(resolve_model("birdnet", engine_type)).species
+    top = [species[i].scientific for i in logits.argmax(axis=1)]
+    assert top[5] == "Junco hyemalis"  # 15 s in XC563936, BirdNET-Analyzer's 0.99 detection
+    assert top[24:28] == ["Strix aluco"] * 4  # the tawny owl's four full windows
+
+
+def test_dynamic_batch_rows_do_not_depend_on_the_batch(windows, onnx_model):
+    engine = create_engine(ONNXConfig(batch_size=8))
+    eight = engine.predict(windows[:8])
+    one = np.concatenate([engine.predict(windows[i : i + 1]) for i in range(8)])
+    np.testing.assert_allclose(eight, one, atol=1e-5)
+    assert engine.predict(windows[:3]).shape == (3, 6522)
+    with pytest.raises(EngineError, match="batch of 9 > batch_size 8"):
+        engine.predict(windows[:9])
+
+
+def test_a_corrupt_onnx_file_is_one_line(tmp_path, onnx_model):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"\x08\x07garbage, not a protobuf" * 100)
+    meta = json.loads(sidecar_path(onnx_model).read_text())
+    write_sidecar(model, meta, load_artifact(onnx_model).species)  # hash matches the garbage
+    with pytest.raises(EngineError, match=r"cannot load ONNX model .*model\.onnx") as error:
+        create_engine(ONNXConfig(model=str(model)))
+    assert "\n" not in str(error.value)
+
+
+def test_a_sidecar_with_the_wrong_window_is_refused(tmp_path, onnx_model):
+    model = tmp_path / "model.onnx"
+    model.symlink_to(onnx_model)
+    meta = json.loads(sidecar_path(onnx_model).read_text())
+    meta.update(window_samples=96000, sample_rate=32000)
+    sidecar_path(model).write_text(json.dumps(meta))
+    with pytest.raises(EngineError, match=r"sidecar says one float \[B, 96000\] input"):
+        create_engine(ONNXConfig(model=str(model)))
+
+
+def test_an_unavailable_provider_falls_back_to_cpu_with_a_log_line(windows, caplog, onnx_model):
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider"]
+    missing = [name for name in gpu if name not in available]
+    assert missing, f"this check needs a provider ONNX Runtime lacks; it has {available}"
+    with caplog.at_level(logging.INFO, logger="birdd.engines.onnx"):
+        engine = create_engine(ONNXConfig(providers=missing, batch_size=1))
+    assert engine.predict(windows[:1]).shape == (1, 6522)
+    assert f"provider {missing[0]} is not available here" in caplog.text
+    assert "using CPU" in caplog.text and "['CPUExecutionProvider']" in caplog.text
+
+
+def test_provider_names_are_checked_in_the_config():
+    with pytest.raises(ValidationError, match="end in ExecutionProvider"):
+        ONNXConfig(providers=["CUDA"])
+    assert ONNXConfig().providers == ["CPUExecutionProvider"]
+    assert (ONNXConfig().threads, ONNXConfig().inter_op_threads) == (2, 1)
+
+
+def test_a_missing_runtime_names_the_extra_to_install(monkeypatch, onnx_model):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import raises
+    with pytest.raises(RuntimeMissingError, match=r"pip install 'birdd\[onnx\]'"):
+        create_engine(ONNXConfig())
+
+
+def test_an_engine_section_without_type_follows_the_model_suffix():
+    """What ``--model PATH`` alone gives the config: ``{"model": PATH}``."""
+    engine_section = TypeAdapter(engine_config_type())
+    assert isinstance(engine_section.validate_python({"model": "x.tflite"}), TFLiteConfig)
+    assert isinstance(engine_section.validate_python({"model": "birdnet"}), TFLiteConfig)
+    assert isinstance(engine_section.validate_python({"model": "/m/x.onnx"}), ONNXConfig)
+    onnx = engine_section.validate_python({"type": "onnx", "model": "x.onnx", "threads": 1})
+    assert isinstance(onnx, ONNXConfig) and onnx.threads == 1
+    with pytest.raises(ValidationError, match="runtime"):
+        engine_section.validate_python({"type": "onnx", "runtime": "litert"})
+
+
+def test_the_daemon_config_selects_the_onnx_engine():
+    from birdd.daemon.config import build_config
+
+    config = build_config({"engine": {"type": "onnx", "providers": ["CUDAExecutionProvider"]}})
+    assert isinstance(config.engine, ONNXConfig)
+    assert config.engine.for_mode(live=True).batch_size == 1
+
+
+class FixedBatchSession:
+    """The real session, declaring and insisting on a fixed batch of 4 (no `onnx` package here
+    to write such a model)."""
+
+    real_class = None
+
+    def __init__(self, *args, **kwargs):
+        self.real = self.real_class(*args, **kwargs)
+
+    def get_inputs(self):
+        real = self.real.get_inputs()[0]
+        return [SimpleNamespace(name=real.name, shape=[4, real.shape[1]], type=real.type)]
+
+    def run(self, names, feed):
+        assert [len(value) for value in feed.values()] == [4]
+        return self.real.run(names, feed)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_a_fixed_batch_model_is_padded_and_its_batch_enforced(monkeypatch, windows, onnx_model):
+    import onnxruntime
+
+    expected = create_engine(ONNXConfig(batch_size=4)).predict(windows[:3])
+    monkeypatch.setattr(FixedBatchSession, "real_class", onnxruntime.InferenceSession)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FixedBatchSession)
+    found = create_engine(ONNXConfig(batch_size=4)).predict(windows[:3])
+    np.testing.assert_allclose(found, expected, atol=1e-5)
+    with pytest.raises(EngineError, match=r"fixed batch of 4: set engine\.batch_size to 4 or less"):
+        create_engine(ONNXConfig(batch_size=8))
