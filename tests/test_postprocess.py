@@ -329,6 +329,13 @@ def test_a_location_mask_drops_classes_unless_include_names_them():
     assert sorted(d.species_index for d in all_of(run(named, [window]))) == [ROBIN, JUNCO]
 
 
+def test_the_location_mask_never_drops_non_birds():
+    mask = np.array([True, True, True, False])  # the range model gives the dog ~0
+    window = scored(0, {DOG: 0.9})
+    found = all_of(run(processor(mask=mask, non_birds=True), [window]))
+    assert [d.species_index for d in found] == [DOG]
+
+
 class WeekModel:
     """A stand-in location model that expects the junco only in week 20."""
 

@@ -45,7 +45,9 @@ class PostProcessor:
         self._clock = clock
         self._live = live
         selection = select_classes(config, artifact.species, live)
-        self._named = selection.named
+        # The location model is a range model for birds: it never drops what it does not map
+        # (include-listed classes and non-birds, which non_birds or include let through).
+        self._kept_by_location = selection.named | ~np.array([s.is_bird for s in artifact.species])
         self._thresholds = selection.thresholds
         self._location: Optional[LocationFilter] = None
         if location_mask is not None:
@@ -102,10 +104,9 @@ class PostProcessor:
         return mask
 
     def _masked(self, location_mask: np.ndarray) -> np.ndarray:
-        """Thresholds with the classes the location drops (and include does not name) removed."""
-        return np.where(location_mask | self._named, self._thresholds, NEVER_REPORTED).astype(
-            np.float32
-        )
+        """Thresholds with the birds the location drops (and include does not name) removed."""
+        kept = location_mask | self._kept_by_location
+        return np.where(kept, self._thresholds, NEVER_REPORTED).astype(np.float32)
 
     def _thresholds_at(self, sample: int) -> np.ndarray:
         if self._location is None:
