@@ -45,6 +45,13 @@ class EngineConfig(BaseModel):
         "mode, as fast per window as 8 with far less memory.",
     )
 
+    python: Optional[str] = Field(
+        None,
+        description="Run the engine in a worker process started with this interpreter (e.g. "
+        "/usr/bin/python3 on a Jetson, where the runtime exists only for the system Python); "
+        "a worker that dies is restarted and its batch scored again. Unset: in-process.",
+    )
+
     def for_mode(self, live: bool) -> EngineConfig:
         """This config with the mode's default batch size filled in."""
         if self.batch_size is not None:

@@ -82,6 +82,11 @@ def create_engine(config: EngineConfig) -> Engine:
             f"model {artifact.path.name} is in {artifact.format} format but engine.type is "
             f"{engine_type}: choose engine.type {artifact.format} or another model"
         )
-    engine = engine_class(config, artifact)
+    if config.python:
+        from .worker import WorkerEngine
+
+        engine: Engine = WorkerEngine(config, artifact, python=config.python)
+    else:
+        engine = engine_class(config, artifact)
     engine.load()
     return engine
