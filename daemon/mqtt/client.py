@@ -129,10 +129,10 @@ class Connection:
         client.max_inflight_messages_set(config.max_inflight)
         if self.announce:
             client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
-        if config.username:
-            client.username_pw_set(config.username, config.password())
-        if config.tls is not None:
-            _set_tls(client, config)
+        try:
+            apply_credentials(client, config)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"mqtt.tls: cannot load the certificates or key: {exc}") from None
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -213,18 +213,21 @@ def _refusal_hint(code: int) -> str:
     return "check the broker's settings for this client"
 
 
-def _set_tls(client: paho.Client, config: MqttConfig) -> None:
-    """Load the CA and client certificate now, so that a bad path is an error at start."""
+def apply_credentials(client: paho.Client, config: MqttConfig) -> None:
+    """User name, password and TLS on a paho client, for the station and for ``birdd listen``.
+
+    The CA and client certificate load now, so a bad path fails at start (OSError/SSLError).
+    """
+    if config.username:
+        client.username_pw_set(config.username, config.password())
     tls = config.tls
-    assert tls is not None
-    try:
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-    except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"mqtt.tls: cannot load the certificates or key: {exc}") from None
+    if tls is None:
+        return
+    client.tls_set(
+        ca_certs=str(tls.ca_file) if tls.ca_file else None,
+        certfile=str(tls.cert_file) if tls.cert_file else None,
+        keyfile=str(tls.key_file) if tls.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+    )
     if tls.insecure:
         client.tls_insecure_set(True)

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from .client import apply_credentials
 from .config import MqttConfig, parse_mqtt_url
 from .messages import (
     PROG,
@@ -224,18 +225,10 @@ def make_client(config: MqttConfig) -> mqtt.Client:
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"birdd-listen-{uuid.uuid4().hex[:12]}"
     )
-    if config.username:
-        client.username_pw_set(config.username, config.password())
-    if config.tls is not None:
-        tls = config.tls
-        try:
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-            )
-        except OSError as exc:  # ssl.SSLError included
-            raise ValueError(f"cannot use the TLS files given: {exc}") from None
+    try:
+        apply_credentials(client, config)
+    except OSError as exc:  # ssl.SSLError included
+        raise ValueError(f"cannot use the TLS files given: {exc}") from None
     return client
 
 
