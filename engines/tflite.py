@@ -8,7 +8,7 @@ partial batch.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Dict, Literal, Optional
 
 import numpy as np
 from pydantic import Field
@@ -51,6 +51,9 @@ class TFLiteEngine(Engine):
     def __init__(self, config: TFLiteConfig, artifact: Any) -> None:
         super().__init__(config, artifact)
         self._interpreter: Optional[Any] = None
+        self._input_index = 0
+        self._output_indices: Dict[str, Optional[int]] = {}
+        self._input = np.zeros(0, dtype=np.float32)
 
     @classmethod
     def probe(cls) -> str:
@@ -59,7 +62,14 @@ class TFLiteEngine(Engine):
 
     def load(self) -> None:
         interpreter_class = import_interpreter(self.config.runtime)
-        self._interpreter = self._make_interpreter(interpreter_class, self.input_spec.max_batch)
+        spec = self.input_spec
+        interpreter = self._make_interpreter(interpreter_class, spec.max_batch)
+        self._input_index = interpreter.get_input_details()[0]["index"]
+        self._output_indices = {
+            role: self._output_index(interpreter, role) for role in ("scores", "embeddings")
+        }
+        self._input = np.zeros((spec.max_batch, spec.window_samples), dtype=np.float32)
+        self._interpreter = interpreter
 
     def _make_interpreter(self, interpreter_class: Any, batch: int) -> Any:
         path = str(self.artifact.path)
@@ -96,13 +106,13 @@ class TFLiteEngine(Engine):
             raise EngineError(f"TFLite engine: {problem}")
         if self._interpreter is None:
             raise EngineError("TFLite engine used before load()")
-        index = self._output_index(self._interpreter, role)
+        index = self._output_indices[role]
         if index is None:
             return super().embed(batch)
         rows = batch.shape[0]
-        full = np.zeros((self.input_spec.max_batch, batch.shape[1]), dtype=np.float32)
-        full[:rows] = batch
-        self._interpreter.set_tensor(self._interpreter.get_input_details()[0]["index"], full)
+        self._input[:rows] = batch
+        self._input[rows:] = 0.0  # a partial batch is zero-padded
+        self._interpreter.set_tensor(self._input_index, self._input)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(index)[:rows].copy()
 
