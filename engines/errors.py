@@ -11,3 +11,9 @@ class ModelArtifactError(EngineError):
 
 class RuntimeMissingError(EngineError):
     """The runtime library an engine needs is not installed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a runtime's error message (they span pages), or its repr if empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from .base import Engine, EngineConfig
-from .errors import EngineError, RuntimeMissingError
+from .errors import EngineError, RuntimeMissingError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,6 @@ def choose_providers(wanted: List[str], available: List[str]) -> List[str]:
     return chosen
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else repr(exc)
-
-
 class ONNXEngine(Engine):
     type = "onnx"
     config_class = ONNXConfig
@@ -109,7 +104,7 @@ class ONNXEngine(Engine):
                 path, sess_options=self._session_options(ort), providers=providers
             )
         except Exception as exc:  # ONNX Runtime raises its own types for corrupt files
-            raise EngineError(f"cannot load ONNX model {path}: {_first_line(exc)}") from exc
+            raise EngineError(f"cannot load ONNX model {path}: {first_line(exc)}") from exc
         self._check_input(session)
         self._check_outputs(session)
         log.info("ONNX Runtime %s runs %s on %s", ort.__version__, path, session.get_providers())
@@ -178,7 +173,7 @@ class ONNXEngine(Engine):
             result = self._session.run([name], {self._input_name: feed})[0]
         except Exception as exc:
             raise EngineError(
-                f"ONNX Runtime failed on {self.artifact.path}: {_first_line(exc)}"
+                f"ONNX Runtime failed on {self.artifact.path}: {first_line(exc)}"
             ) from exc
         return np.asarray(result[:rows], dtype=np.float32)
 

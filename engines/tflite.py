@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from .base import Engine, EngineConfig
-from .errors import EngineError, RuntimeMissingError
+from .errors import EngineError, RuntimeMissingError, first_line
 
 
 class TFLiteConfig(EngineConfig):
@@ -86,8 +86,7 @@ class TFLiteEngine(Engine):
         except EngineError:
             raise
         except Exception as exc:  # the runtimes raise ValueError/RuntimeError for corrupt files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise EngineError(f"cannot load TFLite model {path}: {first_line}") from exc
+            raise EngineError(f"cannot load TFLite model {path}: {first_line(exc)}") from exc
         return interpreter
 
     def _output_index(self, interpreter: Any, role: str) -> Optional[int]:
