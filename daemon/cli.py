@@ -21,6 +21,7 @@ from .mqtt.config import DEFAULT_PASSWORD_ENV, parse_mqtt_url
 from .postprocess import PostprocessError
 from .sinks.base import SinkError
 from .sources.base import SourceError
+from .sources.live import SourceUnavailable
 
 log = logging.getLogger("birdd")
 DEFAULT_CONFIG = Path("/etc/birdd/config.yaml")
@@ -47,7 +48,11 @@ OVERRIDES = {
 
 
 def _channel(text: str) -> Any:
-    return text if text == "mix" else int(text)
+    """'mix', an index, or indices separated by commas (each analysed separately)."""
+    if text == "mix":
+        return text
+    indices = [int(part) for part in text.split(",")]
+    return indices if "," in text else indices[0]
 
 
 def _names(text: str) -> List[str]:
@@ -73,14 +78,18 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by ``simulate`` and (later) ``run``; each overrides one config key."""
+    """Flags shared by ``simulate`` and ``run``; each overrides one config key."""
     add_store_flags(parser)
     parser.add_argument("--engine", help="engine type: tflite or onnx (see 'birdd engines')")
     parser.add_argument("--model", help="model file or installed model name")
     parser.add_argument("--threads", type=int, help="engine CPU threads")
     parser.add_argument("--batch-size", type=int, help="windows per engine call")
     parser.add_argument("--overlap", type=float, help="window overlap in seconds (default 0)")
-    parser.add_argument("--channel", type=_channel, help="'mix' (default) or a channel index")
+    parser.add_argument(
+        "--channel",
+        type=_channel,
+        help="'mix' (default), a channel index, or indices like 0,1 to analyse each separately",
+    )
     parser.add_argument("--min-conf", type=float, help="minimum confidence (0.01-0.99)")
     parser.add_argument("--sensitivity", type=float, help="detection sensitivity (0.5-1.5)")
     parser.add_argument("--include", type=_names, help="only these species (comma-separated)")
@@ -139,6 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="pace the file at real time (or FACTOR times real time)",
     )
     add_analysis_flags(sim)
+
+    run = command("run", help="listen to sound devices, streams or stdin (the live daemon)")
+    run.add_argument(
+        "--device",
+        action="append",
+        metavar="NAME|INDEX",
+        help="sound device by name substring or index (see 'birdd devices'); repeatable",
+    )
+    run.add_argument(
+        "--input",
+        action="append",
+        metavar="URL|-",
+        help="a stream ffmpeg reads (rtsp://, http(s)://, srt://, ...) or '-' for WAV or raw "
+        "audio on stdin; repeatable",
+    )
+    run.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until SIGINT/SIGTERM)",
+    )
+    add_analysis_flags(run)
+    command("devices", help="list the sound input devices PortAudio sees")
 
     publish = command(
         "publish",
@@ -212,6 +244,9 @@ def overrides_from(args: argparse.Namespace) -> Dict[str, Any]:
     }
     if location:
         overrides["postprocess.location"] = location
+    inputs = (getattr(args, "device", None) or []) + (getattr(args, "input", None) or [])
+    if inputs:
+        overrides["audio.inputs"] = inputs
     url = getattr(args, "mqtt", None)
     if url is not None:
         for key, value in parse_mqtt_url(url).items():
@@ -244,6 +279,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for line in exc.lines:
             print(f"birdd: config error: {line}", file=sys.stderr)
         return 2
+    except SourceUnavailable as exc:  # a missing device at start: systemd may restart us
+        print(f"birdd: error: {exc}", file=sys.stderr)
+        return 1
     except (SourceError, EngineError, PostprocessError, ValueError) as exc:
         print(f"birdd: error: {exc}", file=sys.stderr)
         return 2

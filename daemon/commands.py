@@ -25,6 +25,39 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate(config, args.file, args.start_time, args.realtime)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .live import run_live
+
+    if args.duration is not None and args.duration <= 0:
+        raise ValueError(f"--duration {args.duration:g}: give a number of seconds above 0")
+    config = load_config(config_path(args), overrides_from(args))
+    return run_live(config, args.duration)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .sources.device import PREFERRED_RATE, import_sounddevice, input_devices
+
+    sd = import_sounddevice()
+    devices = input_devices(sd)
+    if not devices:
+        print(
+            "no input devices: plug in a microphone, or check that PortAudio sees the sound "
+            "server (ALSA, PulseAudio, PipeWire)",
+            file=sys.stderr,
+        )
+        return 1
+    default = sd.default.device[0]
+    print(f"{'':2}{'index':>5}  {'name':<40} {'host API':<12} {'channels':>8}  default rate")
+    for device in devices:
+        mark = "* " if device["index"] == default else "  "
+        print(
+            f"{mark}{device['index']:>5}  {device['name'][:40]:<40} {device['hostapi'][:12]:<12} "
+            f"{device['channels']:>8}  {device['default_rate']} Hz"
+        )
+    print(f"(* the default input; birdd captures at {PREFERRED_RATE} Hz where the device can)")
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Deliver the outbox without analysing audio: 0 once it is empty, 1 at the timeout."""
     config = load_config(config_path(args), overrides_from(args))

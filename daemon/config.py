@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Dict, List, Literal, Optional, Type, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
@@ -44,9 +44,37 @@ class StationConfig(Strict):
         return value
 
 
+class StdinConfig(Strict):
+    sample_rate: int = Field(
+        48000, ge=8000, le=384000, description="Rate of raw audio on stdin (WAV says its own)."
+    )
+    channels: int = Field(1, ge=1, le=32, description="Channels of raw audio on stdin.")
+    format: Literal["s16le", "s24le", "s32le", "f32le"] = Field(
+        "s16le", description="Sample format of raw audio on stdin (arecord -f S16_LE is s16le)."
+    )
+
+
 class AudioConfig(Strict):
-    channels: Union[int, str] = Field(
-        "mix", description="'mix' to analyse the downmix of all channels, or a channel index."
+    inputs: List[Union[str, int]] = Field(
+        default_factory=lambda: ["default"],
+        min_length=1,
+        description="What `birdd run` listens to, one or more at once (each with its own ring "
+        "buffer, all sharing the engine): 'default' (the system's default input), a sound "
+        "device by name substring or index ('USB', 2; see `birdd devices`), a URL ffmpeg reads "
+        "(rtsp://, rtsps://, http(s)://, srt://, rtmp://, udp://) or '-' for WAV or raw audio "
+        "on stdin.",
+    )
+    channels: Union[int, str, List[int]] = Field(
+        "mix",
+        description="'mix' to analyse the downmix of all channels, a channel index, or a list "
+        "of indices to analyse each channel separately (detections carry their channel).",
+    )
+    sample_rate: Optional[int] = Field(
+        None,
+        ge=8000,
+        le=384000,
+        description="Capture rate of sound devices; default 48000 when the device supports it, "
+        "else its default rate. Audio is resampled to the model's rate.",
     )
     block_s: float = Field(
         0.5, gt=0.01, le=5, description="Seconds of audio read and resampled per block."
@@ -54,13 +82,45 @@ class AudioConfig(Strict):
     ring_buffer_s: float = Field(
         120, ge=10, le=3600, description="Capacity of the ring buffer between capture and windows."
     )
+    watchdog_s: float = Field(
+        5,
+        ge=0.5,
+        le=600,
+        description="A live input that delivers no audio for this long is lost: it is "
+        "reopened (ffmpeg restarted) with backoff and the outage is recorded as a gap.",
+    )
+    reconnect_max_s: float = Field(
+        30, ge=1, le=3600, description="Longest wait between attempts to reopen a lost input."
+    )
+    require_device_at_start: bool = Field(
+        False,
+        description="Exit with status 1 when a sound device is missing at start instead of "
+        "waiting for it (let systemd restart the service).",
+    )
+    silence_warn_s: float = Field(
+        60, gt=0, description="Warn once an input has been digitally silent this long."
+    )
+    stdin: StdinConfig = Field(default_factory=StdinConfig)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, values: List[Union[str, int]]) -> List[Union[str, int]]:
+        for value in values:
+            if (isinstance(value, int) and value < 0) or str(value).strip() == "":
+                raise ValueError("allowed: 'default', a device name or index >= 0, a URL or '-'")
+        if sum(str(value) == "-" for value in values) > 1:
+            raise ValueError("stdin ('-') can be read once only")
+        return values
 
     @field_validator("channels")
     @classmethod
-    def _channels(cls, value: Union[int, str]) -> Union[int, str]:
+    def _channels(cls, value: Union[int, str, List[int]]) -> Union[int, str, List[int]]:
         if value == "mix" or (isinstance(value, int) and value >= 0):
             return value
-        raise ValueError("allowed: 'mix' or a channel index 0, 1, …")
+        distinct = isinstance(value, list) and len(set(value)) == len(value) > 0
+        if distinct and all(index >= 0 for index in value):
+            return value
+        raise ValueError("allowed: 'mix', a channel index 0, 1, … or a list of distinct indices")
 
 
 class WindowConfig(Strict):
@@ -88,7 +148,9 @@ class StorageConfig(Strict):
 
 
 class OutputConfig(Strict):
-    format: str = Field("table", description="Simulate-mode output: table, jsonl, csv or raven.")
+    format: str = Field(
+        "table", description="Output printed by simulate and run: table, jsonl, csv or raven."
+    )
     path: Optional[Path] = Field(None, description="Write the output to this file, not stdout.")
 
     @field_validator("format")

@@ -1,8 +1,10 @@
-"""Wires the stages: source → ring buffer → windower → inference → post-processing → sinks.
+"""Wires the stages: sources → streams (ring buffers) → windowers → inference →
+post-processing → sinks.
 
-Three threads joined by a ring buffer and one bounded queue, plus one thread per sink inside
-the fan-out; one stop event ends them all. Stopping drains: the capture stops, the windows
-already buffered are scored, open events are flushed and the sinks are closed.
+Per source one capture thread; per stream (one analysed channel of one source) one windower
+thread; one inference thread shared by all, fed through one bounded queue; one thread per sink
+inside the fan-out. One stop event ends them all. Stopping drains: the capture stops, the
+windows already buffered are scored, open events are flushed and the sinks are closed.
 """
 
 from __future__ import annotations
@@ -10,33 +12,33 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
-
-import numpy as np
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from birdd.engines.base import Engine
 
+from .capture import SourceStage, Stream
+from .clock import LiveClock
 from .inference import END_OF_STREAM, InferenceStage, QueuedWindow
-from .meters import LevelMeter
 from .postprocess import PostProcessor
-from .records import Channel, ScoredWindow
-from .ring import RingBuffer
+from .records import Channel, Gap, ScoredWindow
 from .sinks.fanout import SinkFanout
-from .sources.base import AudioSource, Resampler, select_channel
-from .windower import Windower, hop_samples
+from .sources.base import AudioSource
+from .windower import hop_samples
 
 WINDOW_QUEUE_SIZE = 32
+DEFAULT_SILENCE_WARN_S = 60.0
 
 
 @dataclass
 class PipelineSettings:
-    channel: Channel = "mix"
+    channels: Sequence[Channel] = ("mix",)
+    """The streams cut from every source: the downmix, one channel, or several separately."""
     overlap_s: float = 0.0
     ring_buffer_s: float = 120.0
-    live: bool = False
     realtime_factor: Optional[float] = None
     """Pace a file source at this multiple of real time (simulate --realtime); None = flat out."""
+    silence_warn_s: float = DEFAULT_SILENCE_WARN_S
 
 
 @dataclass
@@ -48,6 +50,7 @@ class PipelineStats:
     detections: int = 0
     engine_seconds: float = 0.0
     wall_seconds: float = 0.0
+    gaps: List[Gap] = field(default_factory=list)
 
     @property
     def audio_seconds(self) -> float:
@@ -59,47 +62,79 @@ class PipelineStats:
         return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source and its clock (None when time comes from the recording's start)."""
+
+    source: AudioSource
+    clock: Optional[LiveClock] = None
+
+
 class Pipeline:
     def __init__(
         self,
-        source: AudioSource,
+        sources: Sequence[SourceSpec],
         engine: Engine,
         postprocessor: PostProcessor,
         fanout: SinkFanout,
         settings: PipelineSettings,
     ) -> None:
         spec = engine.input_spec
-        self.source = source
         self.postprocessor = postprocessor
         self.fanout = fanout
         self.settings = settings
         self.stop_event = threading.Event()
-        self.ring = RingBuffer(int(settings.ring_buffer_s * spec.sample_rate), settings.live)
+        self.live = any(item.source.paced for item in sources)
         hop = hop_samples(spec.window_samples, spec.sample_rate, settings.overlap_s)
-        self.windower = Windower(
-            self.ring, spec.window_samples, hop, spec.sample_rate, source.name, settings.channel
-        )
+        self.stages = [
+            SourceStage(
+                item.source,
+                [
+                    Stream(
+                        item.source,
+                        channel,
+                        spec.sample_rate,
+                        spec.window_samples,
+                        hop,
+                        settings.ring_buffer_s,
+                    )
+                    for channel in settings.channels
+                ],
+                item.clock,
+                self._on_gap,
+                settings.silence_warn_s,
+                settings.realtime_factor,
+            )
+            for item in sources
+        ]
+        self.streams = [stream for stage in self.stages for stream in stage.streams]
         self.inference = InferenceStage(engine, self._on_scored)
         self.windows: queue.Queue = queue.Queue(WINDOW_QUEUE_SIZE)
         self.stats = PipelineStats(spec.sample_rate)
-        self.level = LevelMeter(source.sample_rate)
-        self._resampler = Resampler(source.sample_rate, spec.sample_rate)
         self._errors: List[BaseException] = []
+        self._windowers_left = len(self.streams)
+        self._windowers_lock = threading.Lock()
 
     def stop(self) -> None:
         """Ask the pipeline to finish early (signal handlers call this); it drains and flushes."""
         self.stop_event.set()
+        for stage in self.stages:
+            stage.source.stop()
 
     def run(self, progress: Optional[Callable[[PipelineStats], None]] = None) -> PipelineStats:
-        """Run to the end of the source or until stopped; re-raise the first stage failure."""
+        """Run to the end of the sources or until stopped; re-raise the first stage failure."""
         began = time.monotonic()
+        targets: List[Any] = [
+            (f"capture {stage.source.name}", stage.run, (self.stop_event,)) for stage in self.stages
+        ]
+        targets += [
+            (f"windows {stream.source_name}:{stream.channel}", self._cut_windows, (stream,))
+            for stream in self.streams
+        ]
+        targets.append(("inference", self._score, ()))
         threads = [
-            threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
-            for name, target in (
-                ("capture", self._capture),
-                ("windower", self._cut_windows),
-                ("inference", self._score),
-            )
+            threading.Thread(target=self._guard, args=(target, args), name=name, daemon=True)
+            for name, target, args in targets
         ]
         for thread in threads:
             thread.start()
@@ -116,6 +151,7 @@ class Pipeline:
 
     def health(self) -> Dict[str, Any]:
         """The pipeline's part of the ``…/stats`` message (read from any thread)."""
+        first = self.streams[0].level
         return {
             "audio_seconds": round(self.stats.audio_seconds, 3),
             "realtime_factor": round(self.stats.realtime_factor, 2),
@@ -123,54 +159,60 @@ class Pipeline:
             "queue_depths": {"windows": self.windows.qsize(), **self.fanout.queue_depths()},
             "dropped": {
                 "windows": self.stats.windows_dropped,
-                "overwritten_samples": self.ring.overwritten,
+                "overwritten_samples": sum(stream.ring.overwritten for stream in self.streams),
             },
-            "input_level_dbfs": _rounded(self.level.level_dbfs),
-            "silence_s": round(self.level.silence_s, 3),
+            "input_level_dbfs": _rounded(first.level_dbfs),
+            "silence_s": round(first.silence_s, 3),
+            "sources": [self._source_health(stage) for stage in self.stages],
+            "gaps": {
+                "count": len(self.stats.gaps),
+                "seconds": round(sum(gap.seconds for gap in self.stats.gaps), 3),
+            },
+        }
+
+    @staticmethod
+    def _source_health(stage: SourceStage) -> Dict[str, Any]:
+        return {
+            "source": stage.source.name,
+            "status": stage.source.status(),
+            "channels": [
+                {
+                    "channel": stream.channel,
+                    "input_level_dbfs": _rounded(stream.level.level_dbfs),
+                    "silence_s": round(stream.level.silence_s, 3),
+                }
+                for stream in stage.streams
+            ],
         }
 
     def _update(self, began: float) -> None:
-        self.stats.samples = self.ring.written
+        self.stats.samples = sum(stage.samples for stage in self.stages)
         self.stats.windows = self.inference.windows_scored
         self.stats.engine_seconds = self.inference.engine_seconds
         self.stats.wall_seconds = time.monotonic() - began
 
-    def _guard(self, target: Callable[[], None]) -> None:
+    def _guard(self, target: Callable[..., None], args: Sequence[Any]) -> None:
         try:
-            target()
+            target(*args)
         except BaseException as exc:
             self._errors.append(exc)
-            self.stop_event.set()
-            self.ring.close()
+            self.stop()
+            for stage in self.stages:
+                stage.stop()
             self._put(END_OF_STREAM)
 
-    def _capture(self) -> None:
-        began = time.monotonic()
-        try:
-            for block in self.source.blocks():
-                if self.stop_event.is_set():
-                    break
-                mono = select_channel(block, self.settings.channel)
-                self.level.update(mono)
-                self.ring.write(self._resampler(mono))
-                self._pace(began)
-            if not self.stop_event.is_set():
-                self.ring.write(self._resampler(np.zeros(0, np.float32), last=True))
-        finally:
-            self.ring.close()
+    def _on_gap(self, gap: Gap) -> None:
+        self.stats.gaps.append(gap)
+        self.fanout.record_gap(gap)
 
-    def _pace(self, began: float) -> None:
-        factor = self.settings.realtime_factor
-        if factor:
-            ahead = self.ring.written / self.stats.sample_rate / factor
-            delay = ahead - (time.monotonic() - began)
-            if delay > 0:
-                self.stop_event.wait(delay)
-
-    def _cut_windows(self) -> None:
-        for window in self.windower.windows():
+    def _cut_windows(self, stream: Stream) -> None:
+        for window in stream.windower.windows():
             self._put(QueuedWindow(window, time.monotonic()))
-        self._put(END_OF_STREAM)
+        with self._windowers_lock:
+            self._windowers_left -= 1
+            last = self._windowers_left == 0
+        if last:
+            self._put(END_OF_STREAM)
 
     def _put(self, item: Optional[QueuedWindow]) -> None:
         """Queue a window: wait in simulate mode; in live mode drop the oldest and count it."""
@@ -181,7 +223,7 @@ class Pipeline:
             except queue.Full:
                 if self._errors and item is not END_OF_STREAM:
                     return
-                if self.settings.live or self._errors:
+                if self.live or self._errors:
                     self._drop_oldest()
 
     def _drop_oldest(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Protocol, Union
 
 import numpy as np
 
@@ -13,6 +13,14 @@ from birdd.engines.labels import Species
 
 Channel = Union[int, str]
 """A channel index, or ``"mix"`` for the downmix of all channels."""
+
+
+class Clock(Protocol):
+    """Maps a stream's sample index (at the model's rate) to UTC."""
+
+    sample_rate: int
+
+    def utc(self, sample: int) -> datetime: ...
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,20 @@ class StreamClock:
 
     def utc(self, sample: int) -> datetime:
         return self.start + timedelta(seconds=sample / self.sample_rate)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An outage of one source: no audio from ``start`` to ``end`` (UTC epoch seconds)."""
+
+    source: str
+    start: float
+    end: float
+    reason: str
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.end - self.start)
 
 
 @dataclass(frozen=True)

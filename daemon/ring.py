@@ -1,22 +1,27 @@
-"""A preallocated float32 ring buffer between capture and the windower.
+"""A preallocated float32 ring buffer: between an audio callback and its reader, and between
+capture and the windower.
 
-Samples carry a monotonic index from the start of the stream. The writer either waits for room
-(simulate: nothing is lost) or overwrites the oldest unread audio and counts it (live:
-freshness matters more than completeness).
+Samples (frames, when ``channels`` is given) carry a monotonic index from the start of the
+stream. The writer either waits for room (simulate: nothing is lost) or overwrites the oldest
+unread audio and counts it (live: freshness matters more than completeness). In the overwriting
+mode ``write`` never waits and allocates nothing, so a PortAudio callback may call it.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Optional, Tuple
 
 import numpy as np
 
 
 class RingBuffer:
-    def __init__(self, capacity: int, drop_oldest: bool) -> None:
+    def __init__(self, capacity: int, drop_oldest: bool, channels: Optional[int] = None) -> None:
+        """A ring of ``capacity`` samples, or of ``capacity`` frames of ``channels`` samples."""
         self.capacity = capacity
         self.drop_oldest = drop_oldest
-        self._data = np.zeros(capacity, dtype=np.float32)
+        shape = (capacity,) if channels is None else (capacity, channels)
+        self._data = np.zeros(shape, dtype=np.float32)
         self._cond = threading.Condition()
         self.written = 0
         """Samples written since the stream started (the next sample's index)."""
@@ -73,6 +78,28 @@ class RingBuffer:
                 out[first - start : first - start + head] = self._data[ring_at : ring_at + head]
                 out[first - start + head : end - start] = self._data[: count - head]
             return max(0, end - start)
+
+    def read_available(self, start: int, out: np.ndarray, timeout: float) -> Tuple[int, int]:
+        """Copy what has been written from ``start`` on (at most ``len(out)``) into ``out``,
+        waiting up to ``timeout`` seconds for the first sample; the reader of a live callback.
+
+        Returns ``(first, count)``: ``first`` > ``start`` when the samples from ``start`` were
+        already overwritten (the reader fell behind; they are counted in ``overwritten``).
+        ``count`` is 0 when nothing arrived in time or the ring is closed and drained.
+        """
+        with self._cond:
+            if self.written <= start and not self.closed:
+                self._cond.wait(timeout)
+            first = max(start, self.written - self.capacity)
+            count = min(len(out), self.written - first)
+            if count <= 0:
+                return first, 0
+            ring_at = first % self.capacity
+            head = min(count, self.capacity - ring_at)
+            out[:head] = self._data[ring_at : ring_at + head]
+            out[head:count] = self._data[: count - head]
+            self.released = max(self.released, first + count)
+            return first, count
 
     def release(self, upto: int) -> None:
         """The reader needs no sample before ``upto`` any more; wakes a waiting writer."""

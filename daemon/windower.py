@@ -42,6 +42,7 @@ class Windower:
         self.ring = ring
         self.window_samples = window_samples
         self.hop = hop
+        self.sample_rate = sample_rate
         self.min_tail = min(window_samples, int(MIN_TAIL_S * sample_rate))
         self.source = source
         self.channel = channel

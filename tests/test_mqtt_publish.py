@@ -39,6 +39,8 @@ STATS_FIELDS = {
     "mqtt_state",
     "disk_free_bytes",
     "cpu_temp_c",
+    "sources",
+    "gaps",
 }
 
 

@@ -69,7 +69,7 @@ def scored(start, heard, classes=4, valid=WINDOW, channel=0):
 def processor(live=False, artifact=None, mask=None, clock_start=START, **settings):
     clock = StreamClock(clock_start, RATE, "test")
     config = PostprocessConfig(**settings)
-    return PostProcessor(config, artifact or toy_artifact(), "st1", clock, live, mask)
+    return PostProcessor(config, artifact or toy_artifact(), "st1", {"a.wav": clock}, live, mask)
 
 
 def run(proc, windows):

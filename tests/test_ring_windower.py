@@ -85,3 +85,26 @@ def test_hop_from_overlap():
     assert hop_samples(144000, 48000, 0) == 144000
     assert hop_samples(144000, 48000, 1.5) == 72000
     assert hop_samples(144000, 48000, 2.9) == 4800
+
+
+def test_frame_ring_reader_gets_blocks_in_order_and_skips_what_was_overwritten():
+    """The callback side: frames of two channels written without waiting; a reader that falls
+    behind resumes at the oldest frame still there and the loss is counted."""
+    ring = RingBuffer(8, drop_oldest=True, channels=2)
+    frames = np.arange(24, dtype=np.float32).reshape(12, 2)
+    out = np.zeros((5, 2), np.float32)
+    ring.write(frames[:3])
+    assert ring.read_available(0, out, timeout=0.1) == (0, 3)
+    np.testing.assert_array_equal(out[:3], frames[:3])
+    ring.write(frames[3:12])  # 9 more frames into a ring of 8: frame 3 is lost unread
+    first, count = ring.read_available(3, out, timeout=0.1)
+    assert (first, count) == (4, 5) and ring.overwritten == 1
+    np.testing.assert_array_equal(out, frames[4:9])
+
+
+def test_frame_ring_reader_times_out_and_wakes_on_write():
+    ring = RingBuffer(8, drop_oldest=True, channels=1)
+    out = np.zeros((4, 1), np.float32)
+    assert ring.read_available(0, out, timeout=0.05) == (0, 0)
+    threading.Timer(0.05, ring.write, args=(np.ones((2, 1), np.float32),)).start()
+    assert ring.read_available(0, out, timeout=5) == (0, 2)

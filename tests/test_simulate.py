@@ -197,6 +197,26 @@ def test_channels_of_a_resampled_stereo_flac(stereo_owl_flac, tmp_path, channel,
     assert all(r["channel"] == (channel if channel == "mix" else int(channel)) for r in rows)
 
 
+def test_each_channel_analysed_separately_and_tagged(stereo_owl_flac, tmp_path):
+    """`--channel 0,1`: two streams from one file through one engine; the owl is heard on
+    channel 1 only, in the same 4 windows as when that channel is analysed alone."""
+    result = run_birdd(
+        "--simulate",
+        str(stereo_owl_flac),
+        "--channel",
+        "0,1",
+        "--per-window",
+        "--format",
+        "jsonl",
+        "--db",
+        str(tmp_path / "db.sqlite"),
+    )
+    assert result.returncode == 0, result.stderr
+    owl = [r for r in jsonl_rows(result.stdout) if r["species"]["scientific"] == "Strix aluco"]
+    assert [r["channel"] for r in owl] == [1, 1, 1, 1]
+    assert "10 windows" in result.stderr  # 5 per channel
+
+
 def test_a_channel_the_file_lacks_is_refused(stereo_owl_flac, tmp_path):
     result = run_birdd(
         "--simulate", str(stereo_owl_flac), "--channel", "2", "--db", str(tmp_path / "db.sqlite")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from birdd.engines.artifact import ModelArtifact
 from birdd.engines.errors import EngineError
 from birdd.engines.location import LocationModel, location_model_beside
 
-from ..records import Channel, Detection, ScoredWindow, StreamClock, new_detection_id
+from ..records import Channel, Clock, Detection, ScoredWindow, new_detection_id
 from .config import PostprocessConfig
 from .errors import PostprocessError
 from .events import Event, EventTracker
@@ -23,7 +23,8 @@ StreamKey = Tuple[str, Channel]
 
 class PostProcessor:
     """Applies activation and sensitivity, class thresholds and filters, and turns detecting
-    windows into events, kept apart per (source, channel).
+    windows into events, kept apart per (source, channel). ``clocks`` maps each source's
+    sample index to UTC.
 
     ``location_mask`` (bool per class) replaces the location model: when it is None and
     ``config.location`` is set, the location model installed beside the classifier is loaded.
@@ -34,7 +35,7 @@ class PostProcessor:
         config: PostprocessConfig,
         artifact: ModelArtifact,
         station: str,
-        clock: StreamClock,
+        clocks: Mapping[str, Clock],
         live: bool,
         location_mask: Optional[np.ndarray] = None,
     ) -> None:
@@ -42,7 +43,8 @@ class PostProcessor:
         self._artifact = artifact
         self._model_identity = artifact.identity()
         self._station = station
-        self._clock = clock
+        self._clocks = clocks
+        self._rate = artifact.sample_rate
         self._live = live
         selection = select_classes(config, artifact.species, live)
         # The location model is a range model for birds: it never drops what it does not map
@@ -69,7 +71,7 @@ class PostProcessor:
                 f"{self._artifact.num_classes} classes"
             )
         conf = confidences(scored.scores, self._artifact.activation, self._config.sensitivity)
-        classes = np.flatnonzero(conf >= self._thresholds_at(window.start_sample))
+        classes = np.flatnonzero(conf >= self._thresholds_at(window.source, window.start_sample))
         tracker = self._tracker((window.source, window.channel))
         end = window.start_sample + window.valid
         events = tracker.update(window.start_sample, end, classes, conf[classes])
@@ -108,10 +110,10 @@ class PostProcessor:
         kept = location_mask | self._kept_by_location
         return np.where(kept, self._thresholds, NEVER_REPORTED).astype(np.float32)
 
-    def _thresholds_at(self, sample: int) -> np.ndarray:
+    def _thresholds_at(self, source: str, sample: int) -> np.ndarray:
         if self._location is None:
             return self._thresholds
-        week = self._location.week_of(self._clock.utc(sample))
+        week = self._location.week_of(self._clocks[source].utc(sample))
         if week != self._week:
             self._week = week
             self._week_thresholds = self._masked(self._location.mask(week))
@@ -124,7 +126,7 @@ class PostProcessor:
 
     def _new_tracker(self) -> EventTracker:
         config = self._config
-        rate = self._clock.sample_rate
+        rate = self._rate
         hold_down = self._live and not config.per_window
         return EventTracker(
             num_classes=self._artifact.num_classes,
@@ -134,7 +136,7 @@ class PostProcessor:
         )
 
     def _detections(self, events: List[Event], source: str, channel: Channel) -> List[Detection]:
-        rate = self._clock.sample_rate
+        rate, clock = self._rate, self._clocks[source]
         detections = [
             Detection(
                 id=new_detection_id(),
@@ -143,8 +145,8 @@ class PostProcessor:
                 confidence=event.confidence,
                 offset_start=event.start / rate,
                 offset_end=event.end / rate,
-                start=self._clock.utc(event.start),
-                end=self._clock.utc(event.end),
+                start=clock.utc(event.start),
+                end=clock.utc(event.end),
                 source=source,
                 channel=channel,
                 station=self._station,

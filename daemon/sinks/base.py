@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Dict, Sequence
 
-from birdd.daemon.records import Detection
+from birdd.daemon.records import Detection, Gap
 
 MODES = ("simulate", "live")
 END_STATUSES = ("complete", "interrupted", "failed")
@@ -62,6 +62,10 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def write(self, detections: Sequence[Detection]) -> None:
         """Store or print one batch of detections."""
+
+    def record_gap(self, gap: Gap) -> None:
+        """A source had no audio from ``gap.start`` to ``gap.end``; sinks that keep history
+        (SQLite) store it, the others ignore it."""
 
     @abc.abstractmethod
     def close(self, status: str) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from birdd.daemon.records import Detection
+from birdd.daemon.records import Detection, Gap
 
 from .base import RunInfo, Sink, SinkError, check_end_status
 
@@ -22,23 +22,27 @@ _STOP = None
 """Queued after the last batch; the worker returns when it takes it."""
 
 Batch = Tuple[Detection, ...]
+Item = Union[Batch, Gap]
 
 
 def pump(sink: Sink, batches: queue.Queue) -> Optional[Exception]:
-    """Write queued batches to ``sink`` until ``_STOP``; return the first error, if any.
+    """Write queued batches (and gaps) to ``sink`` until ``_STOP``; return the first error.
 
     After an error the sink gets nothing more, but the queue is still drained so that
     ``publish`` never blocks on a sink that has died.
     """
     error: Optional[Exception] = None
     while True:
-        batch = batches.get()
-        if batch is _STOP:
+        item = batches.get()
+        if item is _STOP:
             return error
         if error is not None:
             continue
         try:
-            sink.write(batch)
+            if isinstance(item, Gap):
+                sink.record_gap(item)
+            else:
+                sink.write(item)
         except Exception as exc:
             error = exc
             log.error("sink %s failed; its later detections are discarded: %s", sink.name, exc)
@@ -101,6 +105,11 @@ class SinkFanout:
             return
         for worker in self._threads:
             worker.batches.put(batch)
+
+    def record_gap(self, gap: Gap) -> None:
+        """Queue a source outage for every sink, in order with the detections around it."""
+        for worker in self._threads:
+            worker.batches.put(gap)
 
     def queue_depths(self) -> Dict[str, int]:
         """Batches waiting in each sink's queue, by sink name (for health reports)."""

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence, Union
 
-from birdd.daemon.records import Detection
+from birdd.daemon.records import Detection, Gap
 
 from .base import RunInfo, Sink
 from .sqlite_store import SQLiteStore, StoreError
@@ -115,6 +115,9 @@ class SQLiteSink(Sink):
             self.on_commit()
         if time.monotonic() - self._purged_at >= RETENTION_EVERY_S:
             self._purge(store)
+
+    def record_gap(self, gap: Gap) -> None:
+        self._open_store().add_gap(self._run_id, gap)
 
     def close(self, status: str) -> None:
         store = self._open_store()

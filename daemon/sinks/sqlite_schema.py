@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime, timezone
 from typing import Callable, Dict, List, Sequence
 
-from birdd.daemon.records import Detection, iso_utc
+from birdd.daemon.records import Detection, Gap, iso_utc
 
 from .base import RunInfo
 
@@ -78,7 +79,27 @@ def _v1_initial(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_v1_initial]
+def _v2_gaps(conn: sqlite3.Connection) -> None:
+    """Source outages of live runs (a microphone unplugged, a stream that stalled)."""
+    conn.execute(
+        """
+        CREATE TABLE gaps (
+            rowid       INTEGER PRIMARY KEY,
+            run_id      TEXT NOT NULL REFERENCES runs (run_id),
+            source      TEXT NOT NULL,
+            start_utc   TEXT NOT NULL,
+            start_epoch REAL NOT NULL,
+            end_utc     TEXT NOT NULL,
+            end_epoch   REAL NOT NULL,
+            seconds     REAL NOT NULL,
+            reason      TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX gaps_start ON gaps (start_epoch)")
+
+
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_gaps]
 
 
 RUN_COLUMNS = (
@@ -115,6 +136,18 @@ DETECTION_COLUMNS = (
     "model_version",
     "model_sha256",
     "record_json",
+)
+
+
+GAP_COLUMNS = (
+    "run_id",
+    "source",
+    "start_utc",
+    "start_epoch",
+    "end_utc",
+    "end_epoch",
+    "seconds",
+    "reason",
 )
 
 
@@ -165,4 +198,17 @@ def detection_row(run_id: str, detection: Detection) -> Dict[str, object]:
         "model_version": detection.model.get("version"),
         "model_sha256": detection.model.get("sha256"),
         "record_json": json.dumps(record),
+    }
+
+
+def gap_row(run_id: str, gap: Gap) -> Dict[str, object]:
+    return {
+        "run_id": run_id,
+        "source": gap.source,
+        "start_utc": iso_utc(datetime.fromtimestamp(gap.start, timezone.utc)),
+        "start_epoch": gap.start,
+        "end_utc": iso_utc(datetime.fromtimestamp(gap.end, timezone.utc)),
+        "end_epoch": gap.end,
+        "seconds": round(gap.seconds, 3),
+        "reason": gap.reason,
     }

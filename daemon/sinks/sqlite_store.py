@@ -13,14 +13,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from birdd.daemon.records import Detection, iso_utc
+from birdd.daemon.records import Detection, Gap, iso_utc
 
 from .base import RunInfo, SinkError, check_end_status
 from .sqlite_schema import (
     DETECTION_COLUMNS,
+    GAP_COLUMNS,
     MIGRATIONS,
     RUN_COLUMNS,
     detection_row,
+    gap_row,
     insert_statement,
     run_row,
 )
@@ -69,6 +71,16 @@ class SQLiteStore:
         rows = [detection_row(run_id, detection) for detection in detections]
         with self._transaction() as conn:
             conn.executemany(insert_statement("detections", DETECTION_COLUMNS), rows)
+
+    def add_gap(self, run_id: str, gap: Gap) -> None:
+        with self._transaction() as conn:
+            conn.execute(insert_statement("gaps", GAP_COLUMNS), gap_row(run_id, gap))
+
+    def gaps(self) -> List[Dict[str, Any]]:
+        """Every recorded source outage as a dict, oldest first."""
+        with self._errors():
+            rows = self._conn.execute("SELECT * FROM gaps ORDER BY rowid").fetchall()
+        return [dict(row) for row in rows]
 
     def end_run(self, run_id: str, status: str) -> None:
         """Set a run's final status, end time and detection count."""

@@ -3,27 +3,53 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator, Optional, Union
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Union
 
 import numpy as np
 
-from ..records import Channel
+from ..records import Channel, Gap
 
 
 class SourceError(RuntimeError):
     """Audio that cannot be opened or decoded; the message is one line naming the fix."""
 
 
+@dataclass(frozen=True)
+class Block:
+    """Audio as a source delivers it: float32 ``[frames, channels]`` at its native rate."""
+
+    samples: np.ndarray
+    captured_at: Optional[float] = None
+    """UTC epoch seconds of the first frame by the audio clock; None for recordings."""
+    after_gap: Optional[Gap] = None
+    """Set on the first block after an outage (the stream's time jumps here)."""
+
+
 class AudioSource(ABC):
-    """Yields float32 blocks shaped ``[frames, channels]`` at the source's native rate."""
+    """Yields blocks at the source's native rate until it ends or is stopped."""
 
     name: str
     sample_rate: int
     channels: int
+    paced = False
+    """True when the audio arrives in real time and cannot wait (a microphone, a stream): the
+    pipeline then overwrites the oldest audio rather than hold the source back."""
 
     @abstractmethod
-    def blocks(self) -> Iterator[np.ndarray]:
+    def blocks(self) -> Iterator[Block]:
         """Yield blocks until the source ends; a source that cannot go on raises SourceError."""
+
+    def stop(self) -> None:
+        """Ask ``blocks`` to return soon (from another thread); a file source just ends."""
+
+    def open_gap(self) -> Optional[Gap]:
+        """An outage still going on when the source stops (live sources), else None."""
+        return None
+
+    def status(self) -> str:
+        """What the source is doing, in words, for logs and ``…/stats``."""
+        return "reading"
 
     def close(self) -> None:
         """Release the device, file or process."""
@@ -52,9 +78,11 @@ class Resampler:
         return self._stream.resample_chunk(np.ascontiguousarray(mono, np.float32), last=last)
 
 
-def check_channel(channel: Union[int, str], available: int, source: str) -> None:
-    if channel != "mix" and int(channel) >= available:
+def check_channel(channel: Union[int, str, List[int]], available: int, source: str) -> None:
+    """Refuse a channel index the source does not have (``channel`` may be a list)."""
+    indices = channel if isinstance(channel, list) else [] if channel == "mix" else [channel]
+    if indices and max(int(index) for index in indices) >= available:
         raise SourceError(
             f"{source} has {available} channel(s) but audio.channels is {channel}: "
-            f"use 'mix' or an index below {available}"
+            f"use 'mix' or indices below {available}"
         )

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import soundfile
 
-from .base import AudioSource, SourceError
+from .base import AudioSource, Block, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class FileSource(AudioSource):
         """The length libsndfile reports (for mp3 an estimate until decoded)."""
         return self._file.frames / self.sample_rate
 
-    def blocks(self) -> Iterator[np.ndarray]:
+    def blocks(self) -> Iterator[Block]:
         buffer = np.empty((self._block_frames, self.channels), dtype=np.float32)
         while True:
             try:
@@ -57,7 +57,7 @@ class FileSource(AudioSource):
                 return
             if len(frames) == 0:
                 return
-            yield frames
+            yield Block(frames)
 
     def close(self) -> None:
         self._file.close()

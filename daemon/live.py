@@ -1,0 +1,147 @@
+"""``birdd run``: the live daemon over sound devices, network streams and stdin.
+
+Every input gets its own ring buffer and clock; all share one engine. Inputs that are missing
+are waited for (or, with ``audio.require_device_at_start``, refused before the run is opened).
+``--duration`` makes a bounded listening session: listen ten minutes, print what was heard.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Any, List, Optional
+
+from birdd.engines.registry import create_engine
+
+from .clock import LiveClock
+from .pipeline import Pipeline, PipelineStats, SourceSpec
+from .postprocess import PostProcessor
+from .session import open_sinks, pipeline_settings, run_info, run_session
+from .sources.base import AudioSource, SourceError, check_channel
+from .sources.device import DeviceSource
+from .sources.ffmpeg import FfmpegSource, is_url
+from .sources.live import LiveSource, ReconnectPolicy
+from .sources.stdin import PcmFormat, StdinSource
+
+log = logging.getLogger("birdd")
+
+CLOCK_ORIGIN = "audio clock"
+LOSS_CHECK_S = 60.0
+LOSS_WARN_FRACTION = 0.01
+STATUS_LOG_S = 600.0
+
+
+def channels_needed(channels: Any) -> Optional[int]:
+    """How many channels to capture for ``audio.channels`` (None: 'mix', take them all)."""
+    if channels == "mix":
+        return None
+    indices = channels if isinstance(channels, list) else [channels]
+    return max(indices) + 1
+
+
+def open_source(spec: Any, config: Any, model_rate: int) -> AudioSource:
+    """The source for one ``audio.inputs`` entry: a device, a URL for ffmpeg, or '-'."""
+    audio = config.audio
+    policy = ReconnectPolicy(audio.watchdog_s, audio.reconnect_max_s, audio.require_device_at_start)
+    wanted = channels_needed(audio.channels)
+    text = str(spec)
+    if text == "-":
+        raw = PcmFormat(audio.stdin.sample_rate, audio.stdin.channels, audio.stdin.format)
+        return StdinSource(raw, audio.block_s, sys.stdin.buffer)
+    if is_url(text):
+        return FfmpegSource(text, policy, audio.block_s, model_rate, wanted or 1)
+    if "://" in text:
+        raise SourceError(
+            f"audio.inputs: {text!r} is a URL ffmpeg is not asked to read here; use rtsp://, "
+            "rtsps://, http(s)://, srt://, rtmp://, udp://, rtp:// or tcp://"
+        )
+    return DeviceSource(spec, policy, audio.block_s, audio.sample_rate, wanted)
+
+
+def open_sources(config: Any, model_rate: int) -> List[AudioSource]:
+    sources = [open_source(spec, config, model_rate) for spec in config.audio.inputs]
+    names = [source.name for source in sources]
+    if len(set(names)) < len(names):
+        raise SourceError(f"audio.inputs names one input twice: {', '.join(names)}")
+    for source in sources:
+        check_channel(config.audio.channels, source.channels, source.name)
+        if isinstance(source, LiveSource):
+            source.check_available()
+    return sources
+
+
+class LiveMonitor:
+    """Called by the pipeline four times a second: warns when more than 1% of a minute's audio
+    was overwritten before it was analysed, and logs a status line every ten minutes."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._checked_at = self._logged_at = time.monotonic()
+        self._samples = self._lost = 0
+
+    def __call__(self, stats: PipelineStats) -> None:
+        now = time.monotonic()
+        if now - self._checked_at >= LOSS_CHECK_S:
+            self._check_loss(stats)
+            self._checked_at = now
+        if now - self._logged_at >= STATUS_LOG_S:
+            self._logged_at = now
+            log.info(self._status(stats))
+
+    def _check_loss(self, stats: PipelineStats) -> None:
+        lost = sum(stream.ring.overwritten for stream in self.pipeline.streams)
+        samples = sum(stream.ring.written for stream in self.pipeline.streams)
+        new_lost, new_samples = lost - self._lost, samples - self._samples
+        self._lost, self._samples = lost, samples
+        if new_samples and new_lost > LOSS_WARN_FRACTION * new_samples:
+            log.warning(
+                "%.1f%% of the last minute's audio was overwritten before analysis: the engine "
+                "is too slow for this machine; use fewer inputs or channels, more threads, or a "
+                "faster engine",
+                100 * new_lost / new_samples,
+            )
+
+    def _status(self, stats: PipelineStats) -> str:
+        sources = "; ".join(stage.source.status() for stage in self.pipeline.stages)
+        return (
+            f"listening: {stats.audio_seconds / 3600:,.1f} h of audio, {stats.windows} windows, "
+            f"{stats.detections} detection(s), {len(stats.gaps)} gap(s); {sources}"
+        )
+
+
+def run_live(config: Any, duration_s: Optional[float]) -> int:
+    """Listen until stopped (SIGINT/SIGTERM), until ``duration_s`` or until stdin ends."""
+    engine = create_engine(config.engine.for_mode(live=True))
+    rate = engine.input_spec.sample_rate
+    sources = open_sources(config, rate)
+    clocks = {source.name: LiveClock(rate, CLOCK_ORIGIN) for source in sources}
+    postprocessor = PostProcessor(
+        config.postprocess, engine.artifact, config.station.id, clocks, live=True
+    )
+    fanout, publisher = open_sinks(config)
+    specs = [SourceSpec(source, clocks[source.name]) for source in sources]
+    pipeline = Pipeline(specs, engine, postprocessor, fanout, pipeline_settings(config))
+    names = ", ".join(source.name for source in sources)
+    run = run_info(config, engine, "live", names, CLOCK_ORIGIN)
+    log.info("listening to %s (%s)", names, run.run_id)
+    timer = _stop_after(duration_s, pipeline)
+    try:
+        return run_session(
+            pipeline, fanout, run, config, publisher, LiveMonitor(pipeline), "complete"
+        )
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for source in sources:
+            source.close()
+
+
+def _stop_after(duration_s: Optional[float], pipeline: Pipeline) -> Optional[threading.Timer]:
+    if duration_s is None:
+        return None
+    timer = threading.Timer(duration_s, pipeline.stop)
+    timer.daemon = True
+    timer.start()
+    return timer

@@ -1,0 +1,121 @@
+"""What every analysing command shares: the sinks, the run record, and running the pipeline
+to its end with signals handled, sinks flushed and the MQTT outbox drained."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Tuple
+
+from birdd.engines.base import Engine
+
+from .mqtt.service import MqttPublisher
+from .pipeline import Pipeline, PipelineSettings, PipelineStats
+from .records import new_detection_id
+from .signals import StopOnSignals
+from .sinks.base import RunInfo
+from .sinks.fanout import SinkFanout
+from .sinks.files import make_output_sink
+from .sinks.sqlite import Retention, SQLiteSink
+
+log = logging.getLogger("birdd")
+
+
+def open_sinks(config: Any) -> Tuple[SinkFanout, Optional[MqttPublisher]]:
+    """SQLite (the source of truth), the text output, and the MQTT publisher when enabled."""
+    publisher = MqttPublisher(config) if config.mqtt.enabled else None
+    sqlite = SQLiteSink(
+        config.storage.db,
+        on_commit=publisher.notify_commit if publisher else None,
+        retention=_retention(config),
+    )
+    return SinkFanout(
+        [sqlite, make_output_sink(config.output.format, config.output.path)]
+    ), publisher
+
+
+def run_info(config: Any, engine: Engine, mode: str, source: str, clock_origin: str) -> RunInfo:
+    return RunInfo(
+        run_id=new_detection_id(),
+        station=config.station.id,
+        mode=mode,
+        source=source,
+        started_at=datetime.now(timezone.utc),
+        clock_origin=clock_origin,
+        model=engine.artifact.identity(),
+        config_json=json.dumps(config.model_dump(mode="json"), sort_keys=True),
+    )
+
+
+def pipeline_settings(config: Any, realtime: Optional[float] = None) -> PipelineSettings:
+    channels = config.audio.channels
+    return PipelineSettings(
+        channels=channels if isinstance(channels, list) else [channels],
+        overlap_s=config.windows.overlap_s,
+        ring_buffer_s=config.audio.ring_buffer_s,
+        realtime_factor=realtime,
+        silence_warn_s=config.audio.silence_warn_s,
+    )
+
+
+def _retention(config: Any) -> Optional[Retention]:
+    days = config.storage.retention_days
+    return None if days is None else Retention(days, keep_unpublished=config.mqtt.enabled)
+
+
+def run_session(
+    pipeline: Pipeline,
+    fanout: SinkFanout,
+    run: RunInfo,
+    config: Any,
+    publisher: Optional[MqttPublisher],
+    progress: Callable[[PipelineStats], None],
+    stopped_status: str,
+) -> int:
+    """Run the pipeline until its sources end or it is stopped (then the run is marked
+    ``stopped_status``), flush every sink and drain the MQTT outbox; return the exit code."""
+    fanout.open(run)
+    if publisher is not None:
+        publisher.start(pipeline.health)
+    status = "failed"
+    with StopOnSignals(pipeline.stop, "stopping after the audio already read") as signals:
+        try:
+            stats = pipeline.run(progress)
+            status = stopped_status if pipeline.stop_event.is_set() else "complete"
+        finally:
+            finish = getattr(progress, "finish", None)
+            if finish is not None:
+                finish()
+            try:
+                fanout.close(status)
+            finally:
+                if publisher is not None:
+                    signals.action, signals.reason = publisher.cancel, LEAVE_OUTBOX
+                    _finish_publishing(publisher, config.mqtt.drain_timeout_s)
+    log.info(_summary(stats, status, run.run_id, config.storage.db))
+    return 0
+
+
+LEAVE_OUTBOX = "leaving the unpublished detections in the outbox for the next run"
+
+
+def _finish_publishing(publisher: MqttPublisher, timeout_s: float) -> None:
+    """Give the broker up to ``timeout_s`` to acknowledge the outbox, then say goodbye."""
+    publisher.drain(timeout_s)
+    remaining = publisher.stop()
+    if remaining:
+        log.warning(
+            "mqtt: %d detection(s) not acknowledged by the broker stay in the outbox; "
+            "the next run or `birdd publish` sends them",
+            remaining,
+        )
+
+
+def _summary(stats: PipelineStats, status: str, run_id: str, db: Path) -> str:
+    return (
+        f"{status}: {stats.audio_seconds:,.1f} s of audio in {stats.wall_seconds:,.1f} s "
+        f"({stats.realtime_factor:,.0f}x real time), {stats.windows} windows, "
+        f"{stats.detections} detection(s); run {run_id} in {db}"
+    )

@@ -1,0 +1,171 @@
+"""`birdd run` inputs that need no sound server: stdin (WAV and raw PCM), the ffmpeg command,
+the watchdog's gaps, and the command line's refusals. Sound devices and RTSP streams are in
+test_live_capture.py, against a real PulseAudio and a real RTSP server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from birdd_testing import run_birdd
+
+from birdd.daemon.sources.base import SourceError
+from birdd.daemon.sources.ffmpeg import ffmpeg_command, is_url, redacted
+from birdd.daemon.sources.stdin import PcmFormat, StdinSource
+
+RAW = PcmFormat(48000, 1, "s16le")
+
+
+def pipe_source(data: bytes, raw: PcmFormat = RAW, block_s: float = 0.5) -> StdinSource:
+    """A StdinSource reading ``data`` from a real pipe, written by a thread as a producer
+    would (the header arrives before the constructor returns)."""
+    read_fd, write_fd = os.pipe()
+
+    def produce() -> None:
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(data)
+
+    threading.Thread(target=produce, daemon=True).start()
+    return StdinSource(raw, block_s, os.fdopen(read_fd, "rb"))
+
+
+def read_all(source: StdinSource) -> np.ndarray:
+    return np.concatenate([block.samples for block in source.blocks()])
+
+
+def wav_bytes(samples: np.ndarray, rate: int, subtype: str) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, subtype=subtype, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def owl(audio_dir: Path) -> np.ndarray:
+    samples, _ = soundfile.read(str(audio_dir / "soundscapes" / "tawnyowl.wav"), dtype="float32")
+    return samples[: 48000 * 3]
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT"])
+def test_wav_on_stdin_decodes_like_libsndfile(owl: np.ndarray, subtype: str) -> None:
+    stereo = np.stack([owl, -owl], axis=1)
+    data = wav_bytes(stereo, 44100, subtype)
+    expected, _ = soundfile.read(io.BytesIO(data), dtype="float32")
+    source = pipe_source(data)
+    assert (source.sample_rate, source.channels) == (44100, 2)
+    np.testing.assert_array_equal(read_all(source), expected)
+
+
+def test_streaming_wav_header_reads_to_the_end_of_the_pipe(owl: np.ndarray) -> None:
+    """arecord writes a placeholder data length when it streams to a pipe."""
+    data = bytearray(wav_bytes(owl, 48000, "PCM_16"))
+    at = data.index(b"data") + 4
+    data[at : at + 4] = (0x7FFFFFFF).to_bytes(4, "little")
+    assert len(read_all(pipe_source(bytes(data)))) == len(owl)
+
+
+def test_raw_pcm_uses_the_configured_format(owl: np.ndarray) -> None:
+    pcm = (owl * 32767).astype("<i2")
+    source = pipe_source(pcm.tobytes() + b"\x01")  # an incomplete last frame is dropped
+    decoded = read_all(source)
+    assert source.sample_rate == 48000 and decoded.shape == (len(owl), 1)
+    np.testing.assert_allclose(decoded[:, 0], pcm / 32768, atol=1e-7)
+
+
+def test_a_truncated_wav_header_is_one_clear_error() -> None:
+    with pytest.raises(SourceError, match="stdin ended before the WAV"):
+        pipe_source(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+
+
+def test_stdin_run_finds_what_simulate_finds(audio_dir: Path, tmp_path: Path) -> None:
+    """`arecord … | birdd run --input -` through the live pipeline: the same detections as
+    `birdd --simulate` of the same recording (the stream starts at sample 0 in both)."""
+    recording = audio_dir / "soundscapes" / "XC563936_soundscape.mp3"
+    samples, rate = soundfile.read(str(recording), dtype="float32")
+    wav = tmp_path / "xc.wav"
+    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
+    flags = ("--min-conf", "0.4", "--per-window", "--format", "jsonl")
+    with wav.open("rb") as stdin:
+        live = run_birdd("run", "--input", "-", *flags, "--db", str(tmp_path / "a.db"), stdin=stdin)
+    simulated = run_birdd("--simulate", str(wav), *flags, "--db", str(tmp_path / "b.db"))
+    assert live.returncode == 0, live.stderr
+    assert simulated.returncode == 0, simulated.stderr
+
+    def heard(stdout: str) -> list:
+        rows = [json.loads(line) for line in stdout.splitlines() if line]
+        return [(r["species"]["scientific"], r["offset_start"]) for r in rows]
+
+    assert len(heard(live.stdout)) == 11
+    assert heard(live.stdout) == heard(simulated.stdout)
+    runs = sqlite3.connect(str(tmp_path / "a.db")).execute("SELECT mode, status, source FROM runs")
+    assert runs.fetchall() == [("live", "complete", "stdin")]
+
+
+def test_a_source_that_never_comes_is_a_gap_in_sqlite(tmp_path: Path) -> None:
+    """An RTSP camera that refuses connections for the whole (bounded) run: ffmpeg is retried
+    with backoff, the run ends on time, and the outage is one row in the gaps table."""
+    db = tmp_path / "db.sqlite"
+    result = run_birdd(
+        "run", "--input", "rtsp://127.0.0.1:9/cam", "--duration", "3", "--db", str(db)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "waiting for rtsp://127.0.0.1:9/cam" in result.stderr
+    assert "Traceback" not in result.stderr
+    gaps = sqlite3.connect(str(db)).execute("SELECT source, seconds, reason FROM gaps").fetchall()
+    assert len(gaps) == 1 and gaps[0][0] == "rtsp://127.0.0.1:9/cam"
+    assert 2.5 <= gaps[0][1] <= 4.0 and "ffmpeg exited" in gaps[0][2]
+
+
+def test_ffmpeg_command_and_urls() -> None:
+    command = ffmpeg_command("rtsp://cam.local/live", 48000, 1, 5.0)
+    assert command[command.index("-rtsp_transport") + 1] == "tcp"
+    assert command[command.index("-timeout") + 1] == "5000000"
+    assert command[-7:] == ["-f", "f32le", "-ac", "1", "-ar", "48000", "pipe:1"]
+    assert redacted("rtsp://admin:secret@cam.local:554/x") == "rtsp://admin@cam.local:554/x"
+    assert is_url("srt://host:9000") and not is_url("USB Mic") and not is_url("-")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--duration", "0"], "--duration 0: give a number of seconds above 0"),
+        (["--input", "ftp://host/x"], "is a URL ffmpeg is not asked to read here"),
+        (["--input", "-", "--input", "-"], "stdin ('-') can be read once only"),
+        (["--input", "rtsp://h/a", "--input", "rtsp://h/a"], "names one input twice"),
+        (["--input", "rtsp://h/a", "--channel", "0,0"], "list of distinct indices"),
+    ],
+)
+def test_bad_run_flags_are_one_line_and_exit_2(tmp_path: Path, args: list, message: str) -> None:
+    db = tmp_path / "db.sqlite"
+    result = run_birdd("run", *args, "--db", str(db), stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not db.exists()
+
+
+def test_a_missing_device_with_require_device_at_start_exits_1(tmp_path: Path) -> None:
+    """For systemd: exit 1 (restart me later) with one line naming the device, no run row."""
+    config = tmp_path / "birdd.yaml"
+    config.write_text("audio:\n  require_device_at_start: true\n")
+    db = tmp_path / "db.sqlite"
+    result = run_birdd("run", "--config", str(config), "--device", "NoSuchMic", "--db", str(db))
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("birdd: error")]
+    assert len(lines) == 1 and "no input device 'NoSuchMic'" in lines[0]
+    assert not db.exists()
+
+
+def test_devices_lists_or_says_there_are_none() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "birdd.daemon", "devices"], capture_output=True, text=True
+    )
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr
+    assert "default rate" in result.stdout or "no input devices" in result.stderr
