@@ -1,5 +1,6 @@
-"""Shared fixtures: the real recordings in ../shared/audio (or $BIRDD_TEST_AUDIO), and real
-mosquitto brokers on free loopback ports (see broker.py)."""
+"""Shared fixtures: the real recordings in ../shared/audio (or $BIRDD_TEST_AUDIO), real
+mosquitto brokers on free loopback ports (see broker.py), and real audio servers: a private
+PulseAudio daemon and GStreamer RTSP servers (see audio_servers.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
+from audio_servers import PulseServer, RtspServer
 from birdd_testing import AUDIO
 from broker import Mosquitto
 
@@ -38,3 +40,28 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
 def broker(broker_factory: Callable[..., Mosquitto]) -> Mosquitto:
     """A started plain (anonymous) broker on 127.0.0.1."""
     return broker_factory("plain")
+
+
+@pytest.fixture
+def pulse(tmp_path: Path) -> Iterator[PulseServer]:
+    """A started private PulseAudio server (null sink, its monitor the default source); give
+    a client process ``env=pulse.env``. Stopped, with any paplay still playing, at test end."""
+    server = PulseServer(tmp_path / "pulse").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rtsp_factory(tmp_path: Path) -> Iterator[Callable[..., RtspServer]]:
+    """``rtsp_factory(audio, loop=False, start=True)`` makes an RTSP server for ``audio`` in
+    its own folder (``.url`` to pull it); every one made is stopped when the test ends."""
+    made: List[RtspServer] = []
+
+    def make(audio: Path, loop: bool = False, start: bool = True) -> RtspServer:
+        server = RtspServer(tmp_path / f"rtsp-{len(made)}", audio, loop=loop)
+        made.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in made:
+        server.stop()

@@ -22,6 +22,7 @@ from .base import Block, SourceError
 from .live import Connection, LiveSource, ReconnectPolicy, SourceUnavailable
 
 PREFERRED_RATE = 48000
+MIX_CHANNELS = 2
 CAPTURE_RING_S = 10.0
 """Callback → reader ring; the reader only resamples, so seconds are plenty."""
 TIMES = 64
@@ -179,7 +180,8 @@ class DeviceSource(LiveSource):
         sample_rate: Optional[int] = None,
         channels: Optional[int] = None,
     ) -> None:
-        """``channels``: how many to capture (None: all the device has, up to 8)."""
+        """``channels``: how many to capture (None, for the downmix: the device's first two;
+        sound servers offer 32 copies of a mono monitor, microphones have one or two)."""
         super().__init__(str(wanted), policy)
         self._sd = import_sounddevice()
         self.wanted = wanted
@@ -192,7 +194,7 @@ class DeviceSource(LiveSource):
                 raise
             device = None
         self.sample_rate = self._choose_rate(device)
-        self.channels = channels or (min(device["channels"], 8) if device else 1)
+        self.channels = channels or (min(device["channels"], MIX_CHANNELS) if device else 1)
         self._block_frames = max(1, int(block_s * self.sample_rate))
         self._connection: Optional[DeviceConnection] = None
         self._device_name = device["name"] if device else str(wanted)

@@ -159,6 +159,7 @@ class LiveSource(AudioSource):
                 self._back_off(str(exc), since)
                 continue
             self._status = self.describe()
+            log.info("%s", self._status)
             return connection, failed
         return None, failed
 
