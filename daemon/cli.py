@@ -220,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PLAIN = logging.Formatter("birdd: %(message)s")
+SYSLOG_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
+class JournalFormatter(logging.Formatter):
+    """Under systemd (``$JOURNAL_STREAM`` set) each line starts with its syslog priority,
+    ``<4>`` for a warning, so ``journalctl -p warning -u birdd`` shows birdd's warnings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = SYSLOG_PRIORITIES.get(record.levelno, 2)
+        return f"<{priority}>{record.getMessage()}"
+
+
 def normalise_argv(argv: Sequence[str]) -> List[str]:
     """Turn ``--simulate FILE`` (anywhere) into the ``simulate FILE`` subcommand."""
     args = list(argv)
@@ -265,11 +278,9 @@ def config_path(args: argparse.Namespace) -> Optional[Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="birdd: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter() if os.environ.get("JOURNAL_STREAM") else PLAIN)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     if args.command is None:
         build_parser().print_help()
         return 2

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages that tests drive for real (a broker, ffmpeg, PortAudio) are listed here.
 DEBIAN_PACKAGES=(mosquitto openssl pulseaudio pulseaudio-utils libasound2-plugins libportaudio2
-  ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
+  ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  systemd)
 missing=()
 for package in ${DEBIAN_PACKAGES[@]+"${DEBIAN_PACKAGES[@]}"}; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

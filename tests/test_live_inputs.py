@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 from birdd_testing import run_birdd
+from broker import Subscriber
 
 from birdd.daemon.sources.base import SourceError
 from birdd.daemon.sources.ffmpeg import ffmpeg_command, is_url, redacted
@@ -169,3 +170,32 @@ def test_devices_lists_or_says_there_are_none() -> None:
     )
     assert result.returncode in (0, 1) and "Traceback" not in result.stderr
     assert "default rate" in result.stdout or "no input devices" in result.stderr
+
+
+def test_run_with_mqtt_publishes_every_stored_detection_and_gap_stats(
+    broker, audio_dir: Path, tmp_path: Path
+) -> None:
+    """`birdd run --mqtt`: the live command publishes exactly the rows SQLite stores, and its
+    stats carry each input's status."""
+    recording = audio_dir / "soundscapes" / "XC563936_soundscape.mp3"
+    samples, rate = soundfile.read(str(recording), dtype="float32")
+    wav = tmp_path / "xc.wav"
+    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
+    db = tmp_path / "db.sqlite"
+    with Subscriber(broker, "#") as everything, wav.open("rb") as stdin:
+        result = run_birdd(
+            *("run", "--input", "-", "--min-conf", "0.4", "--per-window", "--station", "field"),
+            *("--db", str(db), "--mqtt", broker.url, "--output", "/dev/null"),
+            stdin=stdin,
+        )
+        assert result.returncode == 0, result.stderr
+        everything.wait_for(lambda ms: ms[-1].topic == "birdd/field/status", timeout=10)
+        messages = everything.messages
+    ids = [json.loads(m.payload)["id"] for m in messages if m.topic == "birdd/field/detections"]
+    stored = sqlite3.connect(str(db)).execute(
+        "SELECT id FROM detections WHERE published_at IS NOT NULL ORDER BY rowid"
+    )
+    assert ids == [row[0] for row in stored] and len(ids) == 11
+    stats = [json.loads(m.payload) for m in messages if m.topic == "birdd/field/stats"]
+    assert stats[-1]["sources"][0]["source"] == "stdin"
+    assert stats[-1]["gaps"] == {"count": 0, "seconds": 0.0}

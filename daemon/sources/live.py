@@ -108,6 +108,9 @@ class LiveSource(AudioSource):
             while not self._stop.is_set():
                 block = connection.read(READ_TIMEOUT_S)
                 if block is not None:
+                    if not delivered:
+                        self._status = self.describe()
+                        log.info("%s", self._status)
                     block, delivered = self._stamped(block), True
                     self._delay = FIRST_RETRY_S
                     frames = len(block.samples)
@@ -158,8 +161,7 @@ class LiveSource(AudioSource):
                 failed = True
                 self._back_off(str(exc), since)
                 continue
-            self._status = self.describe()
-            log.info("%s", self._status)
+            self._status = f"opened {self.name}, waiting for audio"
             return connection, failed
         return None, failed
 
