@@ -82,7 +82,6 @@ class Pipeline:
         spec = engine.input_spec
         self.postprocessor = postprocessor
         self.fanout = fanout
-        self.settings = settings
         self.stop_event = threading.Event()
         self.live = any(item.source.paced for item in sources)
         hop = hop_samples(spec.window_samples, spec.sample_rate, settings.overlap_s)
@@ -196,7 +195,7 @@ class Pipeline:
             target(*args)
         except BaseException as exc:
             self._errors.append(exc)
-            self.stop()
+            self.stop_event.set()
             for stage in self.stages:
                 stage.stop()
             self._put(END_OF_STREAM)

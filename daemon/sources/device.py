@@ -28,6 +28,10 @@ CAPTURE_RING_S = 10.0
 TIMES = 64
 """Capture times of the last callbacks kept for timestamping."""
 MAX_ADC_DELAY_S = 2.0
+CALLBACK_S = 0.05
+"""Audio per callback: each one wakes the reader, so fewer and larger is cheaper (PortAudio's
+own choice with ALSA meant ~2% of a core in each of the two threads); 50 ms adds at most
+that much to the latency of a detection."""
 
 _open_streams = 0
 _portaudio_lock = threading.Lock()
@@ -112,6 +116,7 @@ class DeviceConnection(Connection):
                 samplerate=rate,
                 channels=channels,
                 dtype="float32",
+                blocksize=round(CALLBACK_S * rate),
                 latency="high",
                 callback=self._on_audio,
             )
