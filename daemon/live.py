@@ -22,7 +22,7 @@ from .session import open_sinks, pipeline_settings, run_info, run_session
 from .sources.base import AudioSource, SourceError, check_channel
 from .sources.device import DeviceSource
 from .sources.ffmpeg import FfmpegSource, is_url
-from .sources.live import LiveSource, ReconnectPolicy
+from .sources.live import ReconnectPolicy
 from .sources.stdin import PcmFormat, StdinSource
 
 log = logging.getLogger("birdd")
@@ -67,8 +67,6 @@ def open_sources(config: Any, model_rate: int) -> List[AudioSource]:
         raise SourceError(f"audio.inputs names one input twice: {', '.join(names)}")
     for source in sources:
         check_channel(config.audio.channels, source.channels, source.name)
-        if isinstance(source, LiveSource):
-            source.check_available()
     return sources
 
 

@@ -1,27 +1,46 @@
-"""Rewrite BirdNET V2.4's TFLite graph: fold each in-graph STFT + mel chain into one matmul.
+"""Rewrite BirdNET V2.4's TFLite graph: each mel branch becomes one strided convolution of INPUT.
 
-BirdNET computes two mel spectrograms inside the model. Per branch the frames x [B, F, N] go
-MUL(hann) → EXPAND_DIMS → RFFT2D → SQUEEZE → CAST(complex→float) → Tensordot(mel), the
-Tensordot being SHAPE/GATHER/REDUCE_PROD/CONCATENATION/PACK/RESHAPE bookkeeping around a
-FULLY_CONNECTED with the mel matrix [M, N/2+1] and a last RESHAPE to [B, F, M].
+BirdNET computes two mel spectrograms inside the model. Per branch the input x [B, L] (L = 144000)
+is scaled to s = (((x − min x)/(max(x − min x) + ε)) − 0.5)·2, framed by tf.signal.frame's
+lowering (SHAPE/SPLIT_V/…/STRIDED_SLICE, a RESHAPE into sub-frames of gcd(N, step) samples, a
+GATHER of [F, N/gcd] sub-frame indices, a RESHAPE to frames [B, F, N]; N = 2048, step 278 and
+N = 1024, step 280, F = 511 both), then goes MUL(hann) → EXPAND_DIMS → RFFT2D → SQUEEZE →
+CAST(complex→float) → Tensordot(mel), the Tensordot being SHAPE/GATHER/REDUCE_PROD/CONCATENATION/
+PACK/RESHAPE bookkeeping around a FULLY_CONNECTED with the mel matrix [M, N/2+1] (M = 96) and a
+last RESHAPE to [B, F, M]. The model squares and compresses (mel^0.23, ^0.19) only afterwards.
 
 Why this is exact: CAST keeps the real part, and Re(DFT(x))[k] = Σₙ x[n]·cos(2πkn/N) is linear;
-so are the window and the mel product (the model squares only afterwards). The chain is x·Wᵀ
-with W = Mel [M, N/2+1] · C [N/2+1, N] · diag(hann), C[k, n] = cos(2πkn/N), built in float64.
+so are the window and the mel product. Frame f of the branch is y_f = W·s_f with
+W = Mel [M, N/2+1] · C [N/2+1, N] · diag(hann), C[k, n] = cos(2πkn/N), built in float64. The
+scaling is affine with one α, β per window, s = α·x + β, α = 2/(R + ε), β = −α·min x − 1,
+R = max(x − min x) = max x − min x (rounding is monotonic, so float32 gives the same R), hence
 
-Why the frames are centred first, x·Wᵀ = (x − x̄)·Wᵀ + x̄·(W·1): zero-padded audio becomes
-constant frames after the model's min/max scaling. An FFT maps those to near-exact zeros
-(butterflies subtract equal numbers), a plain float32 dot product over N terms does not, and
-the model's power compression (mel^0.2) magnifies that rounding noise: up to 0.2 logits on
-mostly padded windows. Centred, a constant frame is exactly zero at the matmul and its DC term
-comes from W·1 computed in float64; the result is then closer to the float64 spectrogram than
-the original FFT is. MEAN/SUB/MUL/ADD cost about 0.5 ms per window (3–6%).
+    y_f = α·(W·x_f) + β·(W·1),
 
-Per branch, MEAN, SUB, FULLY_CONNECTED (keep_num_dims), MUL and ADD take the place of the
-last RESHAPE; the ops nobody reads any more are dropped (MUL(hann), EXPAND_DIMS, RFFT2D,
-SQUEEZE, CAST, SHAPE, 2× GATHER, 2× REDUCE_PROD, CONCATENATION, PACK, 2× RESHAPE, the mel
-FULLY_CONNECTED), then the tensors, buffers (mel matrices, hann windows, fft lengths) and
-operator codes nothing refers to. RFFT2D was about half of BirdNET's runtime.
+W·x_f being a strided convolution of the raw input with the M rows of W. It runs as one CONV_2D:
+x is read as [B, 1, L/g, g], blocks of g samples (g a divisor of the step, here 139 and 40), the
+filter is W zero-padded to K = ⌈N/g⌉ blocks, [M, 1, K, g], stride step/g, VALID: [B, 1, F, M],
+a sliding-window matrix product that XNNPACK and ONNX Runtime run as one GEMM-like kernel, with
+no F×N frame tensor (4 MB per window at N = 2048) ever gathered. The input is cut to the blocks
+the last frame needs, or zero-padded to them (N = 2048: 1035 blocks of 139 = 143865 samples;
+N = 1024: all 3600 blocks of 40); the zero taps cost 1.8% and 1.6% more multiply-adds.
+
+Why the raw input and not s: zero-padded audio (a partial last window) is constant in s. An FFT
+maps a constant frame to near-exact zeros (butterflies subtract equal numbers), a float32 dot
+product over N terms does not, and the model's power compression magnifies that rounding noise:
+up to 0.2 logits on mostly padded windows. In x those frames are exact zeros, so W·x_f = 0
+exactly and the frame is β·(W·1), W·1 summed in float64: closer to the float64 spectrogram than
+the original FFT is. α, β come from REDUCE_MIN, REDUCE_MAX, SUB, ADD(ε), DIV, MUL and SUB on
+[B, 1]; the five full-length elementwise ops of the scaling are gone.
+
+Per branch, [SLICE or PAD,] RESHAPE, CONV_2D, RESHAPE to [B, F, M], MUL(α), MUL(β, W·1) and ADD
+take the place of the last RESHAPE (the α, β ops, shared by branches that frame the same scaled
+signal, go first). The ops nobody reads any more are dropped (the scaling, the framing, MUL(hann),
+EXPAND_DIMS, RFFT2D, SQUEEZE, CAST, the Tensordot), then the tensors, buffers (mel matrices, hann
+windows, fft lengths, frame indices) and operator codes nothing refers to. RFFT2D was about half
+of BirdNET's runtime, the frame GATHER and the frame-sized matmul most of the rest of the mel
+part. Every op of that pattern is checked, and a graph that differs is refused with
+ModelArtifactError ("not a BirdNET graph: …").
 
 The embedding (``model/GLOBAL_AVG_POOL/Mean``, the input of the FULLY_CONNECTED that writes
 the logits) becomes output 1: XNNPACK frees intermediate tensors, so this is the cheap way to
@@ -32,13 +51,15 @@ The TFLite schema comes from ai-edge-litert and is imported only when a rewrite 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import ModelArtifactError, RuntimeMissingError
 
 FILE_IDENTIFIER = b"TFL3"
+MIN_BLOCK = 32  # the convolution's input channels: with fewer, XNNPACK's kernels idle
 
 
 def _schema() -> Tuple[Any, Any]:
@@ -59,6 +80,31 @@ def folded_weight(mel: np.ndarray, window: np.ndarray) -> np.ndarray:
     k = np.arange(mel.shape[1], dtype=np.float64)[:, None]
     real_dft = np.cos(2.0 * np.pi * ((k * np.arange(n)[None, :]) % n) / n)
     return (mel.astype(np.float64) @ real_dft) * window.astype(np.float64)[None, :]
+
+
+def block_size(length: int, step: int) -> int:
+    """The block g, a divisor of ``step`` (at least ``MIN_BLOCK`` where one is), whose kernel of
+    ⌈length/g⌉ blocks has the fewest zero taps; the larger g on a tie."""
+    divisors = [g for g in range(1, step + 1) if step % g == 0]
+    wide = [g for g in divisors if g >= MIN_BLOCK] or divisors
+    return min(wide, key=lambda g: (-(-length // g) * g, -g))
+
+
+def strided_filter(weight: np.ndarray, block: int) -> np.ndarray:
+    """W [M, N] as a CONV_2D filter [M, 1, K, block], K = ⌈N/block⌉, zero-padded at the end."""
+    bands, n = weight.shape
+    taps = -(-n // block)
+    padded = np.zeros((bands, taps * block), weight.dtype)
+    padded[:, :n] = weight
+    return padded.reshape(bands, 1, taps, block)
+
+
+def conv_blocks(samples: int, block: int, taps: int, stride: int, frames: int) -> int:
+    """Input blocks of the convolution: all of ``samples`` when they give exactly ``frames``
+    outputs, else the fewest that do (the input is then cut or zero-padded to them)."""
+    if samples % block == 0 and (samples // block - taps) // stride + 1 == frames:
+        return samples // block
+    return (frames - 1) * stride + taps
 
 
 class _Graph:
@@ -82,6 +128,14 @@ class _Graph:
     def consumers(self, tensor: int) -> List[Any]:
         return [op for op in self.sub.operators if tensor in list(op.inputs)]
 
+    def name(self, tensor: int) -> str:
+        return self.sub.tensors[tensor].name.decode("utf-8", "replace")
+
+    def signature(self, tensor: int) -> List[int]:
+        """The tensor's shape with -1 where it is dynamic."""
+        t = self.sub.tensors[tensor]
+        return [int(d) for d in (t.shapeSignature if t.shapeSignature is not None else t.shape)]
+
     def constant(self, tensor: int) -> Optional[np.ndarray]:
         """The value of a float32/int32 tensor backed by a buffer, else None."""
         t = self.sub.tensors[tensor]
@@ -91,12 +145,11 @@ class _Graph:
             return None
         return np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype[t.type]).reshape(t.shape)
 
-    def add_tensor(self, name: str, like: int, last: int) -> int:
-        """A float32 activation shaped like tensor ``like`` but with last dimension ``last``."""
-        t, old = self.schema.TensorT(), self.sub.tensors[like]
-        signature = old.shapeSignature if old.shapeSignature is not None else old.shape
+    def add_activation(self, name: str, signature: Sequence[int]) -> int:
+        """A float32 activation; -1 (the batch) in ``signature`` is 1 in its static shape."""
+        t = self.schema.TensorT()
         t.name, t.type = name.encode(), self.schema.TensorType.FLOAT32
-        t.shape, t.shapeSignature = [*list(old.shape)[:-1], last], [*list(signature)[:-1], last]
+        t.shape, t.shapeSignature = [abs(d) for d in signature], list(signature)
         self.sub.tensors.append(t)
         return len(self.sub.tensors) - 1
 
@@ -128,64 +181,276 @@ class _Graph:
         return op
 
 
+def _refuse(what: str) -> ModelArtifactError:
+    return ModelArtifactError(f"not a BirdNET graph: {what}")
+
+
 def _expect(graph: _Graph, op: Optional[Any], kind: str, where: str) -> Any:
     if op is None or graph.kind(op) != kind:
         found = "nothing" if op is None else graph.kind(op)
-        raise ModelArtifactError(f"not a BirdNET graph: expected {kind} {where}, found {found}")
+        raise _refuse(f"expected {kind} {where}, found {found}")
     return op
+
+
+def _made_by(graph: _Graph, tensor: int, kind: str) -> Any:
+    """The op that writes ``tensor``, which must be a ``kind`` op."""
+    return _expect(graph, graph.producer(tensor), kind, f"writing {graph.name(tensor)}")
 
 
 def _only(graph: _Graph, tensor: int, kind: str) -> Any:
     """The single consumer of ``tensor``, which must be a ``kind`` op."""
     users = graph.consumers(tensor)
-    name = graph.sub.tensors[tensor].name.decode("utf-8", "replace")
-    return _expect(graph, users[0] if len(users) == 1 else None, kind, f"as the reader of {name}")
+    where = f"as the reader of {graph.name(tensor)}"
+    return _expect(graph, users[0] if len(users) == 1 else None, kind, where)
 
 
-def _fold_branch(graph: _Graph, rfft: Any) -> None:
-    """Replace the MUL(hann) … Tensordot(mel) chain around ``rfft`` by a centred matmul."""
+def _split(graph: _Graph, op: Any) -> Tuple[int, np.ndarray]:
+    """The variable and the constant operand of a binary op with exactly one constant."""
+    values = [graph.constant(i) for i in op.inputs]
+    if len(op.inputs) != 2 or sum(v is not None for v in values) != 1:
+        raise _refuse(f"{graph.kind(op)} writing {graph.name(op.outputs[0])} needs one constant")
+    variable = next(i for i, v in zip(op.inputs, values) if v is None)
+    return variable, next(v for v in values if v is not None)
+
+
+def _scalar(graph: _Graph, op: Any, expected: Optional[float] = None) -> Tuple[int, float]:
+    """``_split`` for a one-element constant, optionally required to equal ``expected``."""
+    variable, value = _split(graph, op)
+    name = graph.name(op.outputs[0])
+    if value.size != 1 or (expected is not None and float(value.reshape(-1)[0]) != expected):
+        raise _refuse(f"{graph.kind(op)} writing {name} has constant {value.reshape(-1)[:4]}")
+    return variable, float(value.reshape(-1)[0])
+
+
+@dataclass(frozen=True)
+class _Scaling:
+    """s = ((x − min x)/(max(x − min x) + eps) − offset)·gain of the graph input x [B, L]."""
+
+    signal: int
+    axis: int
+    eps: float
+    offset: float
+    gain: float
+
+
+def _scaling(graph: _Graph, scaled: int) -> _Scaling:
+    """Read the min/max scaling that writes ``scaled`` back to the graph input."""
+    centred, gain = _scalar(graph, _made_by(graph, scaled, "MUL"))
+    quotient, offset = _scalar(graph, _made_by(graph, centred, "SUB"))
+    divide = _made_by(graph, quotient, "DIV")
+    shifted, denominator = divide.inputs
+    top, eps = _scalar(graph, _made_by(graph, denominator, "ADD"))
+    reduce_max = _made_by(graph, top, "REDUCE_MAX")
+    subtract = _made_by(graph, shifted, "SUB")
+    signal, low = subtract.inputs
+    reduce_min = _made_by(graph, low, "REDUCE_MIN")
+    same = reduce_max.inputs[0] == shifted and reduce_min.inputs[0] == signal
+    axes = [graph.constant(op.inputs[1]) for op in (reduce_min, reduce_max)]
+    if not same or any(a is None or a.reshape(-1).tolist() != [1] for a in axes):
+        raise _refuse("the input scaling is not (x − min x)/max(x − min x) over axis 1")
+    if list(graph.sub.inputs) != [signal] or len(graph.signature(signal)) != 2:
+        raise _refuse("the input scaling does not read the one [B, samples] graph input")
+    return _Scaling(signal, 1, eps, offset, gain)
+
+
+@dataclass(frozen=True)
+class _Framing:
+    """tf.signal.frame of ``scaled`` [B, L]: F = (L − length)//step + 1 frames [B, F, length]."""
+
+    scaled: int
+    length: int
+    step: int
+
+
+def _frame_count_step(graph: _Graph, count: int, length: int) -> int:
+    """The step of count = max((L − length)//step + 1, 0), as tf.signal.frame computes it."""
+    bounded, _ = _scalar(graph, _made_by(graph, count, "MAXIMUM"), 0.0)
+    quotient, _ = _scalar(graph, _made_by(graph, bounded, "ADD"), 1.0)
+    difference, step = _scalar(graph, _made_by(graph, quotient, "FLOOR_DIV"))
+    _scalar(graph, _made_by(graph, difference, "SUB"), float(length))
+    return int(step)
+
+
+def _framing(graph: _Graph, frames: int) -> _Framing:
+    """Read tf.signal.frame's lowering that writes ``frames`` [B, F, N] back to its signal."""
+    gather = _made_by(graph, _made_by(graph, frames, "RESHAPE").inputs[0], "GATHER")
+    options = gather.builtinOptions
+    if options is None or options.axis != 1 or options.batchDims != 0:
+        raise _refuse("the frame GATHER is not along axis 1")
+    params, indices = gather.inputs
+    starts, offsets = _split(graph, _made_by(graph, indices, "ADD"))
+    sub_frames, sub_length = offsets.size, graph.signature(params)[-1]
+    if offsets.reshape(-1).tolist() != list(range(sub_frames)) or sub_length < 1:
+        raise _refuse("the frame GATHER does not take consecutive sub-frames")
+    spaced, sub_step = _scalar(
+        graph, _made_by(graph, _made_by(graph, starts, "RESHAPE").inputs[0], "MUL")
+    )
+    frame_range = _made_by(graph, spaced, "RANGE")
+    begin, count, delta = (graph.constant(i) for i in frame_range.inputs)
+    if (
+        begin is None
+        or delta is None
+        or begin.reshape(-1).tolist() + delta.reshape(-1).tolist() != [0, 1]
+    ):
+        raise _refuse("the frame RANGE does not count 0, 1, 2, …")
+    length, step = sub_frames * sub_length, int(sub_step) * sub_length
+    if _frame_count_step(graph, frame_range.inputs[1], length) != step:
+        raise _refuse("the frame count and the frame starts disagree on the frame step")
+    cut = _made_by(graph, _made_by(graph, params, "RESHAPE").inputs[0], "STRIDED_SLICE")
+    begins = graph.constant(cut.inputs[1])
+    if begins is None or begins.any():
+        raise _refuse("the framed signal does not start at sample 0")
+    return _Framing(cut.inputs[0], length, step)
+
+
+@dataclass(frozen=True)
+class _Affine:
+    """Tensors α, β [B, 1, 1] with s = α·x + β, and the ops that compute them from x."""
+
+    alpha: int
+    beta: int
+    ops: List[Any]
+
+
+def _affine(graph: _Graph, scaling: _Scaling, name: str) -> _Affine:
+    """α = gain/(max x − min x + eps), β = −α·min x − offset·gain, per window, on [B, 1]."""
+    schema, x = graph.schema, scaling.signal
+    axis = graph.add_constant(f"{name}/axis", np.int32([scaling.axis]))
+    low, high, spread, denominator, alpha, shift, beta, alpha3, beta3 = (
+        graph.add_activation(f"{name}/{part}", shape)
+        for part, shape in [
+            ("min", [-1, 1]),
+            ("max", [-1, 1]),
+            ("range", [-1, 1]),
+            ("denominator", [-1, 1]),
+            ("alpha_2d", [-1, 1]),
+            ("alpha_min", [-1, 1]),
+            ("beta_2d", [-1, 1]),
+            ("alpha", [-1, 1, 1]),
+            ("beta", [-1, 1, 1]),
+        ]
+    )
+    eps = graph.add_constant(f"{name}/eps", np.float32(scaling.eps).reshape(()))
+    gain = graph.add_constant(f"{name}/gain", np.float32(scaling.gain).reshape(()))
+    base = graph.add_constant(
+        f"{name}/base", np.float32(-scaling.offset * scaling.gain).reshape(())
+    )
+    shape3 = graph.add_constant(f"{name}/shape", np.int32([-1, 1, 1]))
+    keep = schema.ReducerOptionsT(keepDims=True)
+    ops = [
+        graph.new_op("REDUCE_MIN", [x, axis], [low], keep),
+        graph.new_op("REDUCE_MAX", [x, axis], [high], keep),
+        graph.new_op("SUB", [high, low], [spread], schema.SubOptionsT()),
+        graph.new_op("ADD", [spread, eps], [denominator], schema.AddOptionsT()),
+        graph.new_op("DIV", [gain, denominator], [alpha], schema.DivOptionsT()),
+        graph.new_op("MUL", [alpha, low], [shift], schema.MulOptionsT()),
+        graph.new_op("SUB", [base, shift], [beta], schema.SubOptionsT()),
+        graph.new_op("RESHAPE", [alpha, shape3], [alpha3], _reshape_options(schema, [-1, 1, 1])),
+        graph.new_op("RESHAPE", [beta, shape3], [beta3], _reshape_options(schema, [-1, 1, 1])),
+    ]
+    return _Affine(alpha3, beta3, ops)
+
+
+def _reshape_options(schema: Any, shape: List[int]) -> Any:
+    options = schema.ReshapeOptionsT()
+    options.newShape = list(shape)
+    return options
+
+
+def _strided_conv(
+    graph: _Graph, x: int, weight: np.ndarray, step: int, frames: int, name: str
+) -> Tuple[int, List[Any]]:
+    """conv [B, F, M] with conv[b, f] = W·x[b, f·step : f·step + N], and the ops writing it."""
+    schema = graph.schema
+    samples = graph.signature(x)[1]
+    bands, length = weight.shape
+    block = block_size(length, step)
+    kernel = strided_filter(weight, block)
+    taps, stride = kernel.shape[2], step // block
+    blocks = conv_blocks(samples, block, taps, stride, frames)
+    ops, signal = [], x
+    if blocks * block != samples:
+        signal = graph.add_activation(f"{name}/signal", [-1, blocks * block])
+        if blocks * block < samples:
+            begin = graph.add_constant(f"{name}/begin", np.int32([0, 0]))
+            size = graph.add_constant(f"{name}/size", np.int32([-1, blocks * block]))
+            ops.append(graph.new_op("SLICE", [x, begin, size], [signal], schema.SliceOptionsT()))
+        else:
+            pads = np.int32([[0, 0], [0, blocks * block - samples]])
+            padding = graph.add_constant(f"{name}/padding", pads)
+            ops.append(graph.new_op("PAD", [x, padding], [signal], schema.PadOptionsT()))
+    image_shape, out_shape = [-1, 1, blocks, block], [-1, frames, bands]
+    image = graph.add_activation(f"{name}/blocks", image_shape)
+    conv4 = graph.add_activation(f"{name}/conv", [-1, 1, frames, bands])
+    conv3 = graph.add_activation(f"{name}/frames", out_shape)
+    options = schema.Conv2DOptionsT()
+    options.padding, options.strideH, options.strideW = schema.Padding.VALID, 1, stride
+    options.dilationHFactor = options.dilationWFactor = 1
+    options.fusedActivationFunction = schema.ActivationFunctionType.NONE
+    filters = graph.add_constant(f"{name}/filter", kernel)
+    bias = graph.add_constant(f"{name}/bias", np.zeros(bands, np.float32))
+    image_dims = graph.add_constant(f"{name}/blocks_shape", np.int32(image_shape))
+    out_dims = graph.add_constant(f"{name}/frames_shape", np.int32(out_shape))
+    ops += [
+        graph.new_op(
+            "RESHAPE", [signal, image_dims], [image], _reshape_options(schema, image_shape)
+        ),
+        graph.new_op("CONV_2D", [image, filters, bias], [conv4], options),
+        graph.new_op("RESHAPE", [conv4, out_dims], [conv3], _reshape_options(schema, out_shape)),
+    ]
+    return conv3, ops
+
+
+def _fold_branch(graph: _Graph, rfft: Any, affines: Dict[int, _Affine]) -> None:
+    """Replace the scaling, framing and MUL(hann) … Tensordot(mel) chain around ``rfft`` by one
+    strided convolution of the raw input, scaled by α and shifted by β·(W·1) afterwards."""
     s, schema = graph.sub, graph.schema
     expand = _expect(graph, graph.producer(rfft.inputs[0]), "EXPAND_DIMS", "before RFFT2D")
     window_mul = _expect(graph, graph.producer(expand.inputs[0]), "MUL", "before EXPAND_DIMS")
-    consts = [graph.constant(i) for i in window_mul.inputs]
-    if sum(c is not None for c in consts) != 1:
-        raise ModelArtifactError("not a BirdNET graph: window MUL needs one constant operand")
-    window = next(c for c in consts if c is not None).reshape(-1)
-    frames = next(i for i, c in zip(window_mul.inputs, consts) if c is None)
+    frames, window = _split(graph, window_mul)
+    window = window.reshape(-1)
     n = window.shape[0]
     fft_length = graph.constant(rfft.inputs[1])
     if fft_length is None or list(fft_length.reshape(-1)) != [1, n]:
-        raise ModelArtifactError(f"not a BirdNET graph: RFFT2D fft_length is not [1, {n}]")
+        raise _refuse(f"RFFT2D fft_length is not [1, {n}]")
     cast = _only(graph, _only(graph, rfft.outputs[0], "SQUEEZE").outputs[0], "CAST")
     if s.tensors[cast.outputs[0]].type != schema.TensorType.FLOAT32:
-        raise ModelArtifactError("not a BirdNET graph: the CAST after RFFT2D is not to float32")
+        raise _refuse("the CAST after RFFT2D is not to float32")
     reshapes = [op for op in graph.consumers(cast.outputs[0]) if graph.kind(op) == "RESHAPE"]
     flat = _expect(graph, reshapes[0] if len(reshapes) == 1 else None, "RESHAPE", "after CAST")
     mel_fc = _only(graph, flat.outputs[0], "FULLY_CONNECTED")
     mel = graph.constant(mel_fc.inputs[1])
     biased = len(mel_fc.inputs) > 2 and mel_fc.inputs[2] >= 0
     if mel is None or mel.ndim != 2 or mel.shape[1] != n // 2 + 1 or biased:
-        raise ModelArtifactError(f"not a BirdNET graph: no bias-free [M, {n // 2 + 1}] mel matmul")
+        raise _refuse(f"no bias-free [M, {n // 2 + 1}] mel matmul")
     last = _only(graph, mel_fc.outputs[0], "RESHAPE")
+    framing = _framing(graph, frames)
+    if framing.length != n:
+        raise _refuse(f"frames of {framing.length} samples meet a window of {n}")
+    scaling = _scaling(graph, framing.scaled)
+    samples = graph.signature(scaling.signal)[1]
+    count = (samples - n) // framing.step + 1
+    if samples < n or count < 1:
+        raise _refuse(f"frames of {n} samples do not fit a {samples}-sample input")
 
-    out, bands, weight = last.outputs[0], mel.shape[0], folded_weight(mel, window)
-    name = s.tensors[out].name.decode("utf-8", "replace") + "/folded"
-    mean = graph.add_tensor(f"{name}/frame_mean", frames, 1)
-    centred = graph.add_tensor(f"{name}/centred", frames, n)
-    product = graph.add_tensor(f"{name}/matmul", frames, bands)
-    dc = graph.add_tensor(f"{name}/dc", frames, bands)
-    axis = graph.add_constant(f"{name}/axis", np.int32([len(s.tensors[frames].shape) - 1]))
-    matrix = graph.add_constant(f"{name}/weight", weight)
+    out, weight = last.outputs[0], folded_weight(mel, window)
+    name = graph.name(out) + "/folded"
+    new_ops: List[Any] = []
+    if framing.scaled not in affines:
+        affines[framing.scaled] = _affine(graph, scaling, f"{name}/affine")
+        new_ops += affines[framing.scaled].ops
+    affine = affines[framing.scaled]
+    conv, conv_ops = _strided_conv(graph, scaling.signal, weight, framing.step, count, name)
+    scaled = graph.add_activation(f"{name}/scaled", [-1, count, mel.shape[0]])
+    dc = graph.add_activation(f"{name}/dc", [-1, 1, mel.shape[0]])
     dc_gain = graph.add_constant(f"{name}/dc_gain", weight.sum(axis=1))  # W·1, in float64
-    options = mel_fc.builtinOptions  # FullyConnectedOptions, fused activation NONE as before
-    options.keepNumDims = True  # [B, F, N] → [B, F, M]: no flattening RESHAPEs needed
     at = s.operators.index(last)  # readers of ``out`` all come after this position
     s.operators[at : at + 1] = [
-        graph.new_op("MEAN", [frames, axis], [mean], schema.ReducerOptionsT(keepDims=True)),
-        graph.new_op("SUB", [frames, mean], [centred], schema.SubOptionsT()),
-        graph.new_op("FULLY_CONNECTED", [centred, matrix, -1], [product], options),
-        graph.new_op("MUL", [mean, dc_gain], [dc], schema.MulOptionsT()),
-        graph.new_op("ADD", [product, dc], [out], schema.AddOptionsT()),
+        *new_ops,
+        *conv_ops,
+        graph.new_op("MUL", [conv, affine.alpha], [scaled], schema.MulOptionsT()),
+        graph.new_op("MUL", [affine.beta, dc_gain], [dc], schema.MulOptionsT()),
+        graph.new_op("ADD", [scaled, dc], [out], schema.AddOptionsT()),
     ]
 
 
@@ -279,15 +544,17 @@ def _unpack(model_bytes: bytes, schema: Any) -> Any:
 
 
 def rewrite_birdnet(model_bytes: bytes) -> bytes:
-    """The BirdNET model with its RFFT + mel chains folded and the embedding as output 1."""
+    """The BirdNET model with each mel branch as one strided convolution, the embedding as
+    output 1."""
     schema, flatbuffers = _schema()
     model = _unpack(model_bytes, schema)
     graph = _Graph(model, schema)
     rffts = [op for op in graph.sub.operators if graph.kind(op) == "RFFT2D"]
     if not rffts:
         raise ModelArtifactError("not a BirdNET graph: it has no RFFT2D op to fold")
+    affines: Dict[int, _Affine] = {}
     for rfft in rffts:
-        _fold_branch(graph, rfft)
+        _fold_branch(graph, rfft, affines)
     _add_embedding_output(graph)
     _drop_dead_ops(graph)
     if "RFFT2D" in {graph.kind(op) for op in graph.sub.operators}:

@@ -84,11 +84,6 @@ class LiveSource(AudioSource):
     def stop(self) -> None:
         self._stop.set()
 
-    def check_available(self) -> None:
-        """With ``require_at_start``: raise SourceUnavailable now when the input is missing."""
-        if self.policy.require_at_start:
-            self.connect().close()
-
     def open_gap(self) -> Optional[Gap]:
         """The outage going on now, if any, as a gap ending now (recorded at stop)."""
         if self._outage is None:
