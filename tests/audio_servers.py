@@ -19,14 +19,13 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Dict, FrozenSet, List, Optional
 
 import soundfile
-from broker import free_port
+from broker import free_port, wait_for_port
 
 PULSEAUDIO = "/usr/bin/pulseaudio"
 PACTL = "/usr/bin/pactl"
@@ -81,7 +80,31 @@ def paplay_reads(path: Path) -> bool:
     return soundfile.available_formats().get(info.format) in paplay_formats()
 
 
-class PulseServer:
+class ChildServer:
+    """A server run as our child process, logging to ``log_path``."""
+
+    log_path: Path
+    _process: Optional[subprocess.Popen] = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> Optional[int]:
+        """Exact: the server runs in the foreground as our child."""
+        return self._process.pid if self.running else None
+
+    def kill(self) -> None:
+        """SIGKILL, like a crash: clients lose it without a goodbye (a stalled one too)."""
+        _end(self._process, signal.SIGKILL)
+        self._process = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        return _tail(self.log_path, lines)
+
+
+class PulseServer(ChildServer):
     """A private PulseAudio daemon with one null sink whose monitor is the default source.
 
     Everything lives in ``directory``: the control socket, the daemon's ``runtime/`` and
@@ -103,7 +126,7 @@ class PulseServer:
         self.script_path = self._write_script()
         self.client_config = self.directory / "client.conf"
         self.client_config.write_text("autospawn = no\n")  # never start a stray user daemon
-        self._process: Optional[subprocess.Popen] = None
+        self._process = None
         self._players: List[subprocess.Popen] = []
 
     def _write_script(self) -> Path:
@@ -136,15 +159,6 @@ class PulseServer:
     def env(self) -> Dict[str, str]:
         """``os.environ`` with ``variables`` over it: pass as ``env=`` to a client process."""
         return {**os.environ, **self.variables}
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> Optional[int]:
-        """The daemon's pid: it runs in the foreground as our child, so this is exact."""
-        return self._process.pid if self.running else None
 
     def start(self) -> PulseServer:
         """Start the daemon and wait until ``pactl info`` answers on the socket."""
@@ -225,11 +239,6 @@ class PulseServer:
         soundfile.write(str(target), data, rate, subtype="FLOAT")
         return target
 
-    def kill(self) -> None:
-        """SIGKILL the daemon, like a crash: clients lose it without a goodbye."""
-        _end(self._process, signal.SIGKILL)
-        self._process = None
-
     def restart(self) -> PulseServer:
         """Stop (if still up) and start again on the same socket path."""
         self.stop(players=False)
@@ -243,9 +252,6 @@ class PulseServer:
         _end(self._process, signal.SIGTERM)
         self._process = None
 
-    def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.log_path, lines)
-
     def __enter__(self) -> PulseServer:
         return self.start()
 
@@ -253,7 +259,7 @@ class PulseServer:
         self.stop()
 
 
-class RtspServer:
+class RtspServer(ChildServer):
     """``rtsp_server.py`` serving ``audio`` at ``url`` on a loopback port kept across restarts.
 
     Each connection gets its own stream from the start of the file (once, or forever with
@@ -272,19 +278,11 @@ class RtspServer:
         self.mount = mount if mount.startswith("/") else f"/{mount}"
         self.port = free_port()
         self.log_path = self.directory / "rtsp_server.log"
-        self._process: Optional[subprocess.Popen] = None
+        self._process = None
 
     @property
     def url(self) -> str:
         return f"rtsp://127.0.0.1:{self.port}{self.mount}"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self._process.pid if self.running else None
 
     def start(self) -> RtspServer:
         """Start the server (it decodes the file first) and wait until the port accepts."""
@@ -303,20 +301,10 @@ class RtspServer:
                 stdin=subprocess.DEVNULL,
                 cwd=self.directory,
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and self.running:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
+        if wait_for_port(self.port, lambda: self.running, START_TIMEOUT_S):
+            return self
         self.kill()
         raise RuntimeError(f"RTSP server did not start on port {self.port}:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL, like a crash (works on a stalled server too)."""
-        _end(self._process, signal.SIGKILL)
-        self._process = None
 
     def stall(self) -> None:
         """SIGSTOP: connections stay open, nothing more is sent or answered."""
@@ -337,9 +325,6 @@ class RtspServer:
         """Resume if stalled, SIGTERM, wait. Idempotent."""
         _end(self._process, signal.SIGTERM)
         self._process = None
-
-    def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.log_path, lines)
 
     def __enter__(self) -> RtspServer:
         return self.start()

@@ -102,6 +102,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, alive: Callable[[], bool], timeout_s: float) -> bool:
+    """Wait until 127.0.0.1:``port`` accepts a connection; False once ``alive()`` is False or
+    ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
 class Mosquitto:
     """One mosquitto process on 127.0.0.1:``port``; ``restart()`` keeps the port and config.
 
@@ -174,15 +187,9 @@ class Mosquitto:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.02)
+        process = self._process
+        if wait_for_port(self.port, lambda: process.poll() is None, START_TIMEOUT_S):
+            return self
         self.kill()
         raise RuntimeError(f"mosquitto did not start on port {self.port}:\n{self.log_tail()}")
 
