@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, FrozenSet, List, Optional
 
+import numpy as np
 import soundfile
 from broker import free_port, wait_for_port
 
@@ -230,6 +231,28 @@ class PulseServer(ChildServer):
             )
         self._players.append(player)
         return player
+
+    def play_samples(self, samples: np.ndarray, connect_s: float = 1.0) -> float:
+        """Play mono float32 samples at 48 kHz through ``paplay --raw`` from a pipe and return
+        when (``time.time()``) the first byte was written. paplay is started and connected
+        first, so the start is known to its buffering (tens of ms), not to a process launch
+        (which can take hundreds under load). Blocks until the samples are played."""
+        command = [PAPLAY, "--raw", "--format=float32le", f"--rate={RATE}", "--channels=1"]
+        player = subprocess.Popen(
+            [*command, f"--device={SINK}", "--latency-msec=20"],
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._players.append(player)
+        time.sleep(connect_s)
+        assert player.stdin is not None
+        started = time.time()
+        player.stdin.write(np.ascontiguousarray(samples, dtype="<f4").tobytes())
+        player.stdin.close()
+        if player.wait(timeout=len(samples) / RATE + 30) != 0:
+            raise RuntimeError(f"paplay --raw exited with status {player.returncode}")
+        return started
 
     def _decode(self, path: Path) -> Path:
         """A float32 wav copy, same rate and channels (PulseAudio resamples as for any file)."""

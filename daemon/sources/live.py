@@ -163,7 +163,7 @@ class LiveSource(AudioSource):
     def _back_off(self, reason: str, since: float) -> None:
         """Wait before the next attempt (0.5 s, doubling up to ``reconnect_max_s``)."""
         waited = time.time() - since
-        self._status = f"waiting for {self.name} since {waited:.0f} s: {reason}"
+        self._status = f"waiting for {self.name} ({waited:.0f} s so far): {reason}"
         if self._delay == FIRST_RETRY_S or self._delay >= self.policy.reconnect_max_s:
             log.warning("waiting for %s: %s", self.name, reason)
         self._stop.wait(self._delay)
