@@ -1,46 +1,53 @@
 """Rewrite BirdNET V2.4's TFLite graph: each mel branch becomes one strided convolution of INPUT.
 
 BirdNET computes two mel spectrograms inside the model. Per branch the input x [B, L] (L = 144000)
-is scaled to s = (((x − min x)/(max(x − min x) + ε)) − 0.5)·2, framed by tf.signal.frame's
-lowering (SHAPE/SPLIT_V/…/STRIDED_SLICE, a RESHAPE into sub-frames of gcd(N, step) samples, a
-GATHER of [F, N/gcd] sub-frame indices, a RESHAPE to frames [B, F, N]; N = 2048, step 278 and
-N = 1024, step 280, F = 511 both), then goes MUL(hann) → EXPAND_DIMS → RFFT2D → SQUEEZE →
-CAST(complex→float) → Tensordot(mel), the Tensordot being SHAPE/GATHER/REDUCE_PROD/CONCATENATION/
-PACK/RESHAPE bookkeeping around a FULLY_CONNECTED with the mel matrix [M, N/2+1] (M = 96) and a
-last RESHAPE to [B, F, M]. The model squares and compresses (mel^0.23, ^0.19) only afterwards.
+is scaled to s = ((x − min x)/(max(x − min x) + ε) − 0.5)·2, framed by tf.signal.frame's lowering
+(SHAPE/SPLIT_V/…/STRIDED_SLICE, a RESHAPE into sub-frames of gcd(N, step) samples, a GATHER of
+[F, N/gcd] sub-frame indices, a RESHAPE to frames [B, F, N]; N = 2048, step 278 and N = 1024,
+step 280, F = 511 both), then goes MUL(hann) → EXPAND_DIMS → RFFT2D → SQUEEZE → CAST(complex→
+float) → Tensordot(mel), the Tensordot being SHAPE/GATHER/REDUCE_PROD/CONCATENATION/PACK/RESHAPE
+bookkeeping around a FULLY_CONNECTED with the mel matrix [M, N/2+1] (M = 96) and a last RESHAPE
+to the bands y [B, F, M]. Only then does the model compress them: MUL(y, y) → POW(p), p = 0.2295
+and 0.1905.
 
 Why this is exact: CAST keeps the real part, and Re(DFT(x))[k] = Σₙ x[n]·cos(2πkn/N) is linear;
-so are the window and the mel product. Frame f of the branch is y_f = W·s_f with
-W = Mel [M, N/2+1] · C [N/2+1, N] · diag(hann), C[k, n] = cos(2πkn/N), built in float64. The
-scaling is affine with one α, β per window, s = α·x + β, α = 2/(R + ε), β = −α·min x − 1,
-R = max(x − min x) = max x − min x (rounding is monotonic, so float32 gives the same R), hence
+so are the window and the mel product: y_f = W·s_f for frame f, with W = Mel [M, N/2+1] ·
+C [N/2+1, N] · diag(hann), C[k, n] = cos(2πkn/N), built in float64. The scaling is affine with
+one α, β per window, s = α·x + β: α = 2/(R + ε), β = −α·min x − 1, R = max x − min x (equal to
+max(x − min x) in float32 too: rounding is monotonic). Hence
 
     y_f = α·(W·x_f) + β·(W·1),
 
-W·x_f being a strided convolution of the raw input with the M rows of W. It runs as one CONV_2D:
-x is read as [B, 1, L/g, g], blocks of g samples (g a divisor of the step, here 139 and 40), the
-filter is W zero-padded to K = ⌈N/g⌉ blocks, [M, 1, K, g], stride step/g, VALID: [B, 1, F, M],
-a sliding-window matrix product that XNNPACK and ONNX Runtime run as one GEMM-like kernel, with
-no F×N frame tensor (4 MB per window at N = 2048) ever gathered. The input is cut to the blocks
-the last frame needs, or zero-padded to them (N = 2048: 1035 blocks of 139 = 143865 samples;
-N = 1024: all 3600 blocks of 40); the zero taps cost 1.8% and 1.6% more multiply-adds.
+and W·x_f, over all frames, is a strided convolution of the raw input with the M rows of W. It
+runs as one CONV_2D: x read as [B, 1, L/g, g], blocks of g samples (g a divisor of the step: 139
+and 40), the filter W zero-padded to K = ⌈N/g⌉ blocks, [M, 1, K, g], stride step/g, VALID →
+[B, 1, F, M]. XNNPACK and ONNX Runtime run that as one GEMM-like kernel on both threads, and the
+F×N frame tensor (4 MB per window at N = 2048) is never gathered. The input is cut to the blocks
+the last frame needs (N = 2048: 1035 blocks of 139 = 143865 samples), or zero-padded to them; for
+N = 1024 all 3600 blocks of 40 are used. The zero taps add 1.8% and 1.6% multiply-adds; blocks of
+gcd(N, step) = 2 and 8 samples ran the convolutions 12% slower, hence ``MIN_BLOCK``.
 
 Why the raw input and not s: zero-padded audio (a partial last window) is constant in s. An FFT
 maps a constant frame to near-exact zeros (butterflies subtract equal numbers), a float32 dot
-product over N terms does not, and the model's power compression magnifies that rounding noise:
-up to 0.2 logits on mostly padded windows. In x those frames are exact zeros, so W·x_f = 0
-exactly and the frame is β·(W·1), W·1 summed in float64: closer to the float64 spectrogram than
-the original FFT is. α, β come from REDUCE_MIN, REDUCE_MAX, SUB, ADD(ε), DIV, MUL and SUB on
-[B, 1]; the five full-length elementwise ops of the scaling are gone.
+product over N terms does not, and the compression magnifies that rounding noise: up to 0.2
+logits on mostly padded windows. In x such frames are exact zeros, so W·x_f = 0 exactly and the
+frame is β·(W·1), W·1 summed in float64. The spectrograms come out closer to a float64
+computation than the original FFT's (max |Δ| 2e-4 against its 1.3e-3 on real and padded windows,
+tests/test_birdnet_rewrite.py). α and β take REDUCE_MIN, REDUCE_MAX, SUB, ADD(ε), DIV, MUL and
+SUB on [B, 1] and two RESHAPEs to [B, 1, 1]; the scaling's five full-length ops are gone.
 
 Per branch, [SLICE or PAD,] RESHAPE, CONV_2D, RESHAPE to [B, F, M], MUL(α), MUL(β, W·1) and ADD
-take the place of the last RESHAPE (the α, β ops, shared by branches that frame the same scaled
-signal, go first). The ops nobody reads any more are dropped (the scaling, the framing, MUL(hann),
-EXPAND_DIMS, RFFT2D, SQUEEZE, CAST, the Tensordot), then the tensors, buffers (mel matrices, hann
-windows, fft lengths, frame indices) and operator codes nothing refers to. RFFT2D was about half
-of BirdNET's runtime, the frame GATHER and the frame-sized matmul most of the rest of the mel
-part. Every op of that pattern is checked, and a graph that differs is refused with
-ModelArtifactError ("not a BirdNET graph: …").
+take the place of the Tensordot's last RESHAPE (the α, β ops, shared by the branches that frame
+the same scaled signal, go first), and POW(y·y, p) becomes EXP(LOG(y·y)·p): the same values to
+float rounding (a square below 1.2e-38 gives 0 instead of < 6e-8), but XNNPACK runs LOG and EXP
+vectorised on every thread where TFLite's POW kernel calls pow() per element on one (0.4 ms per
+window at 2 threads). Then the ops nobody reads any more are dropped (the scaling, the framing,
+MUL(hann), EXPAND_DIMS, RFFT2D, SQUEEZE, CAST, the Tensordot), and the tensors, buffers (mel
+matrices, hann windows, fft lengths, frame offsets) and operator codes nothing refers to. Every
+op of the pattern is checked; a graph that differs is refused with ModelArtifactError ("not a
+BirdNET graph: …"). RFFT2D was about half of BirdNET's runtime; the mel part, from INPUT to the
+concatenated spectrograms, went from 5.6 ms per window (frame GATHER, centred matmul, POW) to 1.9
+ms at 2 threads, batch 8 (ai-edge-litert 2.3, 2-core EPYC), the whole model from 10.9 to 7.0 ms.
 
 The embedding (``model/GLOBAL_AVG_POOL/Mean``, the input of the FULLY_CONNECTED that writes
 the logits) becomes output 1: XNNPACK frees intermediate tensors, so this is the cheap way to
@@ -59,7 +66,7 @@ import numpy as np
 from .errors import ModelArtifactError, RuntimeMissingError
 
 FILE_IDENTIFIER = b"TFL3"
-MIN_BLOCK = 32  # the convolution's input channels: with fewer, XNNPACK's kernels idle
+MIN_BLOCK = 32  # the fewest samples per block (input channels of the convolution)
 
 
 def _schema() -> Tuple[Any, Any]:
@@ -167,7 +174,8 @@ class _Graph:
         return len(self.sub.tensors) - 1
 
     def new_op(self, kind: str, inputs: List[int], outputs: List[int], options: Any) -> Any:
-        """A builtin op (its operator code is added if missing); options type from its class."""
+        """A builtin op (its operator code is added if missing); options type from its class,
+        none for ``options`` None."""
         if kind not in self.op_names:
             code = getattr(self.schema.BuiltinOperator, kind)
             codes = self.model.operatorCodes
@@ -177,7 +185,9 @@ class _Graph:
         op = self.schema.OperatorT()
         op.opcodeIndex, op.inputs, op.outputs = self.op_names.index(kind), inputs, outputs
         op.builtinOptions = options
-        op.builtinOptionsType = getattr(self.schema.BuiltinOptions, type(options).__name__[:-1])
+        if options is not None:
+            table = type(options).__name__[:-1]  # ExpOptionsT → ExpOptions
+            op.builtinOptionsType = getattr(self.schema.BuiltinOptions, table)
         return op
 
 
@@ -205,10 +215,14 @@ def _only(graph: _Graph, tensor: int, kind: str) -> Any:
 
 
 def _split(graph: _Graph, op: Any) -> Tuple[int, np.ndarray]:
-    """The variable and the constant operand of a binary op with exactly one constant."""
+    """The variable and the constant operand of a binary op with exactly one constant, the
+    second one where the order matters."""
     values = [graph.constant(i) for i in op.inputs]
+    where = f"{graph.kind(op)} writing {graph.name(op.outputs[0])}"
     if len(op.inputs) != 2 or sum(v is not None for v in values) != 1:
-        raise _refuse(f"{graph.kind(op)} writing {graph.name(op.outputs[0])} needs one constant")
+        raise _refuse(f"{where} needs one constant")
+    if graph.kind(op) in ("SUB", "DIV", "FLOOR_DIV") and values[0] is not None:
+        raise _refuse(f"{where} needs its constant second")
     variable = next(i for i, v in zip(op.inputs, values) if v is None)
     return variable, next(v for v in values if v is not None)
 
@@ -227,7 +241,6 @@ class _Scaling:
     """s = ((x − min x)/(max(x − min x) + eps) − offset)·gain of the graph input x [B, L]."""
 
     signal: int
-    axis: int
     eps: float
     offset: float
     gain: float
@@ -250,7 +263,7 @@ def _scaling(graph: _Graph, scaled: int) -> _Scaling:
         raise _refuse("the input scaling is not (x − min x)/max(x − min x) over axis 1")
     if list(graph.sub.inputs) != [signal] or len(graph.signature(signal)) != 2:
         raise _refuse("the input scaling does not read the one [B, samples] graph input")
-    return _Scaling(signal, 1, eps, offset, gain)
+    return _Scaling(signal, eps, offset, gain)
 
 
 @dataclass(frozen=True)
@@ -286,12 +299,8 @@ def _framing(graph: _Graph, frames: int) -> _Framing:
         graph, _made_by(graph, _made_by(graph, starts, "RESHAPE").inputs[0], "MUL")
     )
     frame_range = _made_by(graph, spaced, "RANGE")
-    begin, count, delta = (graph.constant(i) for i in frame_range.inputs)
-    if (
-        begin is None
-        or delta is None
-        or begin.reshape(-1).tolist() + delta.reshape(-1).tolist() != [0, 1]
-    ):
+    ends = [graph.constant(frame_range.inputs[i]) for i in (0, 2)]  # start, delta
+    if any(e is None for e in ends) or [e.reshape(-1).tolist() for e in ends] != [[0], [1]]:
         raise _refuse("the frame RANGE does not count 0, 1, 2, …")
     length, step = sub_frames * sub_length, int(sub_step) * sub_length
     if _frame_count_step(graph, frame_range.inputs[1], length) != step:
@@ -315,26 +324,17 @@ class _Affine:
 def _affine(graph: _Graph, scaling: _Scaling, name: str) -> _Affine:
     """α = gain/(max x − min x + eps), β = −α·min x − offset·gain, per window, on [B, 1]."""
     schema, x = graph.schema, scaling.signal
-    axis = graph.add_constant(f"{name}/axis", np.int32([scaling.axis]))
-    low, high, spread, denominator, alpha, shift, beta, alpha3, beta3 = (
-        graph.add_activation(f"{name}/{part}", shape)
-        for part, shape in [
-            ("min", [-1, 1]),
-            ("max", [-1, 1]),
-            ("range", [-1, 1]),
-            ("denominator", [-1, 1]),
-            ("alpha_2d", [-1, 1]),
-            ("alpha_min", [-1, 1]),
-            ("beta_2d", [-1, 1]),
-            ("alpha", [-1, 1, 1]),
-            ("beta", [-1, 1, 1]),
-        ]
+    parts = ("min", "max", "range", "denominator", "alpha_2d", "alpha_min", "beta_2d")
+    low, high, spread, denominator, alpha, shift, beta = (
+        graph.add_activation(f"{name}/{part}", [-1, 1]) for part in parts
     )
-    eps = graph.add_constant(f"{name}/eps", np.float32(scaling.eps).reshape(()))
-    gain = graph.add_constant(f"{name}/gain", np.float32(scaling.gain).reshape(()))
-    base = graph.add_constant(
-        f"{name}/base", np.float32(-scaling.offset * scaling.gain).reshape(())
+    alpha3, beta3 = (
+        graph.add_activation(f"{name}/{part}", [-1, 1, 1]) for part in ("alpha", "beta")
     )
+    axis = graph.add_constant(f"{name}/axis", np.int32([1]))
+    eps = graph.add_constant(f"{name}/eps", np.array(scaling.eps))
+    gain = graph.add_constant(f"{name}/gain", np.array(scaling.gain))
+    base = graph.add_constant(f"{name}/base", np.array(-scaling.offset * scaling.gain))
     shape3 = graph.add_constant(f"{name}/shape", np.int32([-1, 1, 1]))
     keep = schema.ReducerOptionsT(keepDims=True)
     ops = [
@@ -401,15 +401,23 @@ def _strided_conv(
     return conv3, ops
 
 
-def _fold_branch(graph: _Graph, rfft: Any, affines: Dict[int, _Affine]) -> None:
-    """Replace the scaling, framing and MUL(hann) … Tensordot(mel) chain around ``rfft`` by one
-    strided convolution of the raw input, scaled by α and shifted by β·(W·1) afterwards."""
+@dataclass(frozen=True)
+class _MelChain:
+    """MUL(hann) → … → Tensordot(mel) of one branch, from its frames to its last RESHAPE."""
+
+    frames: int
+    window: np.ndarray
+    mel: np.ndarray
+    last: Any
+
+
+def _mel_chain(graph: _Graph, rfft: Any) -> _MelChain:
+    """Read the chain around ``rfft``: MUL(hann), EXPAND_DIMS, RFFT2D, SQUEEZE, CAST, Tensordot."""
     s, schema = graph.sub, graph.schema
     expand = _expect(graph, graph.producer(rfft.inputs[0]), "EXPAND_DIMS", "before RFFT2D")
     window_mul = _expect(graph, graph.producer(expand.inputs[0]), "MUL", "before EXPAND_DIMS")
     frames, window = _split(graph, window_mul)
-    window = window.reshape(-1)
-    n = window.shape[0]
+    n = window.size
     fft_length = graph.constant(rfft.inputs[1])
     if fft_length is None or list(fft_length.reshape(-1)) != [1, n]:
         raise _refuse(f"RFFT2D fft_length is not [1, {n}]")
@@ -424,33 +432,63 @@ def _fold_branch(graph: _Graph, rfft: Any, affines: Dict[int, _Affine]) -> None:
     if mel is None or mel.ndim != 2 or mel.shape[1] != n // 2 + 1 or biased:
         raise _refuse(f"no bias-free [M, {n // 2 + 1}] mel matmul")
     last = _only(graph, mel_fc.outputs[0], "RESHAPE")
-    framing = _framing(graph, frames)
+    return _MelChain(frames, window.reshape(-1), mel, last)
+
+
+def _fold_branch(graph: _Graph, rfft: Any, affines: Dict[int, _Affine]) -> None:
+    """Replace the scaling, the framing and the chain around ``rfft`` by one strided convolution
+    of the raw input, scaled by α and shifted by β·(W·1) afterwards."""
+    s, schema = graph.sub, graph.schema
+    chain = _mel_chain(graph, rfft)
+    n, bands = chain.window.size, chain.mel.shape[0]
+    framing = _framing(graph, chain.frames)
     if framing.length != n:
         raise _refuse(f"frames of {framing.length} samples meet a window of {n}")
     scaling = _scaling(graph, framing.scaled)
     samples = graph.signature(scaling.signal)[1]
     count = (samples - n) // framing.step + 1
-    if samples < n or count < 1:
+    if samples < n:
         raise _refuse(f"frames of {n} samples do not fit a {samples}-sample input")
 
-    out, weight = last.outputs[0], folded_weight(mel, window)
+    out, weight = chain.last.outputs[0], folded_weight(chain.mel, chain.window)
     name = graph.name(out) + "/folded"
-    new_ops: List[Any] = []
-    if framing.scaled not in affines:
+    if framing.scaled not in affines:  # its ops read only the graph input: they go first
         affines[framing.scaled] = _affine(graph, scaling, f"{name}/affine")
-        new_ops += affines[framing.scaled].ops
+        s.operators[0:0] = affines[framing.scaled].ops
     affine = affines[framing.scaled]
     conv, conv_ops = _strided_conv(graph, scaling.signal, weight, framing.step, count, name)
-    scaled = graph.add_activation(f"{name}/scaled", [-1, count, mel.shape[0]])
-    dc = graph.add_activation(f"{name}/dc", [-1, 1, mel.shape[0]])
+    scaled = graph.add_activation(f"{name}/scaled", [-1, count, bands])
+    dc = graph.add_activation(f"{name}/dc", [-1, 1, bands])
     dc_gain = graph.add_constant(f"{name}/dc_gain", weight.sum(axis=1))  # W·1, in float64
-    at = s.operators.index(last)  # readers of ``out`` all come after this position
+    at = s.operators.index(chain.last)  # readers of ``out`` all come after this position
     s.operators[at : at + 1] = [
-        *new_ops,
         *conv_ops,
         graph.new_op("MUL", [conv, affine.alpha], [scaled], schema.MulOptionsT()),
         graph.new_op("MUL", [affine.beta, dc_gain], [dc], schema.MulOptionsT()),
         graph.new_op("ADD", [scaled, dc], [out], schema.AddOptionsT()),
+    ]
+    _power_as_exp_log(graph, out)
+
+
+def _power_as_exp_log(graph: _Graph, bands: int) -> None:
+    """Replace POW(y·y, p) after the mel bands y by EXP(LOG(y·y)·p): XNNPACK runs LOG and EXP
+    vectorised on every thread, TFLite's own POW kernel calls pow() per element on one."""
+    schema = graph.schema
+    square = _only(graph, bands, "MUL")
+    if list(square.inputs) != [bands, bands]:
+        raise _refuse(f"{graph.name(bands)} is not squared")
+    power = _only(graph, square.outputs[0], "POW")
+    if power.inputs[0] != square.outputs[0]:
+        raise _refuse(f"the POW after {graph.name(bands)} does not raise its square")
+    _scalar(graph, power)  # the exponent: one constant
+    name, signature = graph.name(power.outputs[0]), graph.signature(square.outputs[0])
+    logs = graph.add_activation(f"{name}/log", signature)
+    scaled = graph.add_activation(f"{name}/log_scaled", signature)
+    at = graph.sub.operators.index(power)
+    graph.sub.operators[at : at + 1] = [
+        graph.new_op("LOG", [square.outputs[0]], [logs], None),
+        graph.new_op("MUL", [logs, power.inputs[1]], [scaled], schema.MulOptionsT()),
+        graph.new_op("EXP", [scaled], [power.outputs[0]], schema.ExpOptionsT()),
     ]
 
 

@@ -2,9 +2,9 @@
 
 Why this route (docs/models.md, "BirdNET as ONNX"): tf2onnx fails on the original graph's RFFT2D
 nodes (ONNX has no complex type) and tflite2onnx on REDUCE_MIN, but the graph rewritten by
-``birdnet_rewrite`` (each FFT + mel chain folded into one matmul, the embedding as a second
-output) converts with tf2onnx's TFLite front end at opset 17 with a dynamic batch, and ONNX
-Runtime then matches TFLite to about 1e-4 in the logits.
+``birdnet_rewrite`` (each framing + FFT + mel chain folded into one strided convolution, the
+embedding as a second output) converts with tf2onnx's TFLite front end at opset 17 with a
+dynamic batch, and ONNX Runtime then matches TFLite to about 1e-4 in the logits.
 
 tf2onnx needs TensorFlow (about 1.6 GB installed), for this one-off step only, so it lives in a
 virtualenv of its own under ``<data dir>/cache/convert-venv`` and runs as a subprocess; nothing
@@ -138,7 +138,7 @@ def _write_rewritten(original: ModelArtifact, work: Path, log: Log) -> Path:
     Rewrites written before empty constant buffers were kept (a shape-[0] reshape target read
     by tf2onnx as a graph input) cannot be converted, so the installed fast file is not used.
     """
-    log(f"rewriting {original.path.name} (RFFT + mel folded into one matmul)")
+    log(f"rewriting {original.path.name} (framing + RFFT + mel folded into strided convolutions)")
     rewritten = rewrite_birdnet(original.path.read_bytes())
     target = work / BIRDNET_FAST
     target.write_bytes(rewritten)

@@ -84,12 +84,11 @@ def empty_tensors(model_bytes: bytes) -> dict:
 
 
 def test_the_rewrite_keeps_empty_constants_for_tf2onnx(folder):
-    """tf2onnx reads a buffer without a data vector as a graph input, not as a constant: the
-    rewrite must keep the empty vector of the shape-[0] RESHAPE target in tf.signal.frame."""
+    """tf2onnx reads a buffer without a data vector as a graph input, not as a constant: every
+    shape-[0] constant the rewrite keeps must keep its (empty) data vector."""
     original = (folder / read_manifest(folder)["classifier_reference"]["tflite"]).read_bytes()
-    before, after = empty_tensors(original), empty_tensors(rewrite_birdnet(original))
-    assert before == after
-    assert before[b"model/MEL_SPEC1/stft/frame/Reshape/shape_1"] is True
+    assert empty_tensors(original)[b"model/MEL_SPEC1/stft/frame/Reshape/shape_1"] is True
+    assert all(empty_tensors(rewrite_birdnet(original)).values())
 
 
 def test_probe_windows_are_seeded_and_include_a_padded_one():
