@@ -80,7 +80,9 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
 def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by ``simulate`` and ``run``; each overrides one config key."""
     add_store_flags(parser)
-    parser.add_argument("--engine", help="engine type: tflite or onnx (see 'birdd engines')")
+    parser.add_argument(
+        "--engine", help="engine type: tflite, onnx or tensorrt (see 'birdd engines')"
+    )
     parser.add_argument("--model", help="model file or installed model name")
     parser.add_argument("--threads", type=int, help="engine CPU threads")
     parser.add_argument("--batch-size", type=int, help="windows per engine call")
@@ -115,6 +117,40 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     parser.add_argument("--output", help="write the output to this file instead of stdout")
+
+
+def add_build_flags(parser: argparse.ArgumentParser) -> None:
+    """``birdd engines build MODEL.onnx [--fp16|--fp32|--int8 --calib DIR] [--batch N]``."""
+    parser.add_argument("model", help="ONNX model with its sidecar, or an installed model name")
+    precision = parser.add_mutually_exclusive_group()
+    for name, text in (
+        ("fp16", "half precision (the default)"),
+        ("fp32", "full precision"),
+        ("int8", "8-bit, calibrated on --calib recordings (Xavier, Orin, desktop GPUs)"),
+    ):
+        precision.add_argument(
+            f"--{name}", dest="precision", action="store_const", const=name, help=text
+        )
+    parser.set_defaults(precision="fp16")
+    parser.add_argument("--calib", metavar="DIR", help="folder of recordings for --int8")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        metavar="N",
+        help="the engine.batch_size it will run at; the plan takes 1 to max(N, 8) (default 8)",
+    )
+    parser.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    parser.add_argument(
+        "--workspace-mb", type=int, default=1024, help="builder scratch memory (default 1024)"
+    )
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="build in a worker started with this interpreter (e.g. /usr/bin/python3 on a "
+        "Jetson, where TensorRT exists only for the system Python)",
+    )
+    parser.add_argument("--force", action="store_true", help="build again even if cached")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("name", choices=["birdnet"])
     convert.add_argument("--to", choices=["onnx"], default="onnx", help="target format")
     convert.add_argument("--force", action="store_true", help="convert again")
-    command("engines", help="list the engines and whether their runtime is installed here")
+    engines = command(
+        "engines", help="list the engines and whether their runtime is installed here"
+    )
+    engine_commands = engines.add_subparsers(dest="engines_command", metavar="ACTION")
+    engine_commands.add_parser("list", help="list the engines (the default)")
+    add_build_flags(
+        engine_commands.add_parser(
+            "build",
+            help="build the TensorRT plan of an ONNX model for this GPU (minutes; cached beside "
+            "the model)",
+        )
+    )
 
     species = command("species", help="search the model's classes")
     species.add_argument("query", nargs="?", default="", help="part of a name or code")

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from pydantic import ValidationError
+
 from birdd.engines.artifact import load_artifact
 from birdd.engines.errors import RuntimeMissingError
 from birdd.engines.install import install_birdnet, install_demo_recording
@@ -152,6 +154,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_engines(args: argparse.Namespace) -> int:
+    """``birdd engines [list]``: one line per registered engine; ``build``: a TensorRT plan."""
+    if getattr(args, "engines_command", None) == "build":
+        return engines_build(args)
+    return engines_list()
+
+
+BUILD_FLAGS = {"batch_size": "--batch", "workspace_mb": "--workspace-mb", "device": "--device"}
+
+
+def engines_build(args: argparse.Namespace) -> int:
+    """Build (or find cached) the TensorRT plan of an ONNX model; print its path."""
+    from birdd.engines.tensorrt import TensorRTConfig, build_for_command
+
+    if args.precision == "int8" and not args.calib:
+        raise ValueError("--int8 needs --calib DIR: a folder of recordings from the site")
+    if args.calib and args.precision != "int8":
+        raise ValueError("--calib is for --int8 only")
+    fields = {
+        "model": args.model,
+        "precision": args.precision,
+        "calibration": args.calib,
+        "batch_size": args.batch,
+        "device": args.device,
+        "workspace_mb": args.workspace_mb,
+        "python": args.python,
+    }
+    try:
+        config = TensorRTConfig(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        flag = BUILD_FLAGS.get(field, field)
+        raise ValueError(f"{flag} {fields.get(field)}: {error['msg']}") from None
+    print(build_for_command(config, force=args.force))
+    return 0
+
+
+def engines_list() -> int:
     """One line per registered engine: usable here (with its runtime) or what to install."""
     usable = 0
     for name, engine in sorted(engine_classes().items()):

@@ -7,17 +7,18 @@ under the entry-point group ``birdd.engines``.
 from __future__ import annotations
 
 import sys
-from pathlib import PurePath
-from typing import Any, Dict, List, Type, Union
+from pathlib import Path, PurePath
+from typing import Any, Dict, List, Sequence, Type, Union
 
 from pydantic import BeforeValidator, Field
 from typing_extensions import Annotated
 
 from .artifact import load_artifact
 from .base import Engine, EngineConfig
-from .errors import EngineError
+from .errors import EngineError, ModelArtifactError
 from .modeldir import resolve_model
 from .onnx import ONNXEngine
+from .tensorrt import TensorRTEngine
 from .tflite import TFLiteEngine
 
 ENTRY_POINT_GROUP = "birdd.engines"
@@ -25,7 +26,10 @@ DEFAULT_ENGINE = TFLiteEngine.type
 BUILTIN_ENGINES: Dict[str, Type[Engine]] = {
     TFLiteEngine.type: TFLiteEngine,
     ONNXEngine.type: ONNXEngine,
+    TensorRTEngine.type: TensorRTEngine,
 }
+# Model file suffixes that name an engine other than themselves.
+SUFFIX_ENGINES = {"plan": TensorRTEngine.type, "engine": TensorRTEngine.type}
 
 
 def _entry_point_engines() -> Dict[str, Type[Engine]]:
@@ -58,6 +62,7 @@ def _default_type(section: Any) -> Any:
     """Fill in a missing ``type``: the model file's suffix where it names an engine, else tflite."""
     if isinstance(section, dict) and "type" not in section:
         suffix = PurePath(str(section.get("model", ""))).suffix.lstrip(".")
+        suffix = SUFFIX_ENGINES.get(suffix, suffix)
         return {"type": suffix if suffix in engine_classes() else DEFAULT_ENGINE, **section}
     return section
 
@@ -70,14 +75,30 @@ def engine_config_type() -> Any:
     return Annotated[union, Field(discriminator="type"), BeforeValidator(_default_type)]
 
 
+def model_formats(engine_class: Type[Engine]) -> Sequence[str]:
+    """The model formats an engine loads, preferred first (tensorrt: a plan, else ONNX)."""
+    return getattr(engine_class, "model_formats", (engine_class.type,))
+
+
+def resolve_any(name_or_path: str, formats: Sequence[str]) -> Path:
+    """The first of ``formats`` the model has; the last format's error when it has none."""
+    for fmt in formats[:-1]:
+        try:
+            return resolve_model(name_or_path, fmt)
+        except ModelArtifactError:
+            continue
+    return resolve_model(name_or_path, formats[-1])
+
+
 def create_engine(config: EngineConfig) -> Engine:
     """Resolve the model, check its artifact, construct and load the configured engine."""
     engine_type = getattr(config, "type", None)
     engine_class = engine_classes().get(engine_type)
     if engine_class is None:
         raise EngineError(f"unknown engine type {engine_type!r}: see 'birdd engines'")
-    artifact = load_artifact(resolve_model(config.model, engine_type))
-    if artifact.format != engine_type:
+    formats = model_formats(engine_class)
+    artifact = load_artifact(resolve_any(config.model, formats))
+    if artifact.format not in formats:
         raise EngineError(
             f"model {artifact.path.name} is in {artifact.format} format but engine.type is "
             f"{engine_type}: choose engine.type {artifact.format} or another model"

@@ -32,7 +32,7 @@ from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 import numpy as np
 
-from .artifact import ModelArtifact
+from .artifact import ModelArtifact, load_artifact
 from .base import Engine, EngineConfig
 from .errors import EngineError, RuntimeMissingError
 
@@ -42,7 +42,9 @@ WORKER_SCRIPT = Path(__file__).resolve().with_name("worker_main.py")
 FRAME = struct.Struct(">II")
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_BYTES = 1 << 20
-WORKER_ENGINES = ("tflite", "onnx")
+WORKER_ENGINES = ("tflite", "onnx", "tensorrt")
+MODEL_FORMATS = {"tensorrt": ("tensorrt", "onnx")}  # else the engine's own format
+BUILD_TIMEOUT_S = 3600.0  # a TensorRT plan takes minutes to build, a TX2 much longer
 
 
 class WorkerDied(EngineError):
@@ -217,7 +219,7 @@ class WorkerEngine(Engine):
                 f"engine type {inner_type!r} cannot run in a worker process: "
                 f"use {' or '.join(WORKER_ENGINES)}"
             )
-        if artifact.format != inner_type:
+        if artifact.format not in MODEL_FORMATS.get(inner_type, (inner_type,)):
             raise EngineError(
                 f"model {artifact.path.name} is in {artifact.format} format but engine.type is "
                 f"{inner_type}: choose engine.type {artifact.format} or another model"
@@ -267,6 +269,8 @@ class WorkerEngine(Engine):
         """Start a child and load the model in it; one EngineError line on any failure."""
         child = _Child(self.python)
         try:
+            if self.inner_type == "tensorrt":
+                self._prepare_plan(child)
             reply, _ = child.call(self._load_request(), None, self.load_timeout_s)
         except (EOFError, TimeoutError, OSError, ValueError) as exc:
             child.kill()
@@ -289,6 +293,52 @@ class WorkerEngine(Engine):
             self.artifact.path.name,
         )
         return child
+
+    def build_plan(self, force: bool = False) -> Path:
+        """TensorRT: make sure the plan for the child's GPU exists (``force``: build it again),
+        without loading it; the path of the plan (``birdd engines build --python``)."""
+        child = _Child(self.python)
+        try:
+            self._prepare_plan(child, force)
+        except (EOFError, TimeoutError, OSError, ValueError) as exc:
+            child.kill()
+            what = "timed out" if isinstance(exc, TimeoutError) else "died"
+            raise EngineError(
+                f"engine worker ({self.python}) {what} ({child.exit_description()}) while "
+                f"building a plan from {self.artifact.path.name}: {child.last_stderr_line()}"
+            ) from None
+        finally:
+            child.stop()
+        return self.artifact.path
+
+    def _prepare_plan(self, child: _Child, force: bool = False) -> None:
+        """TensorRT: find (or have the child build) the plan for the child's GPU and TensorRT,
+        and score with it from now on; the plan-cache rules are those of the in-process engine."""
+        from .tensorrt import device_info, ensure_plan
+
+        def ask(header: Dict[str, Any], timeout_s: float) -> Dict[str, Any]:
+            reply, _ = child.call(header, None, timeout_s)
+            if not reply.get("ok"):
+                child.stop()
+                missing = reply.get("kind") == "runtime_missing"
+                raise (RuntimeMissingError if missing else EngineError)(str(reply.get("error")))
+            return reply
+
+        def build(request: Dict[str, Any], windows: Optional[np.ndarray]) -> Dict[str, Any]:
+            if windows is None:
+                return ask({"op": "trt_build", **request}, BUILD_TIMEOUT_S)
+            saved = Path(request["out"] + ".calibration.npy")
+            np.save(saved, windows)
+            try:
+                header = {"op": "trt_build", "calibration": str(saved), **request}
+                return ask(header, BUILD_TIMEOUT_S)
+            finally:
+                saved.unlink()
+
+        device = getattr(self.config, "device", 0)
+        here = device_info(ask({"op": "trt_info", "device": device}, self.load_timeout_s))
+        plan = ensure_plan(self.artifact, self.config, here, build, force)  # type: ignore[arg-type]
+        self.artifact = load_artifact(plan)
 
     def _stop_child(self) -> None:
         if self._child is not None:
