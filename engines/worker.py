@@ -187,7 +187,12 @@ class _Child:
         if self.process.stderr is not None:
             self.process.stderr.close()
 
-    def kill(self) -> None:
+    def kill(self, exiting: bool = False) -> None:
+        """Kill the child. ``exiting``: its pipe just closed, so it is most likely on its way
+        out; give it a second to exit by itself, so that its own exit status is reported."""
+        if exiting:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=1.0)
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
@@ -273,12 +278,7 @@ class WorkerEngine(Engine):
                 self._prepare_plan(child)
             reply, _ = child.call(self._load_request(), None, self.load_timeout_s)
         except (EOFError, TimeoutError, OSError, ValueError) as exc:
-            child.kill()
-            what = "timed out" if isinstance(exc, TimeoutError) else "died"
-            raise EngineError(
-                f"engine worker ({self.python}) {what} ({child.exit_description()}) while "
-                f"loading {self.artifact.path.name}: {child.last_stderr_line()}"
-            ) from None
+            raise self._lost(child, exc, f"loading {self.artifact.path.name}") from None
         if not reply.get("ok"):
             child.stop()
             error_class = RuntimeMissingError if reply.get("kind") == "runtime_missing" else None
@@ -301,15 +301,21 @@ class WorkerEngine(Engine):
         try:
             self._prepare_plan(child, force)
         except (EOFError, TimeoutError, OSError, ValueError) as exc:
-            child.kill()
-            what = "timed out" if isinstance(exc, TimeoutError) else "died"
-            raise EngineError(
-                f"engine worker ({self.python}) {what} ({child.exit_description()}) while "
-                f"building a plan from {self.artifact.path.name}: {child.last_stderr_line()}"
-            ) from None
+            doing = f"building a plan from {self.artifact.path.name}"
+            raise self._lost(child, exc, doing) from None
         finally:
             child.stop()
         return self.artifact.path
+
+    def _lost(self, child: _Child, exc: Exception, doing: str) -> EngineError:
+        """The one line for a child that died or timed out while ``doing`` something."""
+        timed_out = isinstance(exc, TimeoutError)
+        child.kill(exiting=not timed_out)
+        what = "timed out" if timed_out else "died"
+        return EngineError(
+            f"engine worker ({self.python}) {what} ({child.exit_description()}) while "
+            f"{doing}: {child.last_stderr_line()}"
+        )
 
     def _prepare_plan(self, child: _Child, force: bool = False) -> None:
         """TensorRT: find (or have the child build) the plan for the child's GPU and TensorRT,
@@ -368,7 +374,7 @@ class WorkerEngine(Engine):
             reply, body = child.call(header, batch, self.timeout_s, self._on_sent)
         except (EOFError, TimeoutError, OSError, ValueError) as exc:
             timed_out = isinstance(exc, TimeoutError)
-            child.kill()
+            child.kill(exiting=not timed_out)
             self._child = None
             what = (
                 f"did not answer within {self.timeout_s:g} s (killed it)"
