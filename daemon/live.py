@@ -18,6 +18,7 @@ from birdd.engines.registry import create_engine
 from .clock import LiveClock
 from .pipeline import Pipeline, PipelineStats, SourceSpec
 from .postprocess import PostProcessor
+from .sdnotify import notify
 from .session import open_sinks, pipeline_settings, run_info, run_session
 from .sources.base import AudioSource, SourceError, check_channel
 from .sources.device import DeviceSource
@@ -71,15 +72,18 @@ def open_sources(config: Any, model_rate: int) -> List[AudioSource]:
 
 
 class LiveMonitor:
-    """Called by the pipeline four times a second: warns when more than 1% of a minute's audio
-    was overwritten before it was analysed, and logs a status line every ten minutes."""
+    """Called by the pipeline four times a second: tells systemd it is ready and what the
+    inputs are doing, warns when more than 1% of a minute's audio was overwritten before it
+    was analysed, and logs a status line every ten minutes."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self._checked_at = self._logged_at = time.monotonic()
         self._samples = self._lost = 0
+        self._told: Optional[str] = None
 
     def __call__(self, stats: PipelineStats) -> None:
+        self._tell_systemd()
         now = time.monotonic()
         if now - self._checked_at >= LOSS_CHECK_S:
             self._check_loss(stats)
@@ -87,6 +91,13 @@ class LiveMonitor:
         if now - self._logged_at >= STATUS_LOG_S:
             self._logged_at = now
             log.info(self._status(stats))
+
+    def _tell_systemd(self) -> None:
+        status = "; ".join(stage.source.status() for stage in self.pipeline.stages)
+        if status != self._told:
+            ready = "READY=1\n" if self._told is None else ""
+            notify(f"{ready}STATUS={status}")
+            self._told = status
 
     def _check_loss(self, stats: PipelineStats) -> None:
         lost = sum(stream.ring.overwritten for stream in self.pipeline.streams)

@@ -4,9 +4,11 @@ test_live_capture.py, against a real PulseAudio and a real RTSP server."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -199,3 +201,24 @@ def test_run_with_mqtt_publishes_every_stored_detection_and_gap_stats(
     stats = [json.loads(m.payload) for m in messages if m.topic == "birdd/field/stats"]
     assert stats[-1]["sources"][0]["source"] == "stdin"
     assert stats[-1]["gaps"] == {"count": 0, "seconds": 0.0}
+
+
+def test_under_systemd_it_says_ready_and_what_each_input_is_doing(tmp_path: Path) -> None:
+    """Type=notify: READY=1 once the run is open, then STATUS= lines systemctl status shows."""
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        listener.settimeout(0.1)
+        env = {**os.environ, "NOTIFY_SOCKET": address}
+        result = run_birdd(
+            *("run", "--input", "rtsp://127.0.0.1:9/cam", "--duration", "3"),
+            *("--db", str(tmp_path / "db.sqlite")),
+            env=env,
+        )
+        messages = []
+        with contextlib.suppress(socket.timeout):
+            while True:
+                messages.append(listener.recv(4096).decode())
+    assert result.returncode == 0, result.stderr
+    assert messages[0].startswith("READY=1\nSTATUS=")
+    assert any("STATUS=waiting for rtsp://127.0.0.1:9/cam" in m for m in messages), messages

@@ -146,7 +146,8 @@ def test_exec_start_is_a_command_line_birdd_accepts(unit: Unit) -> None:
     assert args.command == "run"
     assert args.config == Path("/etc/birdd/config.yaml")
     assert args.duration is None, "a service runs until SIGTERM"
-    assert one(unit, "Service", "Type") in ("simple", "exec"), "birdd does not sd_notify"
+    assert one(unit, "Service", "Type") == "notify", "birdd run says READY=1 (daemon/sdnotify.py)"
+    assert one(unit, "Service", "NotifyAccess") == "main"
     # ConfigurationDirectory= is the folder of --config
     assert Path("/etc", one(unit, "Service", "ConfigurationDirectory")) == args.config.parent
 
