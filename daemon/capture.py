@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -95,7 +95,6 @@ class SourceStage:
         self.clock = clock
         self.on_gap = on_gap
         self.realtime_factor = realtime_factor
-        self.gaps: List[Gap] = []
         self._silence = [SilenceWatch(stream, silence_warn_s) for stream in self.streams]
 
     @property
@@ -123,7 +122,6 @@ class SourceStage:
                 stream.ring.close()
             gap = self.source.open_gap()
             if gap is not None:
-                self.gaps.append(gap)
                 self.on_gap(gap)
 
     def stop(self) -> None:
@@ -133,7 +131,6 @@ class SourceStage:
 
     def _timestamp(self, block: Block) -> None:
         if block.after_gap is not None:
-            self.gaps.append(block.after_gap)
             self.on_gap(block.after_gap)
         if self.clock is None or block.captured_at is None:
             return

@@ -48,10 +48,6 @@ class LiveClock:
         self._window_min = float("inf")
 
     @property
-    def anchored(self) -> bool:
-        return bool(self._samples)
-
-    @property
     def anchors(self) -> int:
         """How many times the clock was (re-)anchored."""
         with self._lock:

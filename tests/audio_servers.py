@@ -84,8 +84,21 @@ def paplay_reads(path: Path) -> bool:
 class ChildServer:
     """A server run as our child process, logging to ``log_path``."""
 
+    directory: Path
     log_path: Path
     _process: Optional[subprocess.Popen] = None
+
+    def _spawn(self, command: List[str], env: Dict[str, str]) -> None:
+        """Start ``command`` in ``directory``, stdout and stderr appended to ``log_path``."""
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.directory,
+            )
 
     @property
     def running(self) -> bool:
@@ -178,15 +191,7 @@ class PulseServer(ChildServer):
             *("-n", "-F", str(self.script_path), "--daemonize=no", "--exit-idle-time=-1"),
             *("--use-pid-file=no", "--log-target=stderr", "--log-level=info", "--log-time=1"),
         ]
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                env=daemon_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.directory,
-            )
+        self._spawn(command, daemon_env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and self.running:
             if self.pactl("info", check=False, timeout=2).returncode == 0:
@@ -315,15 +320,7 @@ class RtspServer(ChildServer):
         command += ["--mount", self.mount, *(["--loop"] if self.loop else [])]
         # The system Python must not pick up the test interpreter's packages.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                command,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=self.directory,
-            )
+        self._spawn(command, env)
         if wait_for_port(self.port, lambda: self.running, START_TIMEOUT_S):
             return self
         self.kill()

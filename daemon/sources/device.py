@@ -191,7 +191,6 @@ class DeviceSource(LiveSource):
         self._sd = import_sounddevice()
         self.wanted = wanted
         self._rate = sample_rate
-        self._channels = channels
         try:
             device = find_device(self._sd, wanted)
         except SourceUnavailable:
@@ -240,4 +239,6 @@ class DeviceSource(LiveSource):
         connection = self._connection
         if connection is not None and connection.overflows:
             status += f"; {connection.overflows} input overflow(s)"
+        if connection is not None and connection.callback_errors:
+            status += f"; {connection.callback_errors} failed callback(s)"
         return status

@@ -63,7 +63,6 @@ class LiveSource(AudioSource):
     def __init__(self, name: str, policy: ReconnectPolicy) -> None:
         self.name = name
         self.policy = policy
-        self.reconnects = 0
         self._stop = threading.Event()
         self._status = "starting"
         self._delay = FIRST_RETRY_S
@@ -127,7 +126,6 @@ class LiveSource(AudioSource):
                 connection, _ = self._open(audio_until)
                 if connection is None:
                     return
-                self.reconnects += 1
                 last_audio, delivered = time.monotonic(), False
         finally:
             if connection is not None:
