@@ -9,11 +9,13 @@ from typing import Callable, List, NamedTuple
 import numpy as np
 
 from birdd.engines.base import Engine
+from birdd.engines.errors import BatchFailed, EngineError
 
 from .meters import RecentLatencies
 from .records import ScoredWindow, Window
 
 END_OF_STREAM = None
+MAX_FAILED_BATCHES_IN_A_ROW = 3
 
 
 class QueuedWindow(NamedTuple):
@@ -47,22 +49,40 @@ def next_batch(windows: queue.Queue, size: int) -> List[QueuedWindow]:
 
 class InferenceStage:
     """Scores batches of windows; ``engine_seconds`` is the time spent inside the engine and
-    ``latencies`` holds, per recent window, the time from its availability to its scores."""
+    ``latencies`` holds, per recent window, the time from its availability to its scores.
 
-    def __init__(self, engine: Engine, on_scored: Callable[[List[ScoredWindow]], None]) -> None:
+    A batch the engine cannot score (``BatchFailed``: its worker died on it twice) is handed
+    to ``on_failed`` and skipped, so one bad batch costs a few seconds of audio, not the
+    daemon; ``MAX_FAILED_BATCHES_IN_A_ROW`` such batches in a row mean the engine is broken,
+    and the stage fails (the service manager restarts the daemon)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        on_scored: Callable[[List[ScoredWindow]], None],
+        on_failed: Callable[[List[Window], BatchFailed], None],
+    ) -> None:
         self.engine = engine
         self.on_scored = on_scored
+        self.on_failed = on_failed
         self.batch_size = engine.input_spec.max_batch
         self.engine_seconds = 0.0
         self.windows_scored = 0
+        self.windows_failed = 0
         self.latencies = RecentLatencies()
+        self._failed_in_a_row = 0
 
     def run(self, windows: queue.Queue) -> None:
         while True:
             batch = next_batch(windows, self.batch_size)
             if not batch:
                 return
-            scored = self.score([queued.window for queued in batch])
+            try:
+                scored = self.score([queued.window for queued in batch])
+            except BatchFailed as failure:
+                self._skip([queued.window for queued in batch], failure)
+                continue
+            self._failed_in_a_row = 0
             scored_at = time.monotonic()
             for queued in batch:
                 self.latencies.add(scored_at - queued.ready_at)
@@ -75,3 +95,13 @@ class InferenceStage:
         self.engine_seconds += time.perf_counter() - began
         self.windows_scored += len(batch)
         return [ScoredWindow(window, row) for window, row in zip(batch, scores)]
+
+    def _skip(self, batch: List[Window], failure: BatchFailed) -> None:
+        self._failed_in_a_row += 1
+        if self._failed_in_a_row >= MAX_FAILED_BATCHES_IN_A_ROW:
+            raise EngineError(
+                f"{failure}; {self._failed_in_a_row} batches in a row could not be scored, "
+                "giving up on the engine"
+            ) from None
+        self.windows_failed += len(batch)
+        self.on_failed(batch, failure)

@@ -9,6 +9,7 @@ windows already buffered are scored, open events are flushed and the sinks are c
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,15 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from birdd.engines.base import Engine
+from birdd.engines.errors import BatchFailed
 
 from .capture import SourceStage, Stream
 from .clock import LiveClock
 from .inference import END_OF_STREAM, InferenceStage, QueuedWindow
 from .postprocess import PostProcessor
-from .records import Channel, Gap, ScoredWindow
+from .records import Channel, Gap, ScoredWindow, Window
 from .sinks.fanout import SinkFanout
 from .sources.base import AudioSource
 from .windower import hop_samples
+
+log = logging.getLogger("birdd")
 
 WINDOW_QUEUE_SIZE = 32
 DEFAULT_SILENCE_WARN_S = 60.0
@@ -47,6 +51,8 @@ class PipelineStats:
     samples: int = 0
     windows: int = 0
     windows_dropped: int = 0
+    windows_unscored: int = 0
+    """Windows the engine failed on and that were skipped (each recorded as a gap)."""
     detections: int = 0
     engine_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -107,7 +113,7 @@ class Pipeline:
             for item in sources
         ]
         self.streams = [stream for stage in self.stages for stream in stage.streams]
-        self.inference = InferenceStage(engine, self._on_scored)
+        self.inference = InferenceStage(engine, self._on_scored, self._on_unscored)
         self.windows: queue.Queue = queue.Queue(WINDOW_QUEUE_SIZE)
         self.stats = PipelineStats(spec.sample_rate)
         self._errors: List[BaseException] = []
@@ -158,6 +164,7 @@ class Pipeline:
             "queue_depths": {"windows": self.windows.qsize(), **self.fanout.queue_depths()},
             "dropped": {
                 "windows": self.stats.windows_dropped,
+                "windows_unscored": self.stats.windows_unscored,
                 "overwritten_samples": sum(stream.ring.overwritten for stream in self.streams),
             },
             "input_level_dbfs": _rounded(first.level_dbfs),
@@ -187,6 +194,7 @@ class Pipeline:
     def _update(self, began: float) -> None:
         self.stats.samples = sum(stage.samples for stage in self.stages)
         self.stats.windows = self.inference.windows_scored
+        self.stats.windows_unscored = self.inference.windows_failed
         self.stats.engine_seconds = self.inference.engine_seconds
         self.stats.wall_seconds = time.monotonic() - began
 
@@ -244,6 +252,28 @@ class Pipeline:
         for item in scored:
             detections.extend(self.postprocessor.process(item))
         self._publish(detections)
+
+    def _on_unscored(self, windows: List[Window], failure: BatchFailed) -> None:
+        """Record the audio of a batch the engine failed on as a gap of each source in it."""
+        for source in sorted({window.source for window in windows}):
+            clock = self.postprocessor.clock(source)
+            own = [window for window in windows if window.source == source]
+            start = min(window.start_sample for window in own)
+            end = max(window.start_sample + window.valid for window in own)
+            gap = Gap(
+                source,
+                clock.utc(start).timestamp(),
+                clock.utc(end).timestamp(),
+                f"engine failed: {failure}",
+            )
+            log.warning(
+                "%s: skipped %d window(s), %.1f s of audio, that the engine could not score: %s",
+                source,
+                len(own),
+                gap.seconds,
+                failure,
+            )
+            self._on_gap(gap)
 
     def _publish(self, detections: list) -> None:
         if detections:

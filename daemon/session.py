@@ -114,8 +114,13 @@ def _finish_publishing(publisher: MqttPublisher, timeout_s: float) -> None:
 
 
 def _summary(stats: PipelineStats, status: str, run_id: str, db: Path) -> str:
+    unscored = (
+        f" ({stats.windows_unscored} not scored: engine failures, see gaps)"
+        if stats.windows_unscored
+        else ""
+    )
     return (
         f"{status}: {stats.audio_seconds:,.1f} s of audio in {stats.wall_seconds:,.1f} s "
-        f"({stats.realtime_factor:,.0f}x real time), {stats.windows} windows, "
+        f"({stats.realtime_factor:,.0f}x real time), {stats.windows} windows{unscored}, "
         f"{stats.detections} detection(s); run {run_id} in {db}"
     )

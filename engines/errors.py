@@ -5,6 +5,11 @@ class EngineError(RuntimeError):
     """A model or runtime problem that stops an engine from loading or running."""
 
 
+class BatchFailed(EngineError):
+    """One batch could not be scored, but the engine is usable for the next one (its worker
+    died on this batch twice, or the runtime refused it); the daemon skips the batch."""
+
+
 class ModelArtifactError(EngineError):
     """A model file or its sidecar is missing, corrupt, or disagrees with itself or the config."""
 

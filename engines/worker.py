@@ -9,7 +9,7 @@ The two talk over the child's stdin/stdout in length-prefixed frames (see ``work
 JSON header and the raw float32 array. A child that dies or stops answering while it scores a
 batch is killed, restarted (at most ``max_restarts`` times per ``restart_window_s``) and given
 the same batch once more, so no window is lost; only when that fails too does ``predict`` raise
-one ``EngineError`` line.
+one ``BatchFailed`` line (the next batch restarts the child, still within the bound).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 
 from .artifact import ModelArtifact, load_artifact
 from .base import Engine, EngineConfig
-from .errors import EngineError, RuntimeMissingError
+from .errors import BatchFailed, EngineError, RuntimeMissingError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ MODEL_FORMATS = {"tensorrt": ("tensorrt", "onnx")}  # else the engine's own form
 BUILD_TIMEOUT_S = 3600.0  # a TensorRT plan takes minutes to build, a TX2 much longer
 
 
-class WorkerDied(EngineError):
+class WorkerDied(BatchFailed):
     """The child exited, closed its pipes or stopped answering; a restart may help."""
 
 
@@ -385,7 +385,7 @@ class WorkerEngine(Engine):
                 f"engine worker {what} while scoring a batch: {child.last_stderr_line()}"
             ) from None
         if not reply.get("ok"):
-            raise EngineError(str(reply.get("error", reply)))
+            raise BatchFailed(str(reply.get("error", reply)))
         shape = tuple(int(size) for size in reply["shape"])
         return np.frombuffer(body, dtype="<f4").reshape(shape)
 

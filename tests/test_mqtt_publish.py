@@ -130,7 +130,7 @@ def test_stats_at_start_periodically_and_at_the_end(published):
     assert 0 <= last["inference_latency_ms"]["p50"] <= last["inference_latency_ms"]["p95"]
     assert last["queue_depths"]["windows"] == 0
     assert any(key.startswith("sqlite ") for key in last["queue_depths"])
-    assert last["dropped"] == {"windows": 0, "overwritten_samples": 0}
+    assert last["dropped"] == {"windows": 0, "windows_unscored": 0, "overwritten_samples": 0}
     assert -60 < last["input_level_dbfs"] < 0 and last["silence_s"] == 0
     assert (last["outbox_backlog"], last["mqtt_state"]) == (0, "connected")
     assert last["disk_free_bytes"] > 0 and last["station"] == "garden"

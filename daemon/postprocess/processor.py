@@ -62,6 +62,10 @@ class PostProcessor:
         self._week_thresholds = self._thresholds
         self._trackers: Dict[StreamKey, EventTracker] = {}
 
+    def clock(self, source: str) -> Clock:
+        """The clock that dates ``source``'s samples."""
+        return self._clocks[source]
+
     def process(self, scored: ScoredWindow) -> List[Detection]:
         """Score one window; return the events it closed (by start, then confidence desc)."""
         window = scored.window
