@@ -80,6 +80,23 @@ def write_sidecar(model_path: Path, meta: Dict[str, Any], species: List[Species]
     return target
 
 
+def upgrade_sidecar(side: Path) -> bool:
+    """Bring a sidecar written by an older birdd up to date: add ``window_s`` (from its own
+    rate and window) to a classifier's. Returns whether the file changed."""
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False  # not ours to mend: loading it reports the problem
+    if not isinstance(meta, dict) or meta.get("schema") != SIDECAR_SCHEMA:
+        return False
+    rate, window = meta.get("sample_rate"), meta.get("window_samples")
+    if meta.get("kind") != "classifier" or "window_s" in meta or not rate or not window:
+        return False
+    meta["window_s"] = window / rate
+    side.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return True
+
+
 def load_artifact(model_path: Path | str, verify_hash: bool = True) -> ModelArtifact:
     """Read and check a model file's sidecar; every failure is one line naming the fix."""
     path = Path(model_path).expanduser()
@@ -125,6 +142,22 @@ def _choice(meta: Dict[str, Any], key: str, allowed: Tuple[str, ...], side: str)
     return value
 
 
+def _check_window(artifact: ModelArtifact, window_s: Any, side: str) -> None:
+    """``window_s`` states the window's length a second time, so that a sidecar naming the
+    wrong sample rate is caught: the model file itself only knows ``window_samples``."""
+    try:
+        stated = float(window_s)
+    except (TypeError, ValueError):
+        raise ModelArtifactError(f"sidecar {side}: window_s={window_s!r} is not a number") from None
+    implied = stated * artifact.sample_rate
+    if abs(implied - artifact.window_samples) > 1:
+        raise ModelArtifactError(
+            f"sidecar {side}: window_samples {artifact.window_samples} is not window_s "
+            f"{stated:g} s at sample_rate {artifact.sample_rate} Hz ({implied:.0f}): one of "
+            "them is wrong; reinstall the model or correct its sidecar"
+        )
+
+
 def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
     side = sidecar_path(path).name
     try:
@@ -153,6 +186,8 @@ def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
         raise ModelArtifactError(
             f"sidecar {side}: a classifier needs sample_rate and window_samples"
         )
+    if "window_s" in meta:
+        _check_window(artifact, meta["window_s"], side)
     if not species:
         raise ModelArtifactError(f"sidecar {side} lists no classes")
     return artifact

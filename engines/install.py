@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .artifact import write_sidecar
+from .artifact import upgrade_sidecar, write_sidecar
 from .birdnet_rewrite import output_names, rewrite_birdnet
 from .errors import ModelArtifactError, RuntimeMissingError
 from .labels import Species, species_from_labels
@@ -160,6 +160,9 @@ def install_birdnet(root: Optional[Path] = None, log: Log = print, force: bool =
     """Install BirdNET V2.4 (classifier, location model, labels, codes) and return its folder."""
     folder = (root or models_dir()) / "birdnet"
     if (folder / MANIFEST).is_file() and not force:
+        upgraded = [side.name for side in sorted(folder.glob("*.json")) if upgrade_sidecar(side)]
+        if upgraded:
+            log(f"brought sidecars written by an older birdd up to date: {', '.join(upgraded)}")
         log(f"BirdNET V2.4 is already installed in {folder} (use --force to reinstall)")
         return folder
     staging = folder.with_name(folder.name + ".partial")
@@ -178,6 +181,7 @@ def install_birdnet(root: Optional[Path] = None, log: Log = print, force: bool =
         format="tflite",
         sample_rate=48000,
         window_samples=144000,
+        window_s=3.0,
         input_name="INPUT",
         activation="sigmoid",
         frontend={"type": "in-graph", "note": "mel spectrogram computed inside the model"},

@@ -109,6 +109,7 @@ def plan_sidecar(source: ModelArtifact, block: Dict[str, Any]) -> Dict[str, Any]
         "activation": source.activation,
         "sample_rate": source.sample_rate,
         "window_samples": source.window_samples,
+        "window_s": source.window_s,
         "input_name": source.input_name,
         "outputs": dict(source.outputs),
         "frontend": dict(source.frontend),

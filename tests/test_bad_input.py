@@ -151,6 +151,20 @@ def test_model_file_that_is_not_a_model(audio_dir, tmp_path, content, keep_hash,
     assert_no_rows(db)
 
 
+def test_sidecar_naming_the_wrong_sample_rate(audio_dir, tmp_path):
+    real = models_dir() / "birdnet" / BIRDNET_MODEL.name
+    model = tmp_path / "model.tflite"
+    model.symlink_to(real)
+    meta = json.loads(sidecar_path(real).read_text())
+    sidecar_path(model).write_text(json.dumps(dict(meta, sample_rate=32000)))
+    db = tmp_path / "db.sqlite"
+    result = simulate(audio_dir / "soundscapes" / "tawnyowl.wav", db, "--model", str(model))
+    assert_one_clear_line(
+        result, "window_samples 144000 is not window_s 3 s at sample_rate 32000 Hz (96000)"
+    )
+    assert_no_rows(db)
+
+
 def test_model_without_sidecar(audio_dir, tmp_path):
     model = tmp_path / "lonely.tflite"
     shutil.copy(models_dir() / "birdnet" / BIRDNET_MODEL.name, model)

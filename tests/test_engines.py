@@ -9,7 +9,7 @@ import pytest
 import soundfile
 from birdd_testing import AUDIO, run_birdd
 
-from birdd.engines.artifact import sidecar_path
+from birdd.engines.artifact import load_artifact, sidecar_path, upgrade_sidecar
 from birdd.engines.errors import EngineError, RuntimeMissingError
 from birdd.engines.modeldir import resolve_model
 from birdd.engines.registry import create_engine
@@ -77,6 +77,34 @@ def test_a_sidecar_with_the_wrong_window_is_refused(tmp_path):
     model = copy_with_sidecar(tmp_path, window_samples=96000, sample_rate=32000)
     with pytest.raises(EngineError, match=r"takes input \[1, 144000\].*sidecar says"):
         create_engine(TFLiteConfig(model=str(model)))
+
+
+@pytest.mark.parametrize("window_s", [None, 3.0])
+def test_a_sidecar_of_an_older_birdd_gains_window_s_and_then_guards_the_rate(tmp_path, window_s):
+    model = copy_with_sidecar(tmp_path)
+    meta = json.loads(sidecar_path(model).read_text())
+    meta.pop("window_s", None)
+    if window_s is not None:
+        meta["window_s"] = window_s
+    sidecar_path(model).write_text(json.dumps(meta))
+    assert upgrade_sidecar(sidecar_path(model)) is (window_s is None)
+    assert upgrade_sidecar(sidecar_path(model)) is False
+    assert load_artifact(model).window_s == 3.0
+    meta = json.loads(sidecar_path(model).read_text())
+    assert meta["window_s"] == 3.0
+    sidecar_path(model).write_text(json.dumps(dict(meta, sample_rate=44100)))
+    with pytest.raises(
+        EngineError,
+        match=r"window_samples 144000 is not window_s 3 s at sample_rate 44100 Hz \(132300\)",
+    ):
+        load_artifact(model)
+
+
+def test_a_location_sidecar_is_left_as_it_is(tmp_path):
+    side = tmp_path / "meta.json"
+    body = {"schema": "birdd.model/1", "kind": "location", "name": "m"}
+    side.write_text(json.dumps(body))
+    assert upgrade_sidecar(side) is False and json.loads(side.read_text()) == body
 
 
 def test_a_sidecar_of_another_format_is_refused(tmp_path):
