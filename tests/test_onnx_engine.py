@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import soundfile
+from birdd_testing import run_birdd
 from pydantic import TypeAdapter, ValidationError
 
 from birdd.engines.artifact import load_artifact, sidecar_path, write_sidecar
@@ -196,3 +198,31 @@ def test_a_fixed_batch_model_is_padded_and_its_batch_enforced(monkeypatch, windo
     np.testing.assert_allclose(found, expected, atol=1e-5)
     with pytest.raises(EngineError, match=r"fixed batch of 4: set engine\.batch_size to 4 or less"):
         create_engine(ONNXConfig(batch_size=8))
+
+
+def test_engine_and_model_flags_override_the_config(audio_dir, tmp_path, onnx_model):
+    """`--engine onnx` (the installed BirdNET resolves to its ONNX file) and `--model FILE`
+    replace the config's engine: same detections as TFLite, the ONNX model in the run row."""
+
+    def detections(*flags: str) -> list:
+        db = tmp_path / f"{len(flags)}.db"
+        result = run_birdd(
+            "--simulate",
+            str(audio_dir / "soundscapes" / "tawnyowl.wav"),
+            *("--per-window", "--format", "jsonl", "--db", str(db), *flags),
+        )
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in result.stdout.splitlines()]
+        return [(row["offset_start"], row["species"]["code"], row["confidence"]) for row in rows]
+
+    tflite = detections()
+    by_type = detections("--engine", "onnx")
+    by_file = detections("--engine", "onnx", "--model", str(onnx_model))
+    assert len(tflite) == 4
+    for rows in (by_type, by_file):
+        assert [row[:2] for row in rows] == [row[:2] for row in tflite]
+        np.testing.assert_allclose([r[2] for r in rows], [r[2] for r in tflite], atol=1e-3)
+    sha = load_artifact(onnx_model).sha256
+    for name in ("2.db", "4.db"):
+        models = sqlite3.connect(str(tmp_path / name)).execute("SELECT model_sha256 FROM runs")
+        assert models.fetchall() == [(sha,)]
