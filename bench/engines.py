@@ -58,6 +58,9 @@ BIG_BATCH_MIN_GIB = 4.0  # MemAvailable needed before trying the big batch
 REFERENCE_ROLE = "classifier_reference"
 REFERENCE_THREADS = 2
 REFERENCE_BATCHES = (1, 2)
+WORKER_ENGINES = ("tflite", "onnx")  # engine.python runs these in a worker on any machine
+WORKER_THREADS = 2
+WORKER_BATCHES = (1, 8)
 MODEL = "birdnet"
 MODEL_PREFIX = "BirdNET_GLOBAL_6K_V2.4_Model_"
 TARGET_WINDOWS_PER_S = 100.0
@@ -100,6 +103,8 @@ class Plan:
     windows: int
     repeats: int
     reference: bool = False
+    worker: bool = False
+    """Run the engine in a worker process (``engine.python``: this interpreter)."""
 
     def label(self) -> str:
         threads = (
@@ -108,7 +113,8 @@ class Plan:
             else "default threads"
         )
         kind = "reference " if self.reference else ""
-        return f"{kind}{self.engine}, {threads}, batch {self.batch}"
+        where = ", in a worker process" if self.worker else ""
+        return f"{kind}{self.engine}, {threads}, batch {self.batch}{where}"
 
 
 @dataclass
@@ -129,6 +135,8 @@ def engine_config(plan: Plan) -> Any:
     settings: Dict[str, Any] = {"model": plan.model, "batch_size": plan.batch}
     if plan.threads is not None:
         settings["threads"] = plan.threads
+    if plan.worker:
+        settings["python"] = sys.executable
     return config_class(**settings)
 
 
@@ -259,6 +267,16 @@ def sweep(engines: Engines, windows: int, repeats: int) -> List[Plan]:
     return plans
 
 
+def worker_plans(engines: Engines, windows: int, repeats: int) -> List[Plan]:
+    """The CPU engines again behind the worker-process boundary a Jetson's TensorRT uses."""
+    return [
+        Plan(name, MODEL, WORKER_THREADS, batch, windows_for(batch, windows), repeats, worker=True)
+        for name in engines.usable
+        if name in WORKER_ENGINES
+        for batch in WORKER_BATCHES
+    ]
+
+
 def reference_plans(engines: Engines, windows: int, repeats: int) -> Tuple[List[Plan], str]:
     """The original BirdNET TFLite model, or why it is not measured."""
     from birdd.engines.modeldir import resolve_model
@@ -312,14 +330,30 @@ class Results:
     def measured(self) -> List[Row]:
         return [row for row in self.rows if row.timing is not None]
 
+    def in_process(self) -> List[Row]:
+        return [row for row in self.measured() if not row.plan.worker]
+
     def best(self) -> Optional[Row]:
-        rows = self.measured()
+        rows = self.in_process()
         return max(rows, key=lambda row: row.windows_per_s) if rows else None
 
     def best_of(self, engine: str, reference: bool = False) -> Optional[Row]:
-        rows = [r for r in self.measured() if r.plan.engine == engine]
+        rows = [r for r in self.in_process() if r.plan.engine == engine]
         rows = [r for r in rows if r.plan.reference == reference]
         return max(rows, key=lambda row: row.windows_per_s) if rows else None
+
+    def twin(self, row: Row) -> Optional[Row]:
+        """The in-process row of the same engine, model, threads and batch as a worker row."""
+        for other in self.in_process():
+            same = (other.plan.engine, other.plan.model, other.plan.threads, other.plan.batch)
+            if not other.plan.reference and same == (
+                row.plan.engine,
+                row.plan.model,
+                row.plan.threads,
+                row.plan.batch,
+            ):
+                return other
+        return None
 
 
 def package_versions() -> str:
@@ -355,7 +389,8 @@ def model_name(row: Row) -> str:
 
 def table_row(row: Row, best: Optional[Row]) -> str:
     threads = str(row.plan.threads) if row.plan.threads else "–"
-    head = f"| {row.plan.engine} | {model_name(row)} | {threads} | {row.plan.batch} |"
+    engine = f"{row.plan.engine} (worker)" if row.plan.worker else row.plan.engine
+    head = f"| {engine} | {model_name(row)} | {threads} | {row.plan.batch} |"
     timing = row.timing
     if timing is None:
         return f"{head} – | – | – | – | – | – | {row.note} |"
@@ -389,7 +424,8 @@ def describe(row: Row) -> str:
 
 def short(row: Row) -> str:
     reference = "original model, " if row.plan.reference else ""
-    return f"{reference}{row.plan.engine} {row.plan.threads or '–'}/{row.plan.batch}"
+    worker = " in a worker" if row.plan.worker else ""
+    return f"{reference}{row.plan.engine}{worker} {row.plan.threads or '–'}/{row.plan.batch}"
 
 
 def first_call_s(row: Row) -> float:
@@ -433,7 +469,27 @@ def reading(results: Results) -> str:
         )
     elif results.reference_note:
         parts.append(f"The original model was not measured: {results.reference_note}.")
+    parts.extend(worker_costs(results))
     return " ".join(parts)
+
+
+def worker_costs(results: Results) -> List[str]:
+    """What the worker-process boundary adds per window, against the same engine in-process."""
+    costs = []
+    for row in results.measured():
+        twin = results.twin(row) if row.plan.worker else None
+        if twin is not None:
+            extra = row.ms_per_window - twin.ms_per_window
+            costs.append(
+                f"{short(twin)} {extra:+.1f} ms ({row.ms_per_window:.1f} vs "
+                f"{twin.ms_per_window:.1f})"
+            )
+    if not costs:
+        return []
+    return [
+        "In a worker process (`engine.python`, the boundary a Jetson's TensorRT engine runs "
+        f"behind) each window costs: {'; '.join(costs)}."
+    ]
 
 
 def engines_section(results: Results) -> str:
@@ -459,7 +515,9 @@ Every engine type whose `probe()` succeeds here (a failing probe is listed, not 
 BirdNET V2.4 (`engine.model: birdnet`, resolved by format: the rewritten TFLite model and its
 ONNX conversion) at threads 1 and 2 × batch 1, 2 and 8 (and 64 for ONNX Runtime when at least
 4 GiB are available), and for reference the original, un-rewritten BirdNET TFLite model (the
-manifest's `classifier_reference`) at 2 threads, batch 1 and 2. Each configuration runs in its
+manifest's `classifier_reference`) at 2 threads, batch 1 and 2, and TFLite and ONNX Runtime
+again in a worker process (`engine.python`: the process boundary a Jetson's TensorRT engine runs
+behind) at 2 threads, batch 1 and 8. Each configuration runs in its
 own process, one after the other: `create_engine(Config(model, threads, batch_size))` (the
 "load s" column, sidecar hash check included), one `predict` timed on its own ("first call s":
 the first run after load or resize, kept out of the rest), one more warm-up call, then `--repeats`
@@ -469,7 +527,8 @@ resampled to 48 kHz with soxr; consecutive whole windows of each file, cycled wh
 needed). Only `engine.predict` is timed; the median pass counts and every pass is listed.
 ms / window = that pass's time / windows; windows/s = 1000 / ms per window; RTF (real-time
 factor) = 3 s / time per window, i.e. how many times faster than real time; peak RSS is the
-process's own (`wait4`): Python, numpy, the runtime, the model and the input windows.
+process's own (`wait4`): Python, numpy, the runtime, the model and the input windows (for a
+worker row, the larger of the benchmark process and its worker).
 
 Target (issue 5): ≥ 100 windows/s (≤ 10 ms per 3 s window) with the best engine on the 2-core
 CPU. The results below are rewritten by each run; the machine is shared, so check the load
@@ -504,6 +563,7 @@ def measure(args: argparse.Namespace) -> Results:
         step(f"skipping {name}: {why}")
     references, reference_note = reference_plans(engines, args.windows, args.repeats)
     plans = sweep(engines, args.windows, args.repeats) + references
+    plans += worker_plans(engines, args.windows, args.repeats)
     rows = run_all(plans, windows)
     return Results(
         rows,
