@@ -19,6 +19,7 @@ SIDECAR_SCHEMA = "birdd.model/1"
 FORMATS = ("tflite", "onnx", "tensorrt")
 ACTIVATIONS = ("sigmoid", "none")
 KINDS = ("classifier", "location")
+INPUT_DTYPES = ("float32",)  # every engine feeds float32 windows
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ModelArtifact:
     sample_rate: int = 0
     window_samples: int = 0
     input_name: str = ""
+    input_dtype: str = "float32"
     licence: str = ""
     source: str = ""
     outputs: Dict[str, Any] = field(default_factory=dict)
@@ -81,8 +83,9 @@ def write_sidecar(model_path: Path, meta: Dict[str, Any], species: List[Species]
 
 
 def upgrade_sidecar(side: Path) -> bool:
-    """Bring a sidecar written by an older birdd up to date: add ``window_s`` (from its own
-    rate and window) to a classifier's. Returns whether the file changed."""
+    """Bring a sidecar written by an older birdd up to date: add ``window_s``, ``input_shape``
+    and ``input_dtype`` (from its own rate and window) to a classifier's. Returns whether the
+    file changed."""
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
@@ -90,9 +93,13 @@ def upgrade_sidecar(side: Path) -> bool:
     if not isinstance(meta, dict) or meta.get("schema") != SIDECAR_SCHEMA:
         return False
     rate, window = meta.get("sample_rate"), meta.get("window_samples")
-    if meta.get("kind") != "classifier" or "window_s" in meta or not rate or not window:
+    if meta.get("kind") != "classifier" or not rate or not window:
         return False
-    meta["window_s"] = window / rate
+    current = {"window_s": window / rate, "input_shape": [-1, window], "input_dtype": "float32"}
+    missing = {key: value for key, value in current.items() if key not in meta}
+    if not missing:
+        return False
+    meta.update(missing)
     side.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return True
 
@@ -135,8 +142,10 @@ def _read_sidecar(path: Path) -> Dict[str, Any]:
     return meta
 
 
-def _choice(meta: Dict[str, Any], key: str, allowed: Tuple[str, ...], side: str) -> str:
-    value = meta.get(key)
+def _choice(
+    meta: Dict[str, Any], key: str, allowed: Tuple[str, ...], side: str, default: Any = None
+) -> str:
+    value = meta.get(key, default)
     if value not in allowed:
         raise ModelArtifactError(f"sidecar {side}: {key}={value!r}, allowed: {', '.join(allowed)}")
     return value
@@ -158,6 +167,17 @@ def _check_window(artifact: ModelArtifact, window_s: Any, side: str) -> None:
         )
 
 
+def _check_input_shape(artifact: ModelArtifact, shape: Any, side: str) -> None:
+    """``input_shape`` is [batch, window_samples]; -1 for a batch the engine may choose."""
+    wanted = [-1, artifact.window_samples]
+    valid = isinstance(shape, list) and len(shape) == 2 and isinstance(shape[0], int)
+    if not valid or shape[1] != artifact.window_samples or not (shape[0] == -1 or shape[0] > 0):
+        raise ModelArtifactError(
+            f"sidecar {side}: input_shape {shape!r} is not [batch, window_samples]: the model "
+            f"takes one float32 window per row, e.g. {wanted} (-1: any batch)"
+        )
+
+
 def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
     side = sidecar_path(path).name
     try:
@@ -175,6 +195,7 @@ def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
             sample_rate=int(meta.get("sample_rate", 0)),
             window_samples=int(meta.get("window_samples", 0)),
             input_name=str(meta.get("input_name", "")),
+            input_dtype=_choice(meta, "input_dtype", INPUT_DTYPES, side, default="float32"),
             licence=str(meta.get("licence", "")),
             source=str(meta.get("source", "")),
             outputs=dict(meta.get("outputs", {})),
@@ -188,6 +209,8 @@ def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
         )
     if "window_s" in meta:
         _check_window(artifact, meta["window_s"], side)
+    if "input_shape" in meta:
+        _check_input_shape(artifact, meta["input_shape"], side)
     if not species:
         raise ModelArtifactError(f"sidecar {side} lists no classes")
     return artifact

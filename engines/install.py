@@ -183,6 +183,8 @@ def install_birdnet(root: Optional[Path] = None, log: Log = print, force: bool =
         window_samples=144000,
         window_s=3.0,
         input_name="INPUT",
+        input_shape=[-1, 144000],
+        input_dtype="float32",
         activation="sigmoid",
         frontend={"type": "in-graph", "note": "mel spectrogram computed inside the model"},
     )

@@ -111,6 +111,8 @@ def plan_sidecar(source: ModelArtifact, block: Dict[str, Any]) -> Dict[str, Any]
         "window_samples": source.window_samples,
         "window_s": source.window_s,
         "input_name": source.input_name,
+        "input_shape": [-1, source.window_samples],
+        "input_dtype": source.input_dtype,
         "outputs": dict(source.outputs),
         "frontend": dict(source.frontend),
         "licence": source.licence,

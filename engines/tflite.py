@@ -81,6 +81,13 @@ class TFLiteEngine(Engine):
                     f"model {path} takes input {detail['shape'].tolist()} but its sidecar says "
                     f"[B, {self.artifact.window_samples}]: the sidecar belongs to another model"
                 )
+            found = np.dtype(detail["dtype"]).name
+            if found != self.artifact.input_dtype:
+                raise EngineError(
+                    f"model {path} takes {found} input but its sidecar says "
+                    f"{self.artifact.input_dtype}: birdd feeds float32 windows, use a model "
+                    "with float input"
+                )
             interpreter.resize_tensor_input(detail["index"], [batch, self.artifact.window_samples])
             interpreter.allocate_tensors()
         except EngineError:

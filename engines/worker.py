@@ -258,6 +258,7 @@ class WorkerEngine(Engine):
             "engine": self.inner_type,
             "model": str(self.artifact.path),
             "window_samples": self.artifact.window_samples,
+            "input_dtype": self.artifact.input_dtype,
             "batch_size": self.input_spec.max_batch,
             "outputs": dict(self.artifact.outputs),
             "config": self.config.model_dump(mode="json"),

@@ -106,6 +106,7 @@ class Model:
         self.path = str(request["model"])
         self.engine = str(request["engine"])
         self.window = int(request["window_samples"])
+        self.input_dtype = str(request.get("input_dtype", "float32"))
         self.batch = int(request["batch_size"])
         self.outputs = dict(request.get("outputs") or {})
         self.config = dict(request.get("config") or {})
@@ -117,6 +118,14 @@ class Model:
         full = self.np.zeros((size, batch.shape[1]), dtype=self.np.float32)
         full[: batch.shape[0]] = batch
         return full
+
+    def check_dtype(self, found):
+        """``found``: the numpy name of the model's input type, against the sidecar's."""
+        if found != self.input_dtype:
+            raise WorkerError(
+                f"model {self.path} takes {found} input but its sidecar says "
+                f"{self.input_dtype}: birdd feeds float32 windows, use a model with float input"
+            )
 
     def no_output(self, role):
         if role == "embeddings":
@@ -140,6 +149,7 @@ class TFLiteModel(Model):
                     f"model {self.path} takes input {detail['shape'].tolist()} but its sidecar "
                     f"says [B, {self.window}]: the sidecar belongs to another model"
                 )
+            self.check_dtype(self.np.dtype(detail["dtype"]).name)
             interpreter.resize_tensor_input(detail["index"], [self.batch, self.window])
             interpreter.allocate_tensors()
         except WorkerError:
@@ -469,6 +479,7 @@ class TensorRTModel(Model):
                 f"TensorRT plan {self.path} takes {found} but its sidecar says one [B, "
                 f"{self.window}] input: the sidecar belongs to another model"
             )
+        self.check_dtype(self.np.dtype(self.io.dtype(inputs[0])).name)
         self.fixed_batch = shape[0] if shape[0] > 0 else None
         if self.fixed_batch is not None and self.batch > self.fixed_batch:
             raise WorkerError(

@@ -74,30 +74,49 @@ def copy_with_sidecar(tmp_path, **changes):
 
 
 def test_a_sidecar_with_the_wrong_window_is_refused(tmp_path):
-    model = copy_with_sidecar(tmp_path, window_samples=96000, sample_rate=32000)
+    model = copy_with_sidecar(
+        tmp_path, window_samples=96000, sample_rate=32000, input_shape=[-1, 96000]
+    )
     with pytest.raises(EngineError, match=r"takes input \[1, 144000\].*sidecar says"):
         create_engine(TFLiteConfig(model=str(model)))
 
 
-@pytest.mark.parametrize("window_s", [None, 3.0])
-def test_a_sidecar_of_an_older_birdd_gains_window_s_and_then_guards_the_rate(tmp_path, window_s):
+@pytest.mark.parametrize("keep", [(), ("window_s",), ("window_s", "input_shape", "input_dtype")])
+def test_a_sidecar_of_an_older_birdd_is_brought_up_to_date(tmp_path, keep):
     model = copy_with_sidecar(tmp_path)
     meta = json.loads(sidecar_path(model).read_text())
-    meta.pop("window_s", None)
-    if window_s is not None:
-        meta["window_s"] = window_s
-    sidecar_path(model).write_text(json.dumps(meta))
-    assert upgrade_sidecar(sidecar_path(model)) is (window_s is None)
+    added = {"window_s": 3.0, "input_shape": [-1, 144000], "input_dtype": "float32"}
+    old = {key: value for key, value in meta.items() if key not in added or key in keep}
+    sidecar_path(model).write_text(json.dumps(old))
+    assert upgrade_sidecar(sidecar_path(model)) is (len(keep) < len(added))
     assert upgrade_sidecar(sidecar_path(model)) is False
+    assert json.loads(sidecar_path(model).read_text()) == dict(old, **added)
     assert load_artifact(model).window_s == 3.0
-    meta = json.loads(sidecar_path(model).read_text())
-    assert meta["window_s"] == 3.0
-    sidecar_path(model).write_text(json.dumps(dict(meta, sample_rate=44100)))
-    with pytest.raises(
-        EngineError,
-        match=r"window_samples 144000 is not window_s 3 s at sample_rate 44100 Hz \(132300\)",
-    ):
-        load_artifact(model)
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        (
+            {"sample_rate": 44100},
+            "window_samples 144000 is not window_s 3 s at sample_rate 44100 Hz (132300)",
+        ),
+        (
+            {"window_s": 2.0},
+            "window_samples 144000 is not window_s 2 s at sample_rate 48000 Hz (96000)",
+        ),
+        ({"window_s": "three"}, "window_s='three' is not a number"),
+        ({"input_shape": [-1, 96000]}, "input_shape [-1, 96000] is not [batch, window_samples]"),
+        ({"input_shape": [0, 144000]}, "input_shape [0, 144000] is not [batch, window_samples]"),
+        ({"input_shape": "any"}, "input_shape 'any' is not [batch, window_samples]"),
+        ({"input_dtype": "int8"}, "input_dtype='int8', allowed: float32"),
+    ],
+)
+def test_a_sidecar_that_disagrees_with_itself_is_refused(tmp_path, changes, words):
+    model = copy_with_sidecar(tmp_path, **changes)
+    with pytest.raises(EngineError) as failure:
+        create_engine(TFLiteConfig(model=str(model)))
+    assert words in str(failure.value) and "\n" not in str(failure.value)
 
 
 def test_a_location_sidecar_is_left_as_it_is(tmp_path):

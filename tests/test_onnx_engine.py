@@ -114,7 +114,7 @@ def test_a_sidecar_with_the_wrong_window_is_refused(tmp_path, onnx_model):
     model = tmp_path / "model.onnx"
     model.symlink_to(onnx_model)
     meta = json.loads(sidecar_path(onnx_model).read_text())
-    meta.update(window_samples=96000, sample_rate=32000)
+    meta.update(window_samples=96000, sample_rate=32000, input_shape=[-1, 96000])
     sidecar_path(model).write_text(json.dumps(meta))
     with pytest.raises(EngineError, match=r"sidecar says one float \[B, 96000\] input"):
         create_engine(ONNXConfig(model=str(model)))
