@@ -26,7 +26,7 @@ from typing import Dict, FrozenSet, List, Optional
 
 import numpy as np
 import soundfile
-from broker import free_port, wait_for_port
+from broker import end_process, free_port, wait_for_port
 
 PULSEAUDIO = "/usr/bin/pulseaudio"
 PACTL = "/usr/bin/pactl"
@@ -37,20 +37,6 @@ RATE = 48000
 SINK = "birdd_test"
 START_TIMEOUT_S = 10.0
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes with the NUL
-
-
-def _end(process: Optional[subprocess.Popen], sig: int) -> None:
-    """Send ``sig`` to a child we started and reap it (SIGKILL if it lingers)."""
-    if process is None or process.poll() is not None:
-        return
-    if sig != signal.SIGKILL:
-        process.send_signal(signal.SIGCONT)  # a stopped process can't act on SIGTERM
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -111,7 +97,7 @@ class ChildServer:
 
     def kill(self) -> None:
         """SIGKILL, like a crash: clients lose it without a goodbye (a stalled one too)."""
-        _end(self._process, signal.SIGKILL)
+        end_process(self._process, signal.SIGKILL)
         self._process = None
 
     def log_tail(self, lines: int = 30) -> str:
@@ -276,8 +262,8 @@ class PulseServer(ChildServer):
         """SIGTERM the daemon (and, with ``players``, any paplay still playing). Idempotent."""
         if players:
             for player in self._players:
-                _end(player, signal.SIGTERM)
-        _end(self._process, signal.SIGTERM)
+                end_process(player, signal.SIGTERM)
+        end_process(self._process, signal.SIGTERM)
         self._process = None
 
     def __enter__(self) -> PulseServer:
@@ -343,7 +329,7 @@ class RtspServer(ChildServer):
 
     def stop(self) -> None:
         """Resume if stalled, SIGTERM, wait. Idempotent."""
-        _end(self._process, signal.SIGTERM)
+        end_process(self._process, signal.SIGTERM)
         self._process = None
 
     def __enter__(self) -> RtspServer:

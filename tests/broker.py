@@ -102,6 +102,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def end_process(process: Optional[subprocess.Popen], sig: int) -> None:
+    """Send ``sig`` to a child we started and reap it (SIGKILL if it lingers)."""
+    if process is None or process.poll() is not None:
+        return
+    if sig != signal.SIGKILL:
+        process.send_signal(signal.SIGCONT)  # a stopped process can't act on SIGTERM
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
 def wait_for_port(port: int, alive: Callable[[], bool], timeout_s: float) -> bool:
     """Wait until 127.0.0.1:``port`` accepts a connection; False once ``alive()`` is False or
     ``timeout_s`` has passed."""
@@ -202,14 +216,7 @@ class Mosquitto:
 
     def _end(self, sig: int) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        end_process(process, sig)
 
     def restart(self) -> Mosquitto:
         self.stop()
