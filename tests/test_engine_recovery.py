@@ -4,7 +4,6 @@ one line. Real BirdNET in a real worker process, real recordings, real SQLite.""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytest
-from birdd_testing import AUDIO, REPO
+from birdd_testing import AUDIO, REPO, birdd_command, jsonl_rows, simulate_args
 
 from birdd.daemon.config import load_config
 from birdd.daemon.pipeline import Pipeline, PipelineStats, SourceSpec
@@ -49,33 +48,16 @@ def children_of(pid: int) -> List[int]:
     return [int(child) for child in text.split()]
 
 
-def simulate_args(config: Path, db: Path, *extra: str) -> List[str]:
-    return [
-        sys.executable,
-        "-m",
-        "birdd.daemon",
-        "--simulate",
-        str(MONITOR),
-        "--config",
-        str(config),
-        "--per-window",
-        "--min-conf",
-        "0.1",
-        "--format",
-        "jsonl",
-        "--start-time",
-        START.isoformat(),
-        "--db",
-        str(db),
-        *extra,
-    ]
+def monitor_run(config: Path, db: Path, *extra: str) -> List[str]:
+    """`birdd --simulate` of the monitoR survey, its engine in a worker, every window listed."""
+    flags = ("--config", str(config), "--min-conf", "0.1", "--start-time", START.isoformat())
+    return birdd_command(*simulate_args(MONITOR, db, *flags, *extra))
 
 
 def species_by_window(stdout: str) -> List[tuple]:
-    rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     return sorted(
         (row["offset_start"], row["species"]["scientific"], round(row["confidence"], 4))
-        for row in rows
+        for row in jsonl_rows(stdout)
     )
 
 
@@ -84,14 +66,14 @@ def test_a_worker_killed_during_a_run_loses_no_window(tmp_path):
     restarted, and the detections are exactly those of an undisturbed run."""
     config = worker_config_file(tmp_path)
     undisturbed = subprocess.run(
-        simulate_args(config, tmp_path / "ref.db"), capture_output=True, text=True, timeout=300
+        monitor_run(config, tmp_path / "ref.db"), capture_output=True, text=True, timeout=300
     )
     assert undisturbed.returncode == 0, undisturbed.stderr
     expected = species_by_window(undisturbed.stdout)
     assert len(expected) >= 3
 
     run = subprocess.Popen(
-        simulate_args(config, tmp_path / "db.sqlite", "--realtime", "4"),
+        monitor_run(config, tmp_path / "db.sqlite", "--realtime", "4"),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
-from birdd_testing import AUDIO, run_birdd
+from birdd_testing import AUDIO, simulate_rows
 
 from birdd.engines.artifact import load_artifact
 from birdd.engines.errors import EngineError, RuntimeMissingError
@@ -247,19 +247,10 @@ def test_the_worker_script_runs_on_python_3_6():
 def test_engine_python_in_the_config_runs_the_real_pipeline_in_a_worker(tmp_path):
     config = tmp_path / "birdd.yaml"
     config.write_text(f"engine:\n  type: tflite\n  python: {sys.executable}\n")
-    result = run_birdd(
-        "--simulate",
-        str(AUDIO / "soundscapes" / "tawnyowl.wav"),
-        "--config",
-        str(config),
-        "--per-window",
-        "--format",
-        "jsonl",
-        "--db",
-        str(tmp_path / "db.sqlite"),
-    )
+    owl_wav = AUDIO / "soundscapes" / "tawnyowl.wav"
+    result, rows = simulate_rows(owl_wav, tmp_path / "db.sqlite", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    owl = [line for line in result.stdout.splitlines() if "Strix aluco" in line]
+    owl = [row for row in rows if row["species"]["scientific"] == "Strix aluco"]
     assert len(owl) == 4
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import soundfile
-from birdd_testing import run_birdd
+from birdd_testing import simulate_rows
 from pydantic import TypeAdapter, ValidationError
 
 from birdd.engines.artifact import load_artifact, sidecar_path, write_sidecar
@@ -206,13 +206,8 @@ def test_engine_and_model_flags_override_the_config(audio_dir, tmp_path, onnx_mo
 
     def detections(*flags: str) -> list:
         db = tmp_path / f"{len(flags)}.db"
-        result = run_birdd(
-            "--simulate",
-            str(audio_dir / "soundscapes" / "tawnyowl.wav"),
-            *("--per-window", "--format", "jsonl", "--db", str(db), *flags),
-        )
+        result, rows = simulate_rows(audio_dir / "soundscapes" / "tawnyowl.wav", db, *flags)
         assert result.returncode == 0, result.stderr
-        rows = [json.loads(line) for line in result.stdout.splitlines()]
         return [(row["offset_start"], row["species"]["code"], row["confidence"]) for row in rows]
 
     tflite = detections()

@@ -6,14 +6,20 @@ import json
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-from birdd_testing import AUDIO, run_birdd
+from birdd_testing import (
+    AUDIO,
+    birdd_command,
+    jsonl_rows,
+    run_birdd,
+    simulate_args,
+    simulate_rows,
+)
 
 from birdd.engines.install import BIRDNET_MODEL
 from birdd.engines.modeldir import models_dir
@@ -51,29 +57,13 @@ def reference_confidences(path: Path) -> np.ndarray:
     return 1 / (1 + np.exp(-np.array(rows)))
 
 
-def jsonl_rows(stdout: str) -> list:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
 @pytest.fixture(scope="module")
 def xc_run(audio_dir, tmp_path_factory):
     db = tmp_path_factory.mktemp("xc") / "birdd.sqlite"
     path = audio_dir / "soundscapes" / "XC563936_soundscape.mp3"
-    result = run_birdd(
-        "--simulate",
-        str(path),
-        "--min-conf",
-        "0.4",
-        "--overlap",
-        "0",
-        "--per-window",
-        "--format",
-        "jsonl",
-        "--db",
-        str(db),
-    )
+    result, rows = simulate_rows(path, db, "--min-conf", "0.4", "--overlap", "0")
     assert result.returncode == 0, result.stderr
-    return path, db, jsonl_rows(result.stdout), result.stderr
+    return path, db, rows, result.stderr
 
 
 def test_xc563936_matches_birdnet_analyzer(xc_run):
@@ -119,17 +109,10 @@ def test_sqlite_holds_exactly_what_was_printed(xc_run):
 
 
 def test_tawny_owl_in_every_full_window(audio_dir, tmp_path):
-    result = run_birdd(
-        "--simulate",
-        str(audio_dir / "soundscapes" / "tawnyowl.wav"),
-        "--per-window",
-        "--format",
-        "jsonl",
-        "--db",
-        str(tmp_path / "db.sqlite"),
-    )
+    owl_wav = audio_dir / "soundscapes" / "tawnyowl.wav"
+    result, rows = simulate_rows(owl_wav, tmp_path / "db.sqlite")
     assert result.returncode == 0, result.stderr
-    owl = [r for r in jsonl_rows(result.stdout) if r["species"]["scientific"] == "Strix aluco"]
+    owl = [r for r in rows if r["species"]["scientific"] == "Strix aluco"]
     assert [r["offset_start"] for r in owl] == [0.0, 3.0, 6.0, 9.0]
     assert min(r["confidence"] for r in owl) > 0.99
 
@@ -179,19 +162,8 @@ def stereo_owl_flac(audio_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("channel, owl_windows", [("1", 4), ("mix", 4), ("0", 0)])
 def test_channels_of_a_resampled_stereo_flac(stereo_owl_flac, tmp_path, channel, owl_windows):
-    result = run_birdd(
-        "--simulate",
-        str(stereo_owl_flac),
-        "--channel",
-        channel,
-        "--per-window",
-        "--format",
-        "jsonl",
-        "--db",
-        str(tmp_path / "db.sqlite"),
-    )
+    result, rows = simulate_rows(stereo_owl_flac, tmp_path / "db.sqlite", "--channel", channel)
     assert result.returncode == 0, result.stderr
-    rows = jsonl_rows(result.stdout)
     owl = [r for r in rows if r["species"]["scientific"] == "Strix aluco"]
     assert len(owl) == owl_windows
     assert all(r["channel"] == (channel if channel == "mix" else int(channel)) for r in rows)
@@ -200,19 +172,9 @@ def test_channels_of_a_resampled_stereo_flac(stereo_owl_flac, tmp_path, channel,
 def test_each_channel_analysed_separately_and_tagged(stereo_owl_flac, tmp_path):
     """`--channel 0,1`: two streams from one file through one engine; the owl is heard on
     channel 1 only, in the same 4 windows as when that channel is analysed alone."""
-    result = run_birdd(
-        "--simulate",
-        str(stereo_owl_flac),
-        "--channel",
-        "0,1",
-        "--per-window",
-        "--format",
-        "jsonl",
-        "--db",
-        str(tmp_path / "db.sqlite"),
-    )
+    result, rows = simulate_rows(stereo_owl_flac, tmp_path / "db.sqlite", "--channel", "0,1")
     assert result.returncode == 0, result.stderr
-    owl = [r for r in jsonl_rows(result.stdout) if r["species"]["scientific"] == "Strix aluco"]
+    owl = [r for r in rows if r["species"]["scientific"] == "Strix aluco"]
     assert [r["channel"] for r in owl] == [1, 1, 1, 1]
     assert "10 windows" in result.stderr  # 5 per channel
 
@@ -227,22 +189,8 @@ def test_a_channel_the_file_lacks_is_refused(stereo_owl_flac, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_flushes_and_exits_zero(audio_dir, tmp_path, signum):
     db = tmp_path / "db.sqlite"
-    command = [
-        sys.executable,
-        "-m",
-        "birdd.daemon",
-        "--simulate",
-        str(audio_dir / "soundscapes" / "XC563936_soundscape.mp3"),
-        "--realtime",
-        "4",
-        "--min-conf",
-        "0.4",
-        "--per-window",
-        "--format",
-        "jsonl",
-        "--db",
-        str(db),
-    ]
+    recording = audio_dir / "soundscapes" / "XC563936_soundscape.mp3"
+    command = birdd_command(*simulate_args(recording, db, "--realtime", "4", "--min-conf", "0.4"))
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(8)  # model load, then about 20 s of audio at 4x real time
     process.send_signal(signum)
