@@ -22,6 +22,7 @@ from audio_servers import PulseServer, RtspServer
 from birdd_testing import run_birdd
 
 HOP_S = 3.0  # overlap 0
+PHASE_JITTER_S = (-0.03, -0.02, -0.01, 0.0, 0.01, 0.02, 0.03)
 WATCHDOG_S = 2.0
 
 
@@ -110,13 +111,26 @@ def owls(rows: List[dict], source: Optional[str] = None) -> List[dict]:
     ]
 
 
+def unmatched(these: list, those: list) -> list:
+    """Confident detections (≥ 0.7) in ``these`` with no same species (≥ 0.3) within one hop in
+    ``those``; each a (species, seconds into the recording, row)."""
+    return [
+        (name, round(t, 2), row["confidence"])
+        for name, t, row in these
+        if row["confidence"] >= 0.7
+        and not any(n == name and abs(t - u) <= HOP_S for n, u, _ in those)
+    ]
+
+
 def test_live_capture_matches_simulate_of_the_same_recording(
     pulse: PulseServer, audio_dir: Path, tmp_path: Path, live_runs
 ) -> None:
     """XC563936 played in real time into PulseAudio and captured through PortAudio finds
     what `birdd --simulate` finds. BirdNET is sensitive to where a 3 s window starts (a
     kingfisher scores 0.89 at 32.6 s and 0.06 at 32.7 s), so the reference simulation is cut
-    at the live run's phase: the recording behind the silence the live windows started in."""
+    at the live run's phase, ± 30 ms: the recording behind the silence the live windows started
+    in. A detection confident there (≥ 0.7) and ≥ 0.5 at every such phase must be heard; a
+    confident one heard must be found at one of them."""
     recording = audio_dir / "soundscapes" / "XC563936_soundscape.mp3"
     samples, rate = soundfile.read(str(recording), dtype="float32")
     assert rate == 48000
@@ -128,31 +142,48 @@ def test_live_capture_matches_simulate_of_the_same_recording(
     assert heard, live.stderr
 
     # The live windows start at k·hop of the stream: in the recording's time at -phase + k·hop.
+    # That phase comes from the timestamps, known to the clock's 20 ms tolerance, and BirdNET's
+    # scores move within 5 ms (Lesser Goldfinch at 19.980 s: 0.71, at 19.990 s: 0.35), so the
+    # reference is simulated at phases around the estimate, one channel each.
     phase = float(np.median([(-t) % HOP_S for _, t, _ in heard]))
+    phases = [(phase + jitter) % HOP_S for jitter in PHASE_JITTER_S]
     shifted = tmp_path / "shifted.wav"
-    silence = np.zeros(round(phase * rate), np.float32)
-    soundfile.write(str(shifted), np.concatenate([silence, samples]), rate, subtype="FLOAT")
-    flags = ("--min-conf", "0.3", "--per-window", "--format", "jsonl")
+    channels = np.zeros((len(samples) + round(HOP_S * rate), len(phases)), np.float32)
+    for channel, channel_phase in enumerate(phases):
+        start = round(channel_phase * rate)
+        channels[start : start + len(samples), channel] = samples
+    soundfile.write(str(shifted), channels, rate, subtype="FLOAT")
+    every_channel = ",".join(str(channel) for channel in range(len(phases)))
+    flags = ("--min-conf", "0.3", "--per-window", "--format", "jsonl", "--channel", every_channel)
     reference = run_birdd("--simulate", str(shifted), *flags, "--db", str(tmp_path / "s.db"))
     assert reference.returncode == 0, reference.stderr
-    expected = [
-        (r["species"]["scientific"], r["offset_start"] - phase, r)
-        for r in map(json.loads, reference.stdout.splitlines())
+    rows = [json.loads(line) for line in reference.stdout.splitlines()]
+    by_phase = [
+        [
+            (r["species"]["scientific"], r["offset_start"] - phases[c], r)
+            for r in rows
+            if r["channel"] == c
+        ]
+        for c in range(len(phases))
+    ]
+    expected = by_phase[PHASE_JITTER_S.index(0.0)]
+    at_any_phase = [detection for detections in by_phase for detection in detections]
+    stable = [
+        (name, t, row)
+        for name, t, row in expected
+        if row["confidence"] >= 0.7
+        and all(
+            any(
+                n == name and abs(t - u) < HOP_S / 2 and r["confidence"] >= 0.5 for n, u, r in other
+            )
+            for other in by_phase
+        )
     ]
 
-    def unmatched(these, those) -> list:
-        """Confident detections (≥ 0.7) in ``these`` with no same species (≥ 0.3) within one
-        hop in ``those``: the phase is known to some ms only, and a few ms move scores."""
-        return [
-            (name, round(t, 2), row["confidence"])
-            for name, t, row in these
-            if row["confidence"] >= 0.7
-            and not any(n == name and abs(t - u) <= HOP_S for n, u, _ in those)
-        ]
-
     table = sorted((round(t, 3), n, r["confidence"]) for n, t, r in heard + expected)
-    assert unmatched(expected, heard) == [], table
-    assert unmatched(heard, expected) == [], table
+    assert len(stable) >= 2, table
+    assert unmatched(stable, heard) == [], table
+    assert unmatched(heard, at_any_phase) == [], table
     # Timestamps from the audio clock: the same window found in both within 100 ms.
     offsets = [
         abs(t - u)
