@@ -279,7 +279,7 @@ def worker_plans(engines: Engines, windows: int, repeats: int) -> List[Plan]:
 
 def reference_plans(engines: Engines, windows: int, repeats: int) -> Tuple[List[Plan], str]:
     """The original BirdNET TFLite model, or why it is not measured."""
-    from birdd.engines.modeldir import resolve_model
+    from birdd.engines.models.modeldir import resolve_model
 
     if "tflite" not in engines.usable:
         return [], "no TFLite runtime here"

@@ -56,10 +56,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from broker import Mosquitto  # tests/broker.py: a real mosquitto on loopback
 
-from birdd.daemon.records import Detection, new_detection_id
-from birdd.daemon.sinks.base import RunInfo
-from birdd.daemon.sinks.sqlite_store import SQLiteStore
-from birdd.engines.labels import Species
+from birdd.daemon.records import Detection, RunInfo, new_detection_id
+from birdd.daemon.store.sqlite_store import SQLiteStore
+from birdd.engines.models.labels import Species
 
 MQTT_START = "<!-- mqtt:start (written by bench/mqtt.py) -->"
 MQTT_END = "<!-- mqtt:end -->"

@@ -13,12 +13,11 @@ from typing import Any, Dict, List, Literal, Optional, Type, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from birdd.engines.modeldir import data_dir
+from birdd.daemon.mqtt.config import MqttConfig
+from birdd.daemon.postprocess import PostprocessConfig
+from birdd.engines.models.modeldir import data_dir
 from birdd.engines.registry import engine_config_type
 from birdd.engines.tflite import TFLiteConfig
-
-from .mqtt.config import MqttConfig
-from .postprocess import PostprocessConfig
 
 STATION_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Protocol, Union
 
 import numpy as np
 
-from birdd.engines.labels import Species
+from birdd.engines.models.labels import Species
 
 Channel = Union[int, str]
 """A channel index, or ``"mix"`` for the downmix of all channels."""
@@ -130,3 +130,33 @@ def parse_iso_utc(text: str) -> Optional[datetime]:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+MODES = ("simulate", "live")
+END_STATUSES = ("complete", "interrupted", "failed")
+"""How a run ends: every detection delivered, stopped early (Ctrl-C, crash), or an error."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One run of the pipeline over one source, as every sink sees it."""
+
+    run_id: str
+    station: str
+    mode: str
+    source: str
+    started_at: datetime
+    clock_origin: str
+    """Where the stream's start time came from: "filename", "mtime", "--start-time", ..."""
+    model: Dict[str, str]
+    """The model identity: ``name``, ``version``, ``sha256``."""
+    config_json: str
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"run mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+
+
+def check_end_status(status: str) -> None:
+    if status not in END_STATUSES:
+        raise ValueError(f"run status must be one of {', '.join(END_STATUSES)}, not {status!r}")

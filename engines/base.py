@@ -9,8 +9,8 @@ from typing import ClassVar, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .artifact import ModelArtifact
-from .errors import EngineError
+from birdd.engines.errors import EngineError
+from birdd.engines.models.artifact import ModelArtifact
 
 
 @dataclass(frozen=True)

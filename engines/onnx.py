@@ -14,8 +14,8 @@ from typing import Any, List, Literal, Optional
 import numpy as np
 from pydantic import Field, field_validator
 
-from .base import Engine, EngineConfig
-from .errors import EngineError, RuntimeMissingError, first_line
+from birdd.engines.base import Engine, EngineConfig
+from birdd.engines.errors import EngineError, RuntimeMissingError, first_line
 
 log = logging.getLogger(__name__)
 

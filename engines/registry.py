@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Sequence, Type, Union
 from pydantic import BeforeValidator, Field
 from typing_extensions import Annotated
 
-from .artifact import load_artifact
-from .base import Engine, EngineConfig
-from .errors import EngineError, ModelArtifactError
-from .modeldir import resolve_model
-from .onnx import ONNXEngine
-from .tensorrt import TensorRTEngine
-from .tflite import TFLiteEngine
+from birdd.engines.base import Engine, EngineConfig
+from birdd.engines.errors import EngineError, ModelArtifactError
+from birdd.engines.models.artifact import load_artifact
+from birdd.engines.models.modeldir import resolve_model
+from birdd.engines.onnx import ONNXEngine
+from birdd.engines.tensorrt import TensorRTEngine
+from birdd.engines.tflite import TFLiteEngine
 
 ENTRY_POINT_GROUP = "birdd.engines"
 DEFAULT_ENGINE = TFLiteEngine.type
@@ -104,7 +104,7 @@ def create_engine(config: EngineConfig) -> Engine:
             f"{engine_type}: choose engine.type {artifact.format} or another model"
         )
     if config.python:
-        from .worker import WorkerEngine
+        from birdd.engines.worker import WorkerEngine
 
         engine: Engine = WorkerEngine(config, artifact, python=config.python)
     else:

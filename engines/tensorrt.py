@@ -21,12 +21,12 @@ from typing import Any, Callable, Dict, Literal, Optional
 import numpy as np
 from pydantic import Field, model_validator
 
-from . import worker_main
-from .artifact import ModelArtifact, load_artifact, sidecar_path
-from .base import Engine, EngineConfig
-from .errors import EngineError, ModelArtifactError, RuntimeMissingError
-from .modeldir import resolve_model
-from .plans import (
+from birdd.engines import worker_main
+from birdd.engines.base import Engine, EngineConfig
+from birdd.engines.errors import EngineError, ModelArtifactError, RuntimeMissingError
+from birdd.engines.models.artifact import ModelArtifact, load_artifact, sidecar_path
+from birdd.engines.models.modeldir import resolve_model
+from birdd.engines.models.plans import (
     DEFAULT_BUILD_BATCH,
     DeviceInfo,
     calibration_cache_path,
@@ -250,7 +250,7 @@ def build_for_command(config: TensorRTConfig, force: bool = False) -> Path:
     sees), built when missing, stale or ``force``d. Nothing is written when TensorRT is
     missing: the runtime is checked before anything else."""
     if config.python:
-        from .worker import WorkerEngine
+        from birdd.engines.worker import WorkerEngine
 
         return WorkerEngine(config, onnx_artifact(config.model), python=config.python).build_plan(
             force

@@ -13,8 +13,8 @@ from typing import Any, Dict, Literal, Optional
 import numpy as np
 from pydantic import Field
 
-from .base import Engine, EngineConfig
-from .errors import EngineError, RuntimeMissingError, first_line
+from birdd.engines.base import Engine, EngineConfig
+from birdd.engines.errors import EngineError, RuntimeMissingError, first_line
 
 
 class TFLiteConfig(EngineConfig):

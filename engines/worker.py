@@ -32,9 +32,9 @@ from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
 import numpy as np
 
-from .artifact import ModelArtifact, load_artifact
-from .base import Engine, EngineConfig
-from .errors import BatchFailed, EngineError, RuntimeMissingError
+from birdd.engines.base import Engine, EngineConfig
+from birdd.engines.errors import BatchFailed, EngineError, RuntimeMissingError
+from birdd.engines.models.artifact import ModelArtifact, load_artifact
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class WorkerEngine(Engine):
     def _prepare_plan(self, child: _Child, force: bool = False) -> None:
         """TensorRT: find (or have the child build) the plan for the child's GPU and TensorRT,
         and score with it from now on; the plan-cache rules are those of the in-process engine."""
-        from .tensorrt import device_info, ensure_plan
+        from birdd.engines.tensorrt import device_info, ensure_plan
 
         def ask(header: Dict[str, Any], timeout_s: float) -> Dict[str, Any]:
             reply, _ = child.call(header, None, timeout_s)

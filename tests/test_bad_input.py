@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from birdd_testing import run_birdd
 
-from birdd.engines.artifact import file_sha256, sidecar_path
-from birdd.engines.install import BIRDNET_MODEL
-from birdd.engines.modeldir import models_dir
+from birdd.engines.models.artifact import file_sha256, sidecar_path
+from birdd.engines.models.install import BIRDNET_MODEL
+from birdd.engines.models.modeldir import models_dir
 
 
 def assert_one_clear_line(result, *words: str) -> None:

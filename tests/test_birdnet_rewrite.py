@@ -13,20 +13,22 @@ import soundfile as sf
 from ai_edge_litert.interpreter import Interpreter
 from birdd_testing import AUDIO
 
-from birdd.engines.birdnet_rewrite import (
-    FILE_IDENTIFIER,
-    _aligned_buffers,
-    _schema,
+from birdd.engines.errors import ModelArtifactError
+from birdd.engines.models.birdnet_rewrite import (
     block_size,
     conv_blocks,
     folded_weight,
-    output_names,
     rewrite_birdnet,
     strided_filter,
 )
-from birdd.engines.errors import ModelArtifactError
-from birdd.engines.install import BIRDNET_META, BIRDNET_MODEL
-from birdd.engines.modeldir import models_dir
+from birdd.engines.models.install import BIRDNET_META, BIRDNET_MODEL
+from birdd.engines.models.modeldir import models_dir
+from birdd.engines.models.tflite_graph import (
+    FILE_IDENTIFIER,
+    aligned_buffers,
+    output_names,
+    tflite_schema,
+)
 
 WINDOW = 144000
 RATE = 48000
@@ -233,11 +235,11 @@ def test_packing_keeps_empty_constant_data():
     """tf2onnx reads a buffer without a data vector as a graph input, not as a constant: a
     written model keeps an empty data vector empty, not absent (the rewritten BirdNET has no
     shape-[0] constant left, tf.signal.frame's went with the framing, but others may have)."""
-    schema, flatbuffers = _schema()
+    schema, flatbuffers = tflite_schema()
     model = schema.ModelT()
     model.buffers = [schema.BufferT(), schema.BufferT(data=np.zeros(0, np.uint8))]
     model.buffers.append(schema.BufferT(data=np.arange(5, dtype=np.uint8)))
-    _aligned_buffers(model, schema)
+    aligned_buffers(model, schema)
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     found = schema.ModelT.InitFromPackedBuf(bytes(builder.Output()), 0).buffers
@@ -262,7 +264,7 @@ def test_other_tflite_model_is_refused(original_path):
 
 def with_constant(model_bytes: bytes, name: bytes, value: np.ndarray) -> bytes:
     """``model_bytes`` with the constant tensor ``name`` holding ``value`` instead."""
-    schema, flatbuffers = _schema()
+    schema, flatbuffers = tflite_schema()
     model = schema.ModelT.InitFromPackedBuf(model_bytes, 0)
     tensor = next(t for t in model.subgraphs[0].tensors if t.name == name)
     model.buffers[tensor.buffer].data = np.frombuffer(value.tobytes(), np.uint8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from birdd.daemon.clock import LiveClock
+from birdd.daemon.pipeline.clock import LiveClock
 
 NOMINAL = 48_000
 T0 = 1_800_000_000.0

@@ -17,15 +17,15 @@ from typing import List, Optional
 import pytest
 from birdd_testing import AUDIO, REPO, birdd_command, jsonl_rows, simulate_args
 
+from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info
 from birdd.daemon.config import load_config
-from birdd.daemon.pipeline import Pipeline, PipelineStats, SourceSpec
+from birdd.daemon.pipeline.chain import Pipeline, PipelineStats, SourceSpec
 from birdd.daemon.postprocess import PostProcessor
 from birdd.daemon.records import StreamClock
-from birdd.daemon.session import open_sinks, pipeline_settings, run_info
 from birdd.daemon.sources.file import FileSource
-from birdd.engines.artifact import load_artifact
 from birdd.engines.errors import EngineError
-from birdd.engines.modeldir import resolve_model
+from birdd.engines.models.artifact import load_artifact
+from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.tflite import TFLiteConfig
 from birdd.engines.worker import WorkerEngine
 

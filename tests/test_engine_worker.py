@@ -19,9 +19,9 @@ import pytest
 import soundfile
 from birdd_testing import AUDIO, simulate_rows
 
-from birdd.engines.artifact import load_artifact
 from birdd.engines.errors import EngineError, RuntimeMissingError
-from birdd.engines.modeldir import resolve_model
+from birdd.engines.models.artifact import load_artifact
+from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.onnx import ONNXConfig
 from birdd.engines.registry import create_engine
 from birdd.engines.tflite import TFLiteConfig

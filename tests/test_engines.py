@@ -9,9 +9,9 @@ import pytest
 import soundfile
 from birdd_testing import AUDIO, run_birdd
 
-from birdd.engines.artifact import load_artifact, sidecar_path, upgrade_sidecar
 from birdd.engines.errors import EngineError, RuntimeMissingError
-from birdd.engines.modeldir import resolve_model
+from birdd.engines.models.artifact import load_artifact, sidecar_path, upgrade_sidecar
+from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.registry import create_engine
 from birdd.engines.tflite import TFLiteConfig
 

@@ -19,7 +19,7 @@ from broker import Mosquitto
 from birdd.daemon.mqtt import listen
 from birdd.daemon.mqtt.payload import detection_payload
 from birdd.daemon.records import Detection, new_detection_id
-from birdd.engines.labels import Species
+from birdd.engines.models.labels import Species
 
 # What the CLI will do with these two functions; run as a fresh process, as a user would.
 LISTEN = (

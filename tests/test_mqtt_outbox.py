@@ -22,12 +22,11 @@ from broker import Subscriber, free_port
 from birdd.daemon.config import load_config
 from birdd.daemon.mqtt.client import Backoff
 from birdd.daemon.mqtt.service import MqttPublisher
-from birdd.daemon.records import Detection, new_detection_id
-from birdd.daemon.sinks.base import RunInfo
+from birdd.daemon.records import Detection, RunInfo, new_detection_id
 from birdd.daemon.sinks.sqlite import Retention, SQLiteSink
-from birdd.daemon.sinks.sqlite_outbox import OutboxStore
-from birdd.daemon.sinks.sqlite_store import SQLiteStore
-from birdd.engines.labels import Species
+from birdd.daemon.store.sqlite_outbox import OutboxStore
+from birdd.daemon.store.sqlite_store import SQLiteStore
+from birdd.engines.models.labels import Species
 
 ROBIN = Species("Turdus migratorius", "American Robin", "amerob", True)
 MODEL = {"name": "BirdNET", "version": "2.4", "sha256": "0" * 64}

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 
-from birdd.engines.artifact import load_artifact
-from birdd.engines.birdnet_rewrite import rewrite_birdnet
-from birdd.engines.convert import (
+from birdd.engines.errors import EngineError
+from birdd.engines.models.artifact import load_artifact
+from birdd.engines.models.birdnet_rewrite import rewrite_birdnet
+from birdd.engines.models.convert import (
     ONNX_NAME,
     _stream,
     _tf2onnx_progress,
     check_parity,
     probe_windows,
 )
-from birdd.engines.errors import EngineError
-from birdd.engines.modeldir import models_dir, read_manifest, resolve_model
+from birdd.engines.models.modeldir import models_dir, read_manifest, resolve_model
 
 CONVERT = "python3 -m birdd.daemon models convert birdnet --to onnx"
 

@@ -18,9 +18,9 @@ import soundfile
 from birdd_testing import simulate_rows
 from pydantic import TypeAdapter, ValidationError
 
-from birdd.engines.artifact import load_artifact, sidecar_path, write_sidecar
 from birdd.engines.errors import EngineError, ModelArtifactError, RuntimeMissingError
-from birdd.engines.modeldir import resolve_model
+from birdd.engines.models.artifact import load_artifact, sidecar_path, write_sidecar
+from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.onnx import ONNXConfig
 from birdd.engines.registry import create_engine, engine_classes, engine_config_type
 from birdd.engines.tflite import TFLiteConfig

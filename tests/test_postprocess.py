@@ -21,10 +21,10 @@ from birdd.daemon.postprocess.config import LocationConfig
 from birdd.daemon.postprocess.location_filter import LocationFilter, align_mask
 from birdd.daemon.postprocess.scoring import confidences
 from birdd.daemon.records import ScoredWindow, StreamClock, Window
-from birdd.engines.artifact import ModelArtifact, load_artifact
-from birdd.engines.labels import Species
-from birdd.engines.location import LocationModel, birdnet_week
-from birdd.engines.modeldir import resolve_model
+from birdd.engines.models.artifact import ModelArtifact, load_artifact
+from birdd.engines.models.labels import Species
+from birdd.engines.models.location import LocationModel, birdnet_week
+from birdd.engines.models.modeldir import resolve_model
 
 RATE = 100  # a toy model: 3 s windows of 300 samples
 WINDOW = 300

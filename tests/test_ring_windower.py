@@ -3,8 +3,8 @@ import threading
 import numpy as np
 import pytest
 
-from birdd.daemon.ring import RingBuffer
-from birdd.daemon.windower import Windower, hop_samples
+from birdd.daemon.pipeline.ring import RingBuffer
+from birdd.daemon.pipeline.windower import Windower, hop_samples
 
 
 def feed(ring: RingBuffer, samples: np.ndarray, block: int) -> threading.Thread:

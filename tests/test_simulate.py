@@ -21,8 +21,8 @@ from birdd_testing import (
     simulate_rows,
 )
 
-from birdd.engines.install import BIRDNET_MODEL
-from birdd.engines.modeldir import models_dir
+from birdd.engines.models.install import BIRDNET_MODEL
+from birdd.engines.models.modeldir import models_dir
 
 # BirdNET-Analyzer's detections on XC563936 at min_conf 0.4, overlap 0 (BIRDNET.md).
 XC563936_EXPECTED = sorted(

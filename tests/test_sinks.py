@@ -20,13 +20,14 @@ from typing import List
 
 import pytest
 
-from birdd.daemon.records import Detection
-from birdd.daemon.sinks.base import RunInfo, Sink, SinkError
+from birdd.daemon.records import Detection, RunInfo
+from birdd.daemon.sinks.base import Sink, SinkError
 from birdd.daemon.sinks.fanout import SinkFanout, pump
 from birdd.daemon.sinks.files import OutputSink, make_output_sink
-from birdd.daemon.sinks.sqlite import SQLiteSink, SQLiteStore, StoreError
-from birdd.daemon.sinks.sqlite_schema import MIGRATIONS
-from birdd.engines.labels import Species
+from birdd.daemon.sinks.sqlite import SQLiteSink
+from birdd.daemon.store.sqlite_schema import MIGRATIONS
+from birdd.daemon.store.sqlite_store import SQLiteStore, StoreError
+from birdd.engines.models.labels import Species
 
 MODEL = {
     "name": "BirdNET_GLOBAL_6K_V2.4_Model_FP32",

@@ -3,7 +3,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from birdd.daemon.starttime import recording_start, time_from_filename
+from birdd.daemon.app.starttime import recording_start, time_from_filename
 
 
 @pytest.mark.parametrize(

@@ -26,10 +26,10 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from birdd.daemon.cli import build_parser, normalise_argv
+from birdd.daemon.app.cli import build_parser, normalise_argv
 from birdd.daemon.config import ConfigError, load_config
 from birdd.daemon.mqtt.config import MqttConfig
-from birdd.engines.modeldir import models_dir
+from birdd.engines.models.modeldir import models_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = REPO / "deploy" / "systemd"
@@ -146,7 +146,7 @@ def test_exec_start_is_a_command_line_birdd_accepts(unit: Unit) -> None:
     assert args.command == "run"
     assert args.config == Path("/etc/birdd/config.yaml")
     assert args.duration is None, "a service runs until SIGTERM"
-    assert one(unit, "Service", "Type") == "notify", "birdd run says READY=1 (daemon/sdnotify.py)"
+    assert one(unit, "Service", "Type") == "notify", "birdd run says READY=1 (daemon/app/sdnotify.py)"
     assert one(unit, "Service", "NotifyAccess") == "main"
     # ConfigurationDirectory= is the folder of --config
     assert Path("/etc", one(unit, "Service", "ConfigurationDirectory")) == args.config.parent

@@ -20,11 +20,11 @@ import soxr
 from birdd_testing import run_birdd
 from pydantic import TypeAdapter, ValidationError
 
-from birdd.engines.artifact import load_artifact, sidecar_path, write_sidecar
 from birdd.engines.errors import EngineError, ModelArtifactError, RuntimeMissingError
-from birdd.engines.labels import Species
-from birdd.engines.modeldir import write_manifest
-from birdd.engines.plans import (
+from birdd.engines.models.artifact import load_artifact, sidecar_path, write_sidecar
+from birdd.engines.models.labels import Species
+from birdd.engines.models.modeldir import write_manifest
+from birdd.engines.models.plans import (
     DeviceInfo,
     build_command,
     calibration_cache_path,

@@ -23,8 +23,8 @@ from typing import Callable, List, Optional
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .config import MqttConfig
-from .topics import Topics
+from birdd.daemon.mqtt.config import MqttConfig
+from birdd.daemon.mqtt.topics import Topics
 
 log = logging.getLogger("birdd")
 

@@ -14,11 +14,10 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Dict, List, Tuple
 
-from birdd.daemon.sinks.sqlite_outbox import OutboxStore
-
-from .client import OFFLINE, ONLINE, Connection
-from .config import HomeAssistantConfig
-from .topics import Topics
+from birdd.daemon.mqtt.client import OFFLINE, ONLINE, Connection
+from birdd.daemon.mqtt.config import HomeAssistantConfig
+from birdd.daemon.mqtt.topics import Topics
+from birdd.daemon.store.sqlite_outbox import OutboxStore
 
 SENSORS: Dict[str, Dict[str, Any]] = {
     "last_species": {

@@ -25,9 +25,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from .client import apply_credentials
-from .config import MqttConfig, parse_mqtt_url
-from .messages import (
+from birdd.daemon.mqtt.client import apply_credentials
+from birdd.daemon.mqtt.config import MqttConfig, parse_mqtt_url
+from birdd.daemon.mqtt.messages import (
     PROG,
     Recent,
     SchemaCheck,

@@ -25,12 +25,11 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
-from birdd.daemon.sinks.sqlite_outbox import OutboxRow, OutboxStore
-from birdd.daemon.sinks.sqlite_store import StoreError
-
-from .client import Connection
-from .payload import detection_payload
-from .topics import Topics
+from birdd.daemon.mqtt.client import Connection
+from birdd.daemon.mqtt.payload import detection_payload
+from birdd.daemon.mqtt.topics import Topics
+from birdd.daemon.store.sqlite_outbox import OutboxRow, OutboxStore
+from birdd.daemon.store.sqlite_store import StoreError
 
 log = logging.getLogger("birdd")
 

@@ -13,12 +13,11 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from birdd.daemon import __version__
-
-from .client import Connection
-from .homeassistant import HomeAssistant
-from .outbox import Outbox
-from .stats import StatsReporter, cpu_temperature_c, disk_free_bytes
-from .topics import Topics
+from birdd.daemon.mqtt.client import Connection
+from birdd.daemon.mqtt.homeassistant import HomeAssistant
+from birdd.daemon.mqtt.outbox import Outbox
+from birdd.daemon.mqtt.stats import StatsReporter, cpu_temperature_c, disk_free_bytes
+from birdd.daemon.mqtt.topics import Topics
 
 OFFLINE_WAIT_S = 2.0
 """How long a clean stop waits for the broker to acknowledge ``offline``."""

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from .client import Connection
+from birdd.daemon.mqtt.client import Connection
 
 THERMAL_ZONES = Path("/sys/class/thermal")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import MqttConfig
+from birdd.daemon.mqtt.config import MqttConfig
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
 """Post-processing: model scores → confidences → class filters → detection events."""
 
-from .config import LocationConfig, PostprocessConfig, default_min_confidence
-from .errors import PostprocessError
-from .processor import PostProcessor
+from birdd.daemon.postprocess.config import (
+    LocationConfig,
+    PostprocessConfig,
+    default_min_confidence,
+)
+from birdd.daemon.postprocess.errors import PostprocessError
+from birdd.daemon.postprocess.processor import PostProcessor
 
 __all__ = [
     "LocationConfig",

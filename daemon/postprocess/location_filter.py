@@ -7,10 +7,9 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from birdd.engines.labels import Species
-from birdd.engines.location import LocationModel, birdnet_week
-
-from .config import LocationConfig
+from birdd.daemon.postprocess.config import LocationConfig
+from birdd.engines.models.labels import Species
+from birdd.engines.models.location import LocationModel, birdnet_week
 
 
 def align_mask(

@@ -6,17 +6,16 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from birdd.engines.artifact import ModelArtifact
+from birdd.daemon.postprocess.config import PostprocessConfig
+from birdd.daemon.postprocess.errors import PostprocessError
+from birdd.daemon.postprocess.events import Event, EventTracker
+from birdd.daemon.postprocess.location_filter import LocationFilter
+from birdd.daemon.postprocess.scoring import confidences
+from birdd.daemon.postprocess.selection import NEVER_REPORTED, select_classes
+from birdd.daemon.records import Channel, Clock, Detection, ScoredWindow, new_detection_id
 from birdd.engines.errors import EngineError
-from birdd.engines.location import LocationModel, location_model_beside
-
-from ..records import Channel, Clock, Detection, ScoredWindow, new_detection_id
-from .config import PostprocessConfig
-from .errors import PostprocessError
-from .events import Event, EventTracker
-from .location_filter import LocationFilter
-from .scoring import confidences
-from .selection import NEVER_REPORTED, select_classes
+from birdd.engines.models.artifact import ModelArtifact
+from birdd.engines.models.location import LocationModel, location_model_beside
 
 StreamKey = Tuple[str, Channel]
 

@@ -7,10 +7,9 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
-from birdd.engines.labels import Species, SpeciesIndex
-
-from .config import PostprocessConfig, default_min_confidence
-from .errors import PostprocessError
+from birdd.daemon.postprocess.config import PostprocessConfig, default_min_confidence
+from birdd.daemon.postprocess.errors import PostprocessError
+from birdd.engines.models.labels import Species, SpeciesIndex
 
 NEVER_REPORTED = np.inf
 

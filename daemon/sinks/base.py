@@ -3,44 +3,13 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Dict, Sequence
+from typing import Sequence
 
-from birdd.daemon.records import Detection, Gap
-
-MODES = ("simulate", "live")
-END_STATUSES = ("complete", "interrupted", "failed")
-"""How a run ends: every detection delivered, stopped early (Ctrl-C, crash), or an error."""
+from birdd.daemon.records import Detection, Gap, RunInfo
 
 
 class SinkError(RuntimeError):
     """An output failed; the message is one line naming the sink and what went wrong."""
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """One run of the pipeline over one source, as every sink sees it."""
-
-    run_id: str
-    station: str
-    mode: str
-    source: str
-    started_at: datetime
-    clock_origin: str
-    """Where the stream's start time came from: "filename", "mtime", "--start-time", ..."""
-    model: Dict[str, str]
-    """The model identity: ``name``, ``version``, ``sha256``."""
-    config_json: str
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"run mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-
-
-def check_end_status(status: str) -> None:
-    if status not in END_STATUSES:
-        raise ValueError(f"run status must be one of {', '.join(END_STATUSES)}, not {status!r}")
 
 
 class Sink(abc.ABC):

@@ -12,9 +12,8 @@ import queue
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from birdd.daemon.records import Detection, Gap
-
-from .base import RunInfo, Sink, SinkError, check_end_status
+from birdd.daemon.records import Detection, Gap, RunInfo, check_end_status
+from birdd.daemon.sinks.base import Sink, SinkError
 
 log = logging.getLogger(__name__)
 

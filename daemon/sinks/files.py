@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence, TextIO, Union
 
-from birdd.daemon.records import Detection
-
-from .base import RunInfo, Sink, SinkError, check_end_status
-from .formats import FORMATS, TextFormat
+from birdd.daemon.records import Detection, RunInfo, check_end_status
+from birdd.daemon.sinks.base import Sink, SinkError
+from birdd.daemon.sinks.formats import FORMATS, TextFormat
 
 log = logging.getLogger(__name__)
 

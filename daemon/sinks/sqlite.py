@@ -21,12 +21,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Sequence, Union
 
-from birdd.daemon.records import Detection, Gap
-
-from .base import RunInfo, Sink
-from .sqlite_store import SQLiteStore, StoreError
-
-__all__ = ["SQLiteSink", "SQLiteStore", "StoreError"]
+from birdd.daemon.records import Detection, Gap, RunInfo
+from birdd.daemon.sinks.base import Sink
+from birdd.daemon.store.sqlite_store import SQLiteStore, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Iterator, List, Optional, Union
 
 import numpy as np
 
-from ..records import Channel, Gap
+from birdd.daemon.records import Channel, Gap
 
 
 class SourceError(RuntimeError):

@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from ..ring import RingBuffer
-from .base import Block, SourceError
-from .live import Connection, LiveSource, ReconnectPolicy, SourceUnavailable
+from birdd.daemon.pipeline.ring import RingBuffer
+from birdd.daemon.sources.base import Block, SourceError
+from birdd.daemon.sources.live import Connection, LiveSource, ReconnectPolicy, SourceUnavailable
 
 PREFERRED_RATE = 48000
 MIX_CHANNELS = 2

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from .base import Block, SourceError
-from .live import Connection, LiveSource, ReconnectPolicy
+from birdd.daemon.sources.base import Block, SourceError
+from birdd.daemon.sources.live import Connection, LiveSource, ReconnectPolicy
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "srt", "rtmp", "rtmps", "udp", "rtp", "tcp")
 BYTES_PER_SAMPLE = 4

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import soundfile
 
-from .base import AudioSource, Block, SourceError
+from birdd.daemon.sources.base import AudioSource, Block, SourceError
 
 log = logging.getLogger(__name__)
 

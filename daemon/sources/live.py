@@ -16,8 +16,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Tuple
 
-from ..records import Gap
-from .base import AudioSource, Block, SourceError
+from birdd.daemon.records import Gap
+from birdd.daemon.sources.base import AudioSource, Block, SourceError
 
 log = logging.getLogger("birdd")
 

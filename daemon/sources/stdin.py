@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator, Optional
 
 import numpy as np
 
-from .base import AudioSource, Block, SourceError
+from birdd.daemon.sources.base import AudioSource, Block, SourceError
 
 READ_TIMEOUT_S = 0.25
 STREAMING_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)

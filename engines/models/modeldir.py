@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
-from .errors import ModelArtifactError
+from birdd.engines.errors import ModelArtifactError
 
 MANIFEST = "manifest.json"
 

@@ -4,40 +4,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from pydantic import ValidationError
 
-from birdd.engines.artifact import load_artifact
+from birdd.daemon.app.settings import config_from
+from birdd.daemon.app.signals import StopOnSignals
+from birdd.daemon.app.simulate import simulate
+from birdd.daemon.config import BirddConfig, ConfigError, load_config
+from birdd.daemon.mqtt.service import MqttPublisher
 from birdd.engines.errors import RuntimeMissingError
-from birdd.engines.install import install_birdnet, install_demo_recording
-from birdd.engines.labels import SpeciesIndex
-from birdd.engines.modeldir import models_dir, read_manifest, resolve_model
+from birdd.engines.models.artifact import load_artifact
+from birdd.engines.models.install import install_birdnet, install_demo_recording
+from birdd.engines.models.labels import SpeciesIndex
+from birdd.engines.models.modeldir import models_dir, read_manifest, resolve_model
 from birdd.engines.registry import engine_classes
 
-from .cli import config_path, log, overrides_from
-from .config import BirddConfig, ConfigError, load_config
-from .mqtt.service import MqttPublisher
-from .signals import StopOnSignals
-from .simulate import simulate
+log = logging.getLogger("birdd")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    config = load_config(config_path(args), overrides_from(args))
+    config = config_from(args)
     return simulate(config, args.file, args.start_time, args.realtime)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .live import run_live
+    from birdd.daemon.app.live import run_live
 
     if args.duration is not None and args.duration <= 0:
         raise ValueError(f"--duration {args.duration:g}: give a number of seconds above 0")
-    config = load_config(config_path(args), overrides_from(args))
+    config = config_from(args)
     return run_live(config, args.duration)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from .sources.device import PREFERRED_RATE, import_sounddevice, input_devices
+    from birdd.daemon.sources.device import PREFERRED_RATE, import_sounddevice, input_devices
 
     sd = import_sounddevice()
     devices = input_devices(sd)
@@ -62,7 +64,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Deliver the outbox without analysing audio: 0 once it is empty, 1 at the timeout."""
-    config = load_config(config_path(args), overrides_from(args))
+    config = config_from(args)
     if not config.mqtt.enabled:
         raise ValueError("MQTT is off: give --mqtt mqtt://host or set mqtt.enabled: true")
     if not config.storage.db.is_file():
@@ -89,7 +91,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from .mqtt import listen
+    from birdd.daemon.mqtt import listen
 
     return listen.run(args)
 
@@ -124,7 +126,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                     print(f"{folder.name:<12} {role:<22} {fmt:<9} {folder / name}")
         return 0
     if args.models_command == "convert":
-        from birdd.engines.convert import convert_birdnet_to_onnx
+        from birdd.engines.models.convert import convert_birdnet_to_onnx
 
         print(convert_birdnet_to_onnx(models_dir() / args.name, log=log.info, force=args.force))
         return 0

@@ -16,17 +16,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from birdd.daemon.pipeline.capture import SourceStage, Stream
+from birdd.daemon.pipeline.clock import LiveClock
+from birdd.daemon.pipeline.inference import END_OF_STREAM, InferenceStage, QueuedWindow
+from birdd.daemon.pipeline.windower import hop_samples
+from birdd.daemon.postprocess import PostProcessor
+from birdd.daemon.records import Channel, Gap, ScoredWindow, Window
+from birdd.daemon.sinks.fanout import SinkFanout
+from birdd.daemon.sources.base import AudioSource
 from birdd.engines.base import Engine
 from birdd.engines.errors import BatchFailed
-
-from .capture import SourceStage, Stream
-from .clock import LiveClock
-from .inference import END_OF_STREAM, InferenceStage, QueuedWindow
-from .postprocess import PostProcessor
-from .records import Channel, Gap, ScoredWindow, Window
-from .sinks.fanout import SinkFanout
-from .sources.base import AudioSource
-from .windower import hop_samples
 
 log = logging.getLogger("birdd")
 

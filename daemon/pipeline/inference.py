@@ -8,11 +8,10 @@ from typing import Callable, List, NamedTuple
 
 import numpy as np
 
+from birdd.daemon.pipeline.meters import RecentLatencies
+from birdd.daemon.records import ScoredWindow, Window
 from birdd.engines.base import Engine
 from birdd.engines.errors import BatchFailed, EngineError
-
-from .meters import RecentLatencies
-from .records import ScoredWindow, Window
 
 END_OF_STREAM = None
 MAX_FAILED_BATCHES_IN_A_ROW = 3

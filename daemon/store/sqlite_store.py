@@ -13,10 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from birdd.daemon.records import Detection, Gap, iso_utc
-
-from .base import RunInfo, SinkError, check_end_status
-from .sqlite_schema import (
+from birdd.daemon.records import Detection, Gap, RunInfo, check_end_status, iso_utc
+from birdd.daemon.store.sqlite_schema import (
     DETECTION_COLUMNS,
     GAP_COLUMNS,
     MIGRATIONS,
@@ -30,7 +28,7 @@ from .sqlite_schema import (
 _COUNT = "SELECT COUNT(*) FROM detections WHERE detections.run_id = runs.run_id"
 
 
-class StoreError(SinkError):
+class StoreError(RuntimeError):
     """The database cannot be opened, migrated or written; one line naming the path and the fix."""
 
 

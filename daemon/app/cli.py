@@ -11,40 +11,20 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
+from birdd.daemon import __version__
+from birdd.daemon.app.settings import DEFAULT_CONFIG
+from birdd.daemon.config import OUTPUT_FORMATS, ConfigError
+from birdd.daemon.mqtt.config import DEFAULT_PASSWORD_ENV
+from birdd.daemon.postprocess import PostprocessError
+from birdd.daemon.sinks.base import SinkError
+from birdd.daemon.sources.base import SourceError
+from birdd.daemon.sources.live import SourceUnavailable
+from birdd.daemon.store.sqlite_store import StoreError
 from birdd.engines.errors import EngineError
 
-from . import __version__
-from .config import OUTPUT_FORMATS, ConfigError
-from .mqtt.config import DEFAULT_PASSWORD_ENV, parse_mqtt_url
-from .postprocess import PostprocessError
-from .sinks.base import SinkError
-from .sources.base import SourceError
-from .sources.live import SourceUnavailable
-
 log = logging.getLogger("birdd")
-DEFAULT_CONFIG = Path("/etc/birdd/config.yaml")
-
-# Flags that override a config key: flag destination → dotted key path.
-OVERRIDES = {
-    "station": "station.id",
-    "db": "storage.db",
-    "overlap": "windows.overlap_s",
-    "channel": "audio.channels",
-    "min_conf": "postprocess.min_confidence",
-    "sensitivity": "postprocess.sensitivity",
-    "per_window": "postprocess.per_window",
-    "non_birds": "postprocess.non_birds",
-    "include": "postprocess.include",
-    "exclude": "postprocess.exclude",
-    "format": "output.format",
-    "output": "output.path",
-    "threads": "engine.threads",
-    "batch_size": "engine.batch_size",
-    "model": "engine.model",
-    "engine": "engine.type",
-}
 
 
 def _channel(text: str) -> Any:
@@ -221,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after S seconds and exit 1 (default 300)",
     )
 
-    from .mqtt import listen  # paho and the schema check load only with the parser
+    from birdd.daemon.mqtt import listen  # paho and the schema check load only with the parser
 
     listen.add_arguments(
         command("listen", help="print the detections stations publish, once each (for the hub)")
@@ -291,38 +271,6 @@ def normalise_argv(argv: Sequence[str]) -> List[str]:
     return args
 
 
-def overrides_from(args: argparse.Namespace) -> Dict[str, Any]:
-    overrides = {
-        key: getattr(args, flag)
-        for flag, key in OVERRIDES.items()
-        if getattr(args, flag, None) is not None
-    }
-    location = {
-        key: getattr(args, key)
-        for key in ("lat", "lon", "week")
-        if getattr(args, key, None) is not None
-    }
-    if location:
-        overrides["postprocess.location"] = location
-    inputs = (getattr(args, "device", None) or []) + (getattr(args, "input", None) or [])
-    if inputs:
-        overrides["audio.inputs"] = inputs
-    url = getattr(args, "mqtt", None)
-    if url is not None:
-        for key, value in parse_mqtt_url(url).items():
-            overrides[f"mqtt.{key}"] = value
-    return overrides
-
-
-def config_path(args: argparse.Namespace) -> Optional[Path]:
-    if args.config is not None:
-        return args.config
-    from_env = os.environ.get("BIRDD_CONFIG")
-    if from_env:
-        return Path(from_env)
-    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
     handler = logging.StreamHandler(sys.stderr)
@@ -343,13 +291,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (SourceError, EngineError, PostprocessError, ValueError) as exc:
         print(f"birdd: error: {exc}", file=sys.stderr)
         return 2
-    except SinkError as exc:
+    except (SinkError, StoreError) as exc:
         print(f"birdd: error: {exc}", file=sys.stderr)
         return 1
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from . import commands
+    from birdd.daemon.app import commands
 
     handler = getattr(commands, "cmd_" + args.command.replace("-", "_"))
     return handler(args)

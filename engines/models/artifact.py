@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from .errors import ModelArtifactError
-from .labels import Species
+from birdd.engines.errors import ModelArtifactError
+from birdd.engines.models.labels import Species
 
 SIDECAR_SCHEMA = "birdd.model/1"
 FORMATS = ("tflite", "onnx", "tensorrt")

@@ -13,18 +13,17 @@ import threading
 import time
 from typing import Any, List, Optional
 
+from birdd.daemon.app.sdnotify import notify
+from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
+from birdd.daemon.pipeline.chain import Pipeline, PipelineStats, SourceSpec
+from birdd.daemon.pipeline.clock import LiveClock
+from birdd.daemon.postprocess import PostProcessor
+from birdd.daemon.sources.base import AudioSource, SourceError, check_channel
+from birdd.daemon.sources.device import DeviceSource
+from birdd.daemon.sources.ffmpeg import FfmpegSource, is_url
+from birdd.daemon.sources.live import ReconnectPolicy
+from birdd.daemon.sources.stdin import PcmFormat, StdinSource
 from birdd.engines.registry import create_engine
-
-from .clock import LiveClock
-from .pipeline import Pipeline, PipelineStats, SourceSpec
-from .postprocess import PostProcessor
-from .sdnotify import notify
-from .session import open_sinks, pipeline_settings, run_info, run_session
-from .sources.base import AudioSource, SourceError, check_channel
-from .sources.device import DeviceSource
-from .sources.ffmpeg import FfmpegSource, is_url
-from .sources.live import ReconnectPolicy
-from .sources.stdin import PcmFormat, StdinSource
 
 log = logging.getLogger("birdd")
 

@@ -13,8 +13,7 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 from birdd.daemon.records import iso_utc
-
-from .sqlite_store import SQLiteStore
+from birdd.daemon.store.sqlite_store import SQLiteStore
 
 _UNPUBLISHED = "FROM detections WHERE published_at IS NULL"
 

@@ -12,8 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
-from .records import Channel, Window
-from .ring import RingBuffer
+from birdd.daemon.pipeline.ring import RingBuffer
+from birdd.daemon.records import Channel, Window
 
 MIN_TAIL_S = 1.0
 

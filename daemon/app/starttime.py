@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .records import parse_iso_utc
+from birdd.daemon.records import parse_iso_utc
 
 # AudioMoth (20210502_040000.WAV), Song Meter (S4A03895_20190522_060000.wav, SMM_20190522_...),
 # and most recorders that follow them: 8 date digits, a separator, 6 time digits.

@@ -10,16 +10,15 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from birdd.daemon.app.progress import ProgressLine
+from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
+from birdd.daemon.app.starttime import recording_start
+from birdd.daemon.pipeline.chain import Pipeline, SourceSpec
+from birdd.daemon.postprocess import PostProcessor
+from birdd.daemon.records import StreamClock
+from birdd.daemon.sources.base import check_channel
+from birdd.daemon.sources.file import FileSource
 from birdd.engines.registry import create_engine
-
-from .pipeline import Pipeline, SourceSpec
-from .postprocess import PostProcessor
-from .progress import ProgressLine
-from .records import StreamClock
-from .session import open_sinks, pipeline_settings, run_info, run_session
-from .sources.base import check_channel
-from .sources.file import FileSource
-from .starttime import recording_start
 
 log = logging.getLogger("birdd")
 

@@ -12,11 +12,11 @@ from typing import Any, List, Optional, Union
 
 import numpy as np
 
-from .artifact import ModelArtifact, load_artifact
-from .errors import EngineError, ModelArtifactError
-from .labels import Species
-from .modeldir import installed_location_model, read_manifest
-from .tflite import import_interpreter
+from birdd.engines.errors import EngineError, ModelArtifactError
+from birdd.engines.models.artifact import ModelArtifact, load_artifact
+from birdd.engines.models.labels import Species
+from birdd.engines.models.modeldir import installed_location_model, read_manifest
+from birdd.engines.tflite import import_interpreter
 
 YEAR_ROUND = -1
 

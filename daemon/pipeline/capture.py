@@ -14,12 +14,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .clock import LiveClock
-from .meters import LevelMeter
-from .records import Channel, Gap
-from .ring import RingBuffer
-from .sources.base import AudioSource, Block, Resampler, select_channel
-from .windower import Windower
+from birdd.daemon.pipeline.clock import LiveClock
+from birdd.daemon.pipeline.meters import LevelMeter
+from birdd.daemon.pipeline.ring import RingBuffer
+from birdd.daemon.pipeline.windower import Windower
+from birdd.daemon.records import Channel, Gap
+from birdd.daemon.sources.base import AudioSource, Block, Resampler, select_channel
 
 log = logging.getLogger("birdd")
 

@@ -26,14 +26,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .artifact import ModelArtifact, load_artifact, sidecar_path, write_sidecar
-from .birdnet_rewrite import rewrite_birdnet
-from .errors import EngineError, ModelArtifactError
-from .install import BIRDNET_FAST, Log, fast_birdnet_meta
-from .modeldir import data_dir, read_manifest, write_manifest
-from .onnx import ONNXConfig, import_onnxruntime
-from .registry import create_engine
-from .tflite import TFLiteConfig
+from birdd.engines.errors import EngineError, ModelArtifactError
+from birdd.engines.models.artifact import ModelArtifact, load_artifact, sidecar_path, write_sidecar
+from birdd.engines.models.birdnet_rewrite import rewrite_birdnet
+from birdd.engines.models.install import BIRDNET_FAST, Log, fast_birdnet_meta
+from birdd.engines.models.modeldir import data_dir, read_manifest, write_manifest
+from birdd.engines.onnx import ONNXConfig, import_onnxruntime
+from birdd.engines.registry import create_engine
+from birdd.engines.tflite import TFLiteConfig
 
 OPSET = 17
 TF2ONNX = "tf2onnx==1.17.0"

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from .pipeline import PipelineStats
+from birdd.daemon.pipeline.chain import PipelineStats
 
 
 class ProgressLine:

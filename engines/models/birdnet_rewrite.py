@@ -59,26 +59,22 @@ The TFLite schema comes from ai-edge-litert and is imported only when a rewrite 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelArtifactError, RuntimeMissingError
+from birdd.engines.errors import ModelArtifactError
+from birdd.engines.models.tflite_graph import (
+    FILE_IDENTIFIER,
+    Graph,
+    aligned_buffers,
+    compact,
+    drop_dead_ops,
+    tflite_schema,
+    unpack,
+)
 
-FILE_IDENTIFIER = b"TFL3"
 MIN_BLOCK = 32  # the fewest samples per block (input channels of the convolution)
-
-
-def _schema() -> Tuple[Any, Any]:
-    try:
-        import flatbuffers
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError as exc:
-        raise RuntimeMissingError(
-            f"rewriting a TFLite model needs ai-edge-litert and flatbuffers ({exc}): "
-            "pip install ai-edge-litert"
-        ) from exc
-    return schema, flatbuffers
 
 
 def folded_weight(mel: np.ndarray, window: np.ndarray) -> np.ndarray:
@@ -114,107 +110,30 @@ def conv_blocks(samples: int, block: int, taps: int, stride: int, frames: int) -
     return (frames - 1) * stride + taps
 
 
-class _Graph:
-    """Subgraph 0 of a ModelT: op kinds, producers/consumers, constants, new tensors and ops."""
-
-    def __init__(self, model: Any, schema: Any) -> None:
-        self.model, self.schema, self.sub = model, schema, model.subgraphs[0]
-        builtin = schema.BuiltinOperator
-        names = {getattr(builtin, k): k for k in dir(builtin) if not k.startswith("_")}
-        self.op_names = [
-            names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-            for code in model.operatorCodes
-        ]
-
-    def kind(self, op: Any) -> str:
-        return self.op_names[op.opcodeIndex]
-
-    def producer(self, tensor: int) -> Optional[Any]:
-        return next((op for op in self.sub.operators if tensor in list(op.outputs)), None)
-
-    def consumers(self, tensor: int) -> List[Any]:
-        return [op for op in self.sub.operators if tensor in list(op.inputs)]
-
-    def name(self, tensor: int) -> str:
-        return self.sub.tensors[tensor].name.decode("utf-8", "replace")
-
-    def signature(self, tensor: int) -> List[int]:
-        """The tensor's shape with -1 where it is dynamic."""
-        t = self.sub.tensors[tensor]
-        return [int(d) for d in (t.shapeSignature if t.shapeSignature is not None else t.shape)]
-
-    def constant(self, tensor: int) -> Optional[np.ndarray]:
-        """The value of a float32/int32 tensor backed by a buffer, else None."""
-        t = self.sub.tensors[tensor]
-        data = self.model.buffers[t.buffer].data
-        dtype = {self.schema.TensorType.FLOAT32: np.float32, self.schema.TensorType.INT32: np.int32}
-        if data is None or len(data) == 0 or t.type not in dtype:
-            return None
-        return np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype[t.type]).reshape(t.shape)
-
-    def add_activation(self, name: str, signature: Sequence[int]) -> int:
-        """A float32 activation; -1 (the batch) in ``signature`` is 1 in its static shape."""
-        t = self.schema.TensorT()
-        t.name, t.type = name.encode(), self.schema.TensorType.FLOAT32
-        t.shape, t.shapeSignature = [abs(d) for d in signature], list(signature)
-        self.sub.tensors.append(t)
-        return len(self.sub.tensors) - 1
-
-    def add_constant(self, name: str, value: np.ndarray) -> int:
-        """A constant tensor with its own buffer; float64 values are stored as float32."""
-        t = self.schema.TensorT()
-        is_int = value.dtype == np.int32
-        value = value if is_int else value.astype(np.float32)
-        t.name, t.shape = name.encode(), list(value.shape)
-        t.type = self.schema.TensorType.INT32 if is_int else self.schema.TensorType.FLOAT32
-        data = np.frombuffer(value.tobytes(), np.uint8)
-        self.model.buffers.append(self.schema.BufferT(data=data))
-        t.buffer = len(self.model.buffers) - 1
-        self.sub.tensors.append(t)
-        return len(self.sub.tensors) - 1
-
-    def new_op(self, kind: str, inputs: List[int], outputs: List[int], options: Any) -> Any:
-        """A builtin op (its operator code is added if missing); options type from its class,
-        none for ``options`` None."""
-        if kind not in self.op_names:
-            code = getattr(self.schema.BuiltinOperator, kind)
-            codes = self.model.operatorCodes
-            codes.append(self.schema.OperatorCodeT(deprecatedBuiltinCode=min(code, 127)))
-            codes[-1].builtinCode = code
-            self.op_names.append(kind)
-        op = self.schema.OperatorT()
-        op.opcodeIndex, op.inputs, op.outputs = self.op_names.index(kind), inputs, outputs
-        op.builtinOptions = options
-        if options is not None:
-            table = type(options).__name__[:-1]  # ExpOptionsT → ExpOptions
-            op.builtinOptionsType = getattr(self.schema.BuiltinOptions, table)
-        return op
-
-
 def _refuse(what: str) -> ModelArtifactError:
     return ModelArtifactError(f"not a BirdNET graph: {what}")
 
 
-def _expect(graph: _Graph, op: Optional[Any], kind: str, where: str) -> Any:
+def _expect(graph: Graph, op: Optional[Any], kind: str, where: str) -> Any:
     if op is None or graph.kind(op) != kind:
         found = "nothing" if op is None else graph.kind(op)
         raise _refuse(f"expected {kind} {where}, found {found}")
     return op
 
 
-def _made_by(graph: _Graph, tensor: int, kind: str) -> Any:
+def _made_by(graph: Graph, tensor: int, kind: str) -> Any:
     """The op that writes ``tensor``, which must be a ``kind`` op."""
     return _expect(graph, graph.producer(tensor), kind, f"writing {graph.name(tensor)}")
 
 
-def _only(graph: _Graph, tensor: int, kind: str) -> Any:
+def _only(graph: Graph, tensor: int, kind: str) -> Any:
     """The single consumer of ``tensor``, which must be a ``kind`` op."""
     users = graph.consumers(tensor)
     where = f"as the reader of {graph.name(tensor)}"
     return _expect(graph, users[0] if len(users) == 1 else None, kind, where)
 
 
-def _split(graph: _Graph, op: Any) -> Tuple[int, np.ndarray]:
+def _split(graph: Graph, op: Any) -> Tuple[int, np.ndarray]:
     """The variable and the constant operand of a binary op with exactly one constant, the
     second one where the order matters."""
     values = [graph.constant(i) for i in op.inputs]
@@ -227,7 +146,7 @@ def _split(graph: _Graph, op: Any) -> Tuple[int, np.ndarray]:
     return variable, next(v for v in values if v is not None)
 
 
-def _scalar(graph: _Graph, op: Any, expected: Optional[float] = None) -> Tuple[int, float]:
+def _scalar(graph: Graph, op: Any, expected: Optional[float] = None) -> Tuple[int, float]:
     """``_split`` for a one-element constant, optionally required to equal ``expected``."""
     variable, value = _split(graph, op)
     name = graph.name(op.outputs[0])
@@ -246,7 +165,7 @@ class _Scaling:
     gain: float
 
 
-def _scaling(graph: _Graph, scaled: int) -> _Scaling:
+def _scaling(graph: Graph, scaled: int) -> _Scaling:
     """Read the min/max scaling that writes ``scaled`` back to the graph input."""
     centred, gain = _scalar(graph, _made_by(graph, scaled, "MUL"))
     quotient, offset = _scalar(graph, _made_by(graph, centred, "SUB"))
@@ -275,7 +194,7 @@ class _Framing:
     step: int
 
 
-def _frame_count_step(graph: _Graph, count: int, length: int) -> int:
+def _frame_count_step(graph: Graph, count: int, length: int) -> int:
     """The step of count = max((L − length)//step + 1, 0), as tf.signal.frame computes it."""
     bounded, _ = _scalar(graph, _made_by(graph, count, "MAXIMUM"), 0.0)
     quotient, _ = _scalar(graph, _made_by(graph, bounded, "ADD"), 1.0)
@@ -284,7 +203,7 @@ def _frame_count_step(graph: _Graph, count: int, length: int) -> int:
     return int(step)
 
 
-def _framing(graph: _Graph, frames: int) -> _Framing:
+def _framing(graph: Graph, frames: int) -> _Framing:
     """Read tf.signal.frame's lowering that writes ``frames`` [B, F, N] back to its signal."""
     gather = _made_by(graph, _made_by(graph, frames, "RESHAPE").inputs[0], "GATHER")
     options = gather.builtinOptions
@@ -321,7 +240,7 @@ class _Affine:
     ops: List[Any]
 
 
-def _affine(graph: _Graph, scaling: _Scaling, name: str) -> _Affine:
+def _affine(graph: Graph, scaling: _Scaling, name: str) -> _Affine:
     """α = gain/(max x − min x + eps), β = −α·min x − offset·gain, per window, on [B, 1]."""
     schema, x = graph.schema, scaling.signal
     parts = ("min", "max", "range", "denominator", "alpha_2d", "alpha_min", "beta_2d")
@@ -358,7 +277,7 @@ def _reshape_options(schema: Any, shape: List[int]) -> Any:
 
 
 def _strided_conv(
-    graph: _Graph, x: int, weight: np.ndarray, step: int, frames: int, name: str
+    graph: Graph, x: int, weight: np.ndarray, step: int, frames: int, name: str
 ) -> Tuple[int, List[Any]]:
     """conv [B, F, M] with conv[b, f] = W·x[b, f·step : f·step + N], and the ops writing it."""
     schema = graph.schema
@@ -411,7 +330,7 @@ class _MelChain:
     last: Any
 
 
-def _mel_chain(graph: _Graph, rfft: Any) -> _MelChain:
+def _mel_chain(graph: Graph, rfft: Any) -> _MelChain:
     """Read the chain around ``rfft``: MUL(hann), EXPAND_DIMS, RFFT2D, SQUEEZE, CAST, Tensordot."""
     s, schema = graph.sub, graph.schema
     expand = _expect(graph, graph.producer(rfft.inputs[0]), "EXPAND_DIMS", "before RFFT2D")
@@ -435,7 +354,7 @@ def _mel_chain(graph: _Graph, rfft: Any) -> _MelChain:
     return _MelChain(frames, window.reshape(-1), mel, last)
 
 
-def _fold_branch(graph: _Graph, rfft: Any, affines: Dict[int, _Affine]) -> None:
+def _fold_branch(graph: Graph, rfft: Any, affines: Dict[int, _Affine]) -> None:
     """Replace the scaling, the framing and the chain around ``rfft`` by one strided convolution
     of the raw input, scaled by α and shifted by β·(W·1) afterwards."""
     s, schema = graph.sub, graph.schema
@@ -470,7 +389,7 @@ def _fold_branch(graph: _Graph, rfft: Any, affines: Dict[int, _Affine]) -> None:
     _power_as_exp_log(graph, out)
 
 
-def _power_as_exp_log(graph: _Graph, bands: int) -> None:
+def _power_as_exp_log(graph: Graph, bands: int) -> None:
     """Replace POW(y·y, p) after the mel bands y by EXP(LOG(y·y)·p): XNNPACK runs LOG and EXP
     vectorised on every thread, TFLite's own POW kernel calls pow() per element on one."""
     schema = graph.schema
@@ -492,101 +411,19 @@ def _power_as_exp_log(graph: _Graph, bands: int) -> None:
     ]
 
 
-def _add_embedding_output(graph: _Graph) -> None:
+def _add_embedding_output(graph: Graph) -> None:
     """Expose the input of the FULLY_CONNECTED that writes output 0 (the logits)."""
     head = _expect(graph, graph.producer(graph.sub.outputs[0]), "FULLY_CONNECTED", "at output 0")
     if head.inputs[0] not in list(graph.sub.outputs):
         graph.sub.outputs = [*list(graph.sub.outputs), head.inputs[0]]
 
 
-def _drop_dead_ops(graph: _Graph) -> None:
-    """Remove, until none is left, ops none of whose outputs is read or a graph output."""
-    while True:
-        read = {i for op in graph.sub.operators for i in op.inputs} | set(graph.sub.outputs)
-        live = [op for op in graph.sub.operators if set(op.outputs) & read]
-        if len(live) == len(graph.sub.operators):
-            return
-        graph.sub.operators = live
-
-
-def _ints(vector: Any) -> List[int]:
-    """An optional int vector of the object API (None, list or numpy array) as a list."""
-    return [] if vector is None else [int(i) for i in vector]
-
-
-def _renumber(kept: List[int]) -> Dict[int, int]:
-    return {-1: -1, **{old: new for new, old in enumerate(kept)}}
-
-
-def _compact(model: Any) -> None:
-    """Drop tensors, buffers and operator codes nothing refers to; renumber the references."""
-    renumbered: List[Dict[int, int]] = []
-    for sub in model.subgraphs:
-        used = {i for op in sub.operators for i in [*op.inputs, *op.outputs]}
-        used |= {i for op in sub.operators for i in _ints(op.intermediates)}
-        new = _renumber(sorted((used | set(sub.inputs) | set(sub.outputs)) - {-1}))
-        sub.tensors = [sub.tensors[i] for i in sorted(new) if i >= 0]
-        for op in sub.operators:
-            op.inputs, op.outputs = [new[i] for i in op.inputs], [new[i] for i in op.outputs]
-            op.intermediates = [new[i] for i in _ints(op.intermediates)] or None
-        sub.inputs, sub.outputs = [new[i] for i in sub.inputs], [new[i] for i in sub.outputs]
-        renumbered.append(new)
-    for signature in model.signatureDefs or []:
-        for entry in [*(signature.inputs or []), *(signature.outputs or [])]:
-            entry.tensorIndex = renumbered[signature.subgraphIndex][entry.tensorIndex]
-    tensors, meta = [t for s in model.subgraphs for t in s.tensors], model.metadata or []
-    kept = sorted({0} | {t.buffer for t in tensors} | {m.buffer for m in meta})
-    new_buffer = _renumber(kept)
-    model.buffers = [model.buffers[i] for i in kept]
-    for item in [*tensors, *meta]:
-        item.buffer = new_buffer[item.buffer]
-    ops = [op for s in model.subgraphs for op in s.operators]
-    codes = sorted({op.opcodeIndex for op in ops})
-    new_code = _renumber(codes)
-    model.operatorCodes = [model.operatorCodes[i] for i in codes]
-    for op in ops:
-        op.opcodeIndex = new_code[op.opcodeIndex]
-
-
-def _aligned_buffers(model: Any, schema: Any) -> None:
-    """Pack constant data 16-byte aligned (the generated Pack aligns uint8 vectors to 1)."""
-
-    class AlignedBufferT(schema.BufferT):
-        def Pack(self, builder: Any) -> int:  # the generated class's method name
-            raw = None if self.data is None else np.asarray(self.data, np.uint8).tobytes()
-            if raw is not None:  # kept even when empty: a shape-[0] constant is not "no data"
-                builder.StartVector(1, len(raw), 16)
-                builder.head -= len(raw)
-                builder.Bytes[builder.head : builder.head + len(raw)] = raw
-                data = builder.EndVector()
-            schema.BufferStart(builder)
-            if raw is not None:
-                schema.BufferAddData(builder, data)
-            return schema.BufferEnd(builder)
-
-    model.buffers = [AlignedBufferT(data=b.data) for b in model.buffers]
-
-
-def _unpack(model_bytes: bytes, schema: Any) -> Any:
-    if len(model_bytes) < 8 or bytes(model_bytes[4:8]) != FILE_IDENTIFIER:
-        raise ModelArtifactError("not a TFLite model: the file identifier is not TFL3")
-    try:
-        model = schema.ModelT.InitFromPackedBuf(model_bytes, 0)
-    except Exception as exc:  # a corrupt flatbuffer fails with struct/index/type errors
-        raise ModelArtifactError(f"not a readable TFLite model ({type(exc).__name__})") from exc
-    if not model.subgraphs or not model.buffers:
-        raise ModelArtifactError("not a readable TFLite model: no subgraph or no buffers")
-    if any(b.offset > 1 for b in model.buffers):
-        raise ModelArtifactError("TFLite models with external buffers (> 2 GB) are not supported")
-    return model
-
-
 def rewrite_birdnet(model_bytes: bytes) -> bytes:
     """The BirdNET model with each mel branch as one strided convolution, the embedding as
     output 1."""
-    schema, flatbuffers = _schema()
-    model = _unpack(model_bytes, schema)
-    graph = _Graph(model, schema)
+    schema, flatbuffers = tflite_schema()
+    model = unpack(model_bytes, schema)
+    graph = Graph(model, schema)
     rffts = [op for op in graph.sub.operators if graph.kind(op) == "RFFT2D"]
     if not rffts:
         raise ModelArtifactError("not a BirdNET graph: it has no RFFT2D op to fold")
@@ -594,18 +431,11 @@ def rewrite_birdnet(model_bytes: bytes) -> bytes:
     for rfft in rffts:
         _fold_branch(graph, rfft, affines)
     _add_embedding_output(graph)
-    _drop_dead_ops(graph)
+    drop_dead_ops(graph)
     if "RFFT2D" in {graph.kind(op) for op in graph.sub.operators}:
         raise ModelArtifactError("not a BirdNET graph: an RFFT2D output is still read elsewhere")
-    _compact(model)
-    _aligned_buffers(model, schema)
+    compact(model)
+    aligned_buffers(model, schema)
     builder = flatbuffers.Builder(len(model_bytes) + (8 << 20))
     builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
     return bytes(builder.Output())
-
-
-def output_names(model_bytes: bytes) -> List[str]:
-    """Names of the subgraph-0 outputs in order (the rewritten model: logits, embeddings)."""
-    schema, _ = _schema()
-    sub = _unpack(model_bytes, schema).subgraphs[0]
-    return [sub.tensors[i].name.decode("utf-8") for i in sub.outputs]

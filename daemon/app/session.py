@@ -9,16 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
+from birdd.daemon.app.signals import StopOnSignals
+from birdd.daemon.mqtt.service import MqttPublisher
+from birdd.daemon.pipeline.chain import Pipeline, PipelineSettings, PipelineStats
+from birdd.daemon.records import RunInfo, new_detection_id
+from birdd.daemon.sinks.fanout import SinkFanout
+from birdd.daemon.sinks.files import make_output_sink
+from birdd.daemon.sinks.sqlite import Retention, SQLiteSink
 from birdd.engines.base import Engine
-
-from .mqtt.service import MqttPublisher
-from .pipeline import Pipeline, PipelineSettings, PipelineStats
-from .records import new_detection_id
-from .signals import StopOnSignals
-from .sinks.base import RunInfo
-from .sinks.fanout import SinkFanout
-from .sinks.files import make_output_sink
-from .sinks.sqlite import Retention, SQLiteSink
 
 log = logging.getLogger("birdd")
 

@@ -26,8 +26,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .artifact import ModelArtifact, sidecar_path, write_sidecar
-from .errors import EngineError, ModelArtifactError
+from birdd.engines.errors import EngineError, ModelArtifactError
+from birdd.engines.models.artifact import ModelArtifact, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .artifact import upgrade_sidecar, write_sidecar
-from .birdnet_rewrite import output_names, rewrite_birdnet
-from .errors import ModelArtifactError, RuntimeMissingError
-from .labels import Species, species_from_labels
-from .modeldir import MANIFEST, data_dir, models_dir, write_manifest
+from birdd.engines.errors import ModelArtifactError, RuntimeMissingError
+from birdd.engines.models.artifact import upgrade_sidecar, write_sidecar
+from birdd.engines.models.birdnet_rewrite import rewrite_birdnet
+from birdd.engines.models.labels import Species, species_from_labels
+from birdd.engines.models.modeldir import MANIFEST, data_dir, models_dir, write_manifest
+from birdd.engines.models.tflite_graph import output_names
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def fast_birdnet_meta(meta: Dict[str, Any], rewritten: bytes) -> Dict[str, Any]:
     scores, embeddings = output_names(rewritten)[:2]
     frontend = dict(
         meta["frontend"],
-        note="framing+rfft+mel folded into one strided conv (birdd.engines.birdnet_rewrite)",
+        note="framing+rfft+mel folded into one strided conv (birdd.engines.models.birdnet_rewrite)",
     )
     return dict(meta, frontend=frontend, outputs={"scores": scores, "embeddings": embeddings})
 

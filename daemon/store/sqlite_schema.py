@@ -12,9 +12,7 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Sequence
 
-from birdd.daemon.records import Detection, Gap, iso_utc
-
-from .base import RunInfo
+from birdd.daemon.records import Detection, Gap, RunInfo, iso_utc
 
 _V1_INITIAL = (
     """
