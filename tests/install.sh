@@ -20,7 +20,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+# The training extra needs torch: pin the CPU build first (here from the local wheel
+# directory), else resolving the extra pulls torch's multi-GB CUDA build.
+python3 -m pip install -q --disable-pip-version-check torch==2.13.0
+python3 -m pip install -q --disable-pip-version-check -e '.[dev,training]'
 python3 -m birdd.daemon models install birdnet
 # One-off: BirdNET as ONNX for the ONNX Runtime engine (tf2onnx in a throwaway virtualenv,
 # about 2 minutes the first time; nothing happens when it is already converted).
