@@ -1,0 +1,111 @@
+"""Train / validation / test split by group (recordist), stratified by class, seeded.
+
+Windows of one recording, and recordings of one recordist, are alike in ways a model can learn
+(microphone, site, the individual bird): a split that puts them on both sides reports inflated
+scores. Whole groups are therefore assigned, greedily: groups holding the rarest classes first,
+each to the split that most lacks its classes relative to the target fractions.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from birdd.training.datasets.records import DatasetError, Recording
+
+SPLITS = ("train", "val", "test")
+NEGATIVE = "(negative)"
+SPLIT_COLUMNS = ("key", "split", "group", "labels", "secondary", "path", "start_s", "end_s")
+
+
+def _classes_of(recording: Recording) -> Tuple[str, ...]:
+    return recording.labels or (NEGATIVE,)
+
+
+def _group_counts(recordings: Sequence[Recording]) -> Dict[str, Counter]:
+    groups: Dict[str, Counter] = defaultdict(Counter)
+    for recording in recordings:
+        groups[recording.group or recording.key].update(_classes_of(recording))
+    return groups
+
+
+def assign_groups(
+    recordings: Sequence[Recording], fractions: Sequence[float], seed: int
+) -> Dict[str, str]:
+    """Group → split name. Deterministic for a seed; ties broken by the seeded shuffle."""
+    if len(fractions) != len(SPLITS) or abs(sum(fractions) - 1) > 1e-6:
+        raise DatasetError(f"split fractions {list(fractions)} must be three numbers summing to 1")
+    groups = _group_counts(recordings)
+    totals: Counter = Counter()
+    for counts in groups.values():
+        totals.update(counts)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    # Rarest class first, then larger groups first: the hard placements are made while the
+    # splits are still empty.
+    names.sort(key=lambda g: (min(totals[c] for c in groups[g]), -sum(groups[g].values())))
+    current = {split: Counter() for split in SPLITS}
+    assignment = {}
+    for name in names:
+        counts = groups[name]
+
+        def need(index: int, counts: Counter = counts) -> float:
+            split = SPLITS[index]
+            return sum(
+                n * (fractions[index] * totals[c] - current[split][c]) / totals[c]
+                for c, n in counts.items()
+            )
+
+        best = max(range(len(SPLITS)), key=lambda i: (need(i), fractions[i]))
+        assignment[name] = SPLITS[best]
+        current[SPLITS[best]].update(counts)
+    return assignment
+
+
+def split_recordings(
+    recordings: Sequence[Recording], fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0
+) -> Dict[str, List[Recording]]:
+    assignment = assign_groups(recordings, fractions, seed)
+    result: Dict[str, List[Recording]] = {split: [] for split in SPLITS}
+    for recording in recordings:
+        result[assignment[recording.group or recording.key]].append(recording)
+    return result
+
+
+def write_split(path: Path, split: Dict[str, List[Recording]]) -> None:
+    """split.csv: one row per recording (or segment) with its split and group."""
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(SPLIT_COLUMNS)
+        for name in SPLITS:
+            for rec in split[name]:
+                writer.writerow(
+                    [
+                        rec.key,
+                        name,
+                        rec.group,
+                        ";".join(rec.labels),
+                        ";".join(rec.secondary),
+                        str(rec.path),
+                        "" if rec.start_s is None else rec.start_s,
+                        "" if rec.end_s is None else rec.end_s,
+                    ]
+                )
+
+
+def read_split(path: Path) -> Dict[str, str]:
+    """key → split name, from a split.csv written by ``write_split``."""
+    with path.open(newline="", encoding="utf-8") as stream:
+        return {row["key"]: row["split"] for row in csv.DictReader(stream)}
+
+
+def classes_missing(split: Dict[str, List[Recording]], labels: Sequence[str]) -> Dict[str, list]:
+    """Split name → classes with no recording there (a class of one recordist, say)."""
+    missing = {}
+    for name, recordings in split.items():
+        present = {label for rec in recordings for label in rec.labels}
+        missing[name] = [label for label in labels if label not in present]
+    return missing
