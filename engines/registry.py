@@ -15,6 +15,7 @@ from typing_extensions import Annotated
 
 from birdd.engines.base import Engine, EngineConfig
 from birdd.engines.errors import EngineError, ModelArtifactError
+from birdd.engines.head import HEAD_KIND, create_head_engine
 from birdd.engines.models.artifact import load_artifact
 from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.onnx import ONNXEngine
@@ -98,6 +99,8 @@ def create_engine(config: EngineConfig) -> Engine:
         raise EngineError(f"unknown engine type {engine_type!r}: see 'birdd engines'")
     formats = model_formats(engine_class)
     artifact = load_artifact(resolve_any(config.model, formats))
+    if artifact.kind == HEAD_KIND:  # a head on another model's embeddings, on any engine
+        return create_head_engine(config, artifact, create_engine)
     if artifact.format not in formats:
         raise EngineError(
             f"model {artifact.path.name} is in {artifact.format} format but engine.type is "

@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     species.add_argument("query", nargs="?", default="", help="part of a name or code")
     species.add_argument("--model", default="birdnet")
     command("demo", help="install BirdNET and a demo recording, then simulate it")
+    train = command("train", help="train a model on labelled recordings (birdd train --help)")
+    train.add_argument("recipe_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
 
@@ -272,7 +274,12 @@ def normalise_argv(argv: Sequence[str]) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    argv = normalise_argv(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # parsed by birdd.training, whose torch is an optional extra
+        from birdd.training.cli import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter() if os.environ.get("JOURNAL_STREAM") else PLAIN)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])

@@ -18,7 +18,8 @@ from birdd.engines.models.labels import Species
 SIDECAR_SCHEMA = "birdd.model/1"
 FORMATS = ("tflite", "onnx", "tensorrt")
 ACTIVATIONS = ("sigmoid", "none")
-KINDS = ("classifier", "location")
+KINDS = ("classifier", "location", "head")
+HEAD_MODES = ("append", "replace")
 INPUT_DTYPES = ("float32",)  # every engine feeds float32 windows
 
 
@@ -42,6 +43,13 @@ class ModelArtifact:
     source: str = ""
     outputs: Dict[str, Any] = field(default_factory=dict)
     frontend: Dict[str, Any] = field(default_factory=dict)
+    # Suggested per-class thresholds (label → confidence), e.g. from a training report.
+    thresholds: Dict[str, float] = field(default_factory=dict)
+    # kind "head": a classifier on another model's embeddings (engines/head.py applies it):
+    # base_model, embedding_dim, weights (file beside), weights_sha256, mode (append|replace).
+    head: Dict[str, Any] = field(default_factory=dict)
+    # How a trained model was made: data hash, split, metrics (written by birdd.training).
+    training: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def window_s(self) -> float:
@@ -178,6 +186,17 @@ def _check_input_shape(artifact: ModelArtifact, shape: Any, side: str) -> None:
         )
 
 
+def _check_head(head: Dict[str, Any], side: str) -> None:
+    """A head names the model whose embeddings it takes and the weights file beside it."""
+    missing = [key for key in ("base_model", "weights", "embedding_dim") if not head.get(key)]
+    if missing:
+        raise ModelArtifactError(
+            f"sidecar {side}: a head needs head.{', head.'.join(missing)}: re-export it with "
+            "'birdd train'"
+        )
+    _choice(head, "mode", HEAD_MODES, side, default="append")
+
+
 def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
     side = sidecar_path(path).name
     try:
@@ -200,6 +219,9 @@ def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
             source=str(meta.get("source", "")),
             outputs=dict(meta.get("outputs", {})),
             frontend=dict(meta.get("frontend", {})),
+            thresholds={str(k): float(v) for k, v in meta.get("thresholds", {}).items()},
+            head=dict(meta.get("head", {})),
+            training=dict(meta.get("training", {})),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelArtifactError(f"sidecar {side} is incomplete or malformed ({exc!r})") from None
@@ -207,6 +229,8 @@ def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
         raise ModelArtifactError(
             f"sidecar {side}: a classifier needs sample_rate and window_samples"
         )
+    if kind == "head":
+        _check_head(artifact.head, side)
     if "window_s" in meta:
         _check_window(artifact, meta["window_s"], side)
     if "input_shape" in meta:

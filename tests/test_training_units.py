@@ -1,0 +1,123 @@
+"""Training parts without the model: metrics against hand-worked values, the exported head's
+arithmetic (PyTorch = numpy = ONNX Runtime), the head sidecar, window cutting, teacher filter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip(
+    "torch", reason="needs the training extra: pip install 'birdd[training]'"
+)
+
+from birdd.engines.errors import ModelArtifactError  # noqa: E402
+from birdd.engines.head import apply_head, load_head_weights  # noqa: E402
+from birdd.engines.models.artifact import load_artifact  # noqa: E402
+from birdd.engines.models.labels import Species  # noqa: E402
+from birdd.training.features.audio import cut_windows  # noqa: E402
+from birdd.training.loop import lr_factor  # noqa: E402
+from birdd.training.recipes.head import HeadModel  # noqa: E402
+from birdd.training.recipes.targets import keep_windows  # noqa: E402
+from birdd.training.report.metrics import (  # noqa: E402
+    at_threshold,
+    average_precision,
+    best_threshold,
+    roc_auc,
+)
+
+torch.set_num_threads(1)
+
+
+def test_metrics_match_hand_worked_values():
+    y = np.array([1, 0, 1, 0, np.nan, 1.0])  # the NaN (a background species) is ignored
+    score = np.array([0.9, 0.8, 0.7, 0.1, 0.99, 0.05])
+    # precision at each positive: 1/1, 2/3, 3/5
+    assert average_precision(y, score) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
+    # positive > negative in 3 of 6 pairs
+    assert roc_auc(y, score) == pytest.approx(0.5)
+    half = at_threshold(y, score, 0.5)
+    assert (half.precision, half.recall) == pytest.approx((2 / 3, 2 / 3))
+    assert best_threshold(y, score).f1 == pytest.approx(0.75)  # all three at 0.05
+    assert np.isnan(average_precision(np.zeros(3), np.ones(3)))
+
+
+def test_warm_up_then_cosine():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_dense_layers_fold_the_standardisation_exactly(hidden):
+    rng = np.random.default_rng(0)
+    mean, scale = rng.normal(size=32), rng.uniform(0.5, 2, size=32)
+    model = HeadModel(32, 5, hidden, 0.2, mean, scale).eval()
+    embeddings = rng.normal(size=(7, 32)).astype(np.float32) * 3
+    with torch.no_grad():
+        expected = model(torch.as_tensor(embeddings)).numpy()
+    assert np.abs(apply_head(model.dense_layers(), embeddings) - expected).max() < 1e-5
+
+
+def _export(tmp_path, hidden=8):
+    from birdd.training.export.artifacts import export_head
+
+    rng = np.random.default_rng(1)
+    model = HeadModel(24, 3, hidden, 0.0, rng.normal(size=24), np.ones(24)).eval()
+    base = load_artifact_stub(tmp_path)
+    species = [Species(f"Genus s{k}", f"Bird {k}", None, True) for k in range(3)]
+    path = export_head(tmp_path, model.dense_layers(), species, base, "birdnet", "t", {}, {})
+    return model, path
+
+
+def load_artifact_stub(tmp_path):
+    """A tiny classifier artifact to stand as the base in the head's sidecar."""
+    from birdd.engines.models.artifact import write_sidecar
+
+    model = tmp_path / "base.onnx"
+    model.write_bytes(b"not used")
+    meta = {"name": "base", "version": "1", "kind": "classifier", "format": "onnx",
+            "activation": "sigmoid", "sample_rate": 48000, "window_samples": 144000}  # fmt: skip
+    write_sidecar(model, meta, [Species("A a", "A", None, True)])
+    return load_artifact(model)
+
+
+def test_head_export_round_trips_through_its_sidecar_and_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model, path = _export(tmp_path)
+    artifact = load_artifact(path)
+    assert artifact.kind == "head" and artifact.head["base_model"] == "birdnet"
+    layers = load_head_weights(artifact)
+    embeddings = np.random.default_rng(2).normal(size=(4, 24)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.as_tensor(embeddings)).numpy()
+    session = ort.InferenceSession(str(path))
+    (from_onnx,) = session.run(None, {"embeddings": embeddings})
+    assert np.abs(apply_head(layers, embeddings) - expected).max() < 1e-5
+    assert np.abs(from_onnx - expected).max() < 1e-5
+
+
+def test_head_weights_that_do_not_match_the_sidecar_are_refused(tmp_path):
+    _, path = _export(tmp_path)
+    (tmp_path / "head.npz").write_bytes(b"tampered")
+    with pytest.raises(ModelArtifactError, match="do not match the sidecar"):
+        load_head_weights(load_artifact(path))
+
+
+def test_windows_are_cut_as_the_pipeline_cuts_them():
+    rate, window = 10, 30  # 3 s windows at 10 Hz
+    audio = np.arange(1, 76, dtype=np.float32)  # 7.5 s
+    windows = cut_windows(audio, window, window, rate)
+    assert windows.shape == (3, 30)  # 0-3, 3-6, 6-7.5 (a 1.5 s tail, zero-padded)
+    assert windows[2, 14] == 75 and windows[2, 15] == 0
+    assert cut_windows(audio[:64], window, window, rate).shape == (2, 30)  # a 0.4 s tail: dropped
+    assert cut_windows(audio[:5], window, window, rate).shape == (1, 30)  # alone: kept
+
+
+def test_teacher_filter_keeps_windows_the_teacher_hears_and_the_best_one():
+    teacher = np.array([[-5.0, 0], [1.0, 0], [-3.0, 0], [-4.0, 0]])  # logits, 2 classes
+    target = np.array([1.0, 0.0])
+    assert keep_windows(teacher, target, 0.5).tolist() == [False, True, False, False]
+    assert keep_windows(teacher - 10, target, 0.5).tolist() == [False, True, False, False]
+    assert keep_windows(teacher, np.zeros(2), 0.5).all()  # a negative keeps every window
+    assert keep_windows(teacher, target, 0.0).all()  # filtering off

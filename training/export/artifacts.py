@@ -1,0 +1,98 @@
+"""A trained head → model files with their sidecars, through engines/models/artifact.py.
+
+Two exports of one head:
+- ``head.onnx`` + ``head.npz`` + ``head.json`` (``kind: head``, ``mode: append``): the engines
+  run the base model (BirdNET, on any engine type) and apply the head to its embeddings in the
+  same pass, so BirdNET's classes and the custom ones come out of one inference;
+- ``birdnet_head.onnx`` + ``birdnet_head.json`` (``kind: classifier``): BirdNET and the head as
+  one ONNX graph, raw audio in, the custom classes out, that runs on its sidecar alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+from birdd.engines.head import Layers, save_head_weights
+from birdd.engines.models.artifact import ModelArtifact, file_sha256, write_sidecar
+from birdd.engines.models.labels import Species
+from birdd.training.export.onnx_head import HEAD_INPUT, HEAD_OUTPUT, write_head, write_merged
+
+HEAD_FILE = "head.onnx"
+WEIGHTS_FILE = "head.npz"
+MERGED_FILE = "birdnet_head.onnx"
+
+
+def _common(base: ModelArtifact, name: str, thresholds: Dict[str, float], training: Dict) -> Dict:
+    return {
+        "name": name,
+        "version": str(training.get("data_sha256", "1"))[:12],
+        "activation": base.activation,
+        "licence": f"{base.licence} (the base model's; the training data's: see the report)",
+        "source": "birdd train head",
+        "thresholds": thresholds,
+        "training": training,
+    }
+
+
+def export_head(
+    out: Path,
+    layers: Layers,
+    species: List[Species],
+    base: ModelArtifact,
+    base_model: str,
+    name: str,
+    thresholds: Dict[str, float],
+    training: Dict[str, Any],
+) -> Path:
+    """The head alone, for the engines to apply to ``base_model``'s embeddings."""
+    path = write_head(layers, out / HEAD_FILE)
+    save_head_weights(out / WEIGHTS_FILE, layers)
+    meta = _common(base, name, thresholds, training)
+    meta.update(
+        kind="head",
+        format="onnx",
+        input_name=HEAD_INPUT,
+        outputs={"scores": HEAD_OUTPUT},
+        head={
+            "base_model": base_model,
+            "base": base.identity(),
+            "embedding_dim": int(layers[0][0].shape[0]),
+            "weights": WEIGHTS_FILE,
+            "weights_sha256": file_sha256(out / WEIGHTS_FILE),
+            "mode": "append",
+        },
+    )
+    write_sidecar(path, meta, species)
+    return path
+
+
+def export_merged(
+    out: Path,
+    layers: Layers,
+    species: List[Species],
+    base_onnx: ModelArtifact,
+    name: str,
+    thresholds: Dict[str, float],
+    training: Dict[str, Any],
+) -> Path:
+    """BirdNET (its ONNX conversion) and the head as one model file: raw audio in."""
+    embeddings = base_onnx.outputs.get("embeddings")
+    if not embeddings:
+        raise ValueError(f"{base_onnx.path} names no embeddings output in its sidecar")
+    path = write_merged(base_onnx.path, embeddings, layers, out / MERGED_FILE)
+    meta = _common(base_onnx, name, thresholds, training)
+    meta.update(
+        kind="classifier",
+        format="onnx",
+        sample_rate=base_onnx.sample_rate,
+        window_samples=base_onnx.window_samples,
+        window_s=base_onnx.window_s,
+        input_name=base_onnx.input_name,
+        input_shape=[-1, base_onnx.window_samples],
+        input_dtype=base_onnx.input_dtype,
+        frontend=base_onnx.frontend,
+        outputs={"scores": HEAD_OUTPUT, "embeddings": embeddings},
+    )
+    write_sidecar(path, meta, species)
+    return path

@@ -1,0 +1,163 @@
+"""The ``head`` recipe: a linear or small MLP classifier on BirdNET's 1024-d embeddings.
+
+The head standardises its input with the training set's mean and spread, as layers of the
+model itself: the exported head (ONNX, the numpy weights the engines apply, the merged model)
+carries them, so inference needs no preprocessing of its own (BirdNET-Analyzer's heads were
+trained on normalised embeddings and run on raw ones, and fired on pure noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, List, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from birdd.training.loop import Batch, History, LoopConfig, fit
+from birdd.training.recipes.targets import WindowSet
+from birdd.training.report.metrics import average_precision
+
+LOSSES = ("bce", "focal")
+
+
+@dataclass
+class HeadOptions:
+    hidden: int = 0  # 0: a linear head; else one hidden ReLU layer of this width
+    dropout: float = 0.2
+    loss: str = "bce"
+    focal_gamma: float = 2.0
+    mixup_alpha: float = 0.4  # 0 turns mixup off
+    class_weights: bool = True
+    label_smoothing: float = 0.0
+    teacher_min: float = 0.1  # 0 turns teacher filtering off
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+class HeadModel(nn.Module):
+    def __init__(self, dim: int, classes: int, hidden: int, dropout: float, mean, scale) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.dropout = nn.Dropout(dropout)
+        self.hidden = nn.Linear(dim, hidden) if hidden else None
+        self.out = nn.Linear(hidden or dim, classes)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        x = (embeddings - self.mean) * self.scale
+        if self.hidden is not None:
+            x = torch.relu(self.hidden(self.dropout(x)))
+        return self.out(self.dropout(x))
+
+    def dense_layers(self) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """The head as dense layers ``x @ W + b`` (ReLU between), the standardisation folded
+        into the first: what the exports carry."""
+        linears = [layer for layer in (self.hidden, self.out) if layer is not None]
+        layers = [
+            (layer.weight.detach().numpy().T.astype(np.float64), layer.bias.detach().numpy())
+            for layer in linears
+        ]
+        mean, scale = self.mean.numpy().astype(np.float64), self.scale.numpy().astype(np.float64)
+        weight, bias = layers[0]
+        layers[0] = (weight * scale[:, None], bias - (mean * scale) @ weight)
+        return [(w.astype(np.float32), b.astype(np.float32)) for w, b in layers]
+
+
+def new_head(train: WindowSet, options: HeadOptions) -> HeadModel:
+    mean = train.embeddings.mean(axis=0)
+    scale = 1.0 / (train.embeddings.std(axis=0) + 1e-3)
+    return HeadModel(
+        train.embeddings.shape[1], train.targets.shape[1], options.hidden, options.dropout,
+        mean, scale,
+    )  # fmt: skip
+
+
+def positive_weights(targets: np.ndarray) -> torch.Tensor:
+    """sqrt(negatives / positives) per class, within [1, 10]: rare classes count more."""
+    positives = (targets >= 1).sum(axis=0)
+    ratio = (len(targets) - positives) / np.maximum(positives, 1)
+    return torch.as_tensor(np.clip(np.sqrt(ratio), 1, 10), dtype=torch.float32)
+
+
+def head_loss(logits, targets, options: HeadOptions, pos_weight) -> torch.Tensor:
+    if options.label_smoothing:
+        targets = targets * (1 - options.label_smoothing) + options.label_smoothing / 2
+    bce = nn.functional.binary_cross_entropy_with_logits(
+        logits, targets, pos_weight=pos_weight, reduction="none"
+    )
+    if options.loss == "focal":
+        p = torch.sigmoid(logits)
+        p_t = p * targets + (1 - p) * (1 - targets)
+        bce = bce * (1 - p_t) ** options.focal_gamma
+    return bce.mean()
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mix each example with another of the batch (weights from Beta(alpha, alpha))."""
+    lam = torch.distributions.Beta(alpha, alpha).sample((len(x), 1))
+    perm = torch.randperm(len(x))
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+
+
+def recording_scores(logits: np.ndarray, windows: WindowSet) -> np.ndarray:
+    """``[R, K]``: each recording's highest score over its windows."""
+    out = np.full((len(windows.recordings), logits.shape[1]), -np.inf, dtype=np.float32)
+    np.maximum.at(out, windows.recording, logits)
+    return out
+
+
+def evaluation_targets(windows: WindowSet) -> np.ndarray:
+    """Recording-level truth for metrics: background species are ignored (NaN)."""
+    targets = windows.recording_targets()
+    return np.where((targets > 0) & (targets < 1), np.nan, targets)
+
+
+def macro_ap(y: np.ndarray, scores: np.ndarray) -> float:
+    values = [average_precision(y[:, k], scores[:, k]) for k in range(y.shape[1])]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def predict_logits(model: HeadModel, embeddings: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        return model(torch.as_tensor(embeddings, dtype=torch.float32)).numpy()
+
+
+def train_head(
+    train: WindowSet, val: WindowSet, options: HeadOptions, checkpoint=None
+) -> Tuple[HeadModel, History]:
+    """Fit a head on ``train``; early stopping on ``val``'s recording-level macro AP."""
+    if options.loss not in LOSSES:
+        raise ValueError(f"loss {options.loss!r}: choose one of {', '.join(LOSSES)}")
+    torch.manual_seed(options.loop.seed)
+    model = new_head(train, options)
+    x = torch.as_tensor(train.embeddings, dtype=torch.float32)
+    y = torch.as_tensor(train.targets, dtype=torch.float32)
+    pos_weight = positive_weights(train.targets) if options.class_weights else None
+    val_truth = evaluation_targets(val)
+    size = options.loop.batch_size
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        order = np.random.default_rng(options.loop.seed + max(epoch, 0)).permutation(len(x))
+        for start in range(0, len(order), size):
+            index = torch.as_tensor(order[start : start + size])
+            yield x[index], y[index]
+
+    def loss_of(model: nn.Module, batch: Batch) -> torch.Tensor:
+        inputs, targets = batch
+        if options.mixup_alpha > 0 and len(inputs) > 1:
+            inputs, targets = mixup(inputs, targets, options.mixup_alpha)
+        return head_loss(model(inputs), targets, options, pos_weight)
+
+    def validate(model: nn.Module) -> float:
+        scores = recording_scores(predict_logits(model, val.embeddings), val)
+        score = macro_ap(val_truth, scores)
+        if np.isnan(score):  # no positives in validation: fall back to the loss
+            logits = model(torch.as_tensor(val.embeddings))
+            return -float(head_loss(logits, torch.as_tensor(val.targets), options, None))
+        return score
+
+    history = fit(model, batches, loss_of, validate, options.loop, checkpoint, "head")
+    return model, history

@@ -1,0 +1,95 @@
+"""Runs a recipe from parsed ``birdd train`` arguments; turns failures into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import torch
+
+from birdd.engines.errors import EngineError, ModelArtifactError
+from birdd.training.datasets.records import DatasetError
+from birdd.training.loop import LoopConfig
+from birdd.training.prepare import DataOptions, prepare
+from birdd.training.recipes.head import HeadOptions
+from birdd.training.recipes.head_run import export_and_verify, train_and_evaluate
+from birdd.training.report.markdown import write_report
+
+log = logging.getLogger("birdd.training")
+
+
+def data_options(args: argparse.Namespace) -> DataOptions:
+    return DataOptions(
+        data=args.data,
+        negatives=args.negatives,
+        classes=args.classes,
+        fractions=args.split,
+        seed=args.seed,
+        hop_s=args.hop,
+        base_model=args.base_model,
+        engine=args.engine,
+        cache=args.cache,
+    )
+
+
+def head_options(args: argparse.Namespace) -> HeadOptions:
+    return HeadOptions(
+        hidden=args.hidden,
+        dropout=args.dropout,
+        loss=args.loss,
+        mixup_alpha=args.mixup,
+        class_weights=not args.no_class_weights,
+        label_smoothing=args.label_smoothing,
+        teacher_min=args.teacher_min,
+        loop=LoopConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup,
+            patience=args.patience,
+            seed=args.seed,
+        ),
+    )
+
+
+def run_head(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    out = args.out
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists() and not args.resume:
+        checkpoint.unlink()  # a fresh run; --resume continues the last one
+    prepared = prepare(data_options(args), out)
+    features_s = time.monotonic() - began
+    run = train_and_evaluate(prepared, head_options(args), out)
+    run.seconds = {"features": features_s, **run.seconds}
+    export_and_verify(run, out, args.name, args.base_model, args.engine, args.verify_windows)
+    run.seconds["total"] = time.monotonic() - began
+    report = write_report(run, out / "report")
+    head, birdnet = run.evaluations[0], run.evaluations[1]
+    log.info(
+        "test macro AP %.3f (BirdNET %.3f), ROC-AUC %.3f (%.3f); %s; report %s",
+        head.macro["ap"], birdnet.macro["ap"], head.macro["roc_auc"], birdnet.macro["roc_auc"],
+        ", ".join(f"{p.export} on {p.engine} max Δ {p.max_abs_diff:.1e}" for p in run.parity),
+        report,
+    )  # fmt: skip
+    if not all(parity.ok for parity in run.parity):
+        log.error("an export disagrees with PyTorch by more than 1e-3: see %s", report)
+        return 1
+    return 0
+
+
+def run_recipe(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="birdd: %(message)s", stream=sys.stderr)
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        return run_head(args)
+    except (DatasetError, ModelArtifactError) as exc:
+        print(f"birdd: error: {exc}", file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"birdd: error: {exc}", file=sys.stderr)
+        return 1
