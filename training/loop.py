@@ -107,7 +107,7 @@ def fit(
             loss.backward()
             optimiser.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         model.eval()
         with torch.no_grad():
             score = validate(model)

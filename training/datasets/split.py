@@ -3,7 +3,8 @@
 Windows of one recording, and recordings of one recordist, are alike in ways a model can learn
 (microphone, site, the individual bird): a split that puts them on both sides reports inflated
 scores. Whole groups are therefore assigned, greedily: groups holding the rarest classes first,
-each to the split that most lacks its classes relative to the target fractions.
+each to the split that most lacks its classes relative to the target fractions, so that a class
+of three or more recordists has one in each split.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def assign_groups(
         counts = groups[name]
 
         def need(index: int, counts: Counter = counts) -> float:
+            """How much of its target share of this group's classes the split still lacks,
+            relative to that share: an empty split lacks all of it (1.0), so the first three
+            groups of a class go to three different splits."""
             split = SPLITS[index]
             return sum(
-                n * (fractions[index] * totals[c] - current[split][c]) / totals[c]
+                n * (1 - current[split][c] / (fractions[index] * totals[c]))
                 for c, n in counts.items()
             )
 

@@ -71,14 +71,19 @@ def at_threshold(y: np.ndarray, score: np.ndarray, threshold: float) -> AtThresh
 
 
 def best_threshold(y: np.ndarray, score: np.ndarray, floor: float = 0.05) -> AtThreshold:
-    """The threshold (≥ ``floor``) with the best F1; ties go to the higher threshold."""
+    """The threshold (≥ ``floor``) with the best F1, ties to the higher one. It is placed
+    halfway between the lowest score it accepts and the next lower score: any threshold in
+    that gap decides the same, and the middle leaves the most room for unseen data."""
     precision, recall, thresholds = pr_curve(y, score)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall + 1e-12), 0)
     f1 = np.where(thresholds >= floor, f1, -1)
     if len(f1) == 0 or f1.max() < 0:
         return at_threshold(y, score, 0.5)
     best = int(np.argmax(f1))  # first maximum = highest threshold
-    return at_threshold(y, score, float(thresholds[best]))
+    threshold = float(thresholds[best])
+    if best + 1 < len(thresholds):
+        threshold = max(floor, (threshold + float(thresholds[best + 1])) / 2)
+    return at_threshold(y, score, threshold)
 
 
 @dataclass
