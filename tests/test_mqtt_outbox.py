@@ -20,7 +20,6 @@ import pytest
 from broker import Subscriber, free_port
 
 from birdd.daemon.config import load_config
-from birdd.daemon.mqtt.client import Backoff
 from birdd.daemon.mqtt.service import MqttPublisher
 from birdd.daemon.records import Detection, RunInfo, new_detection_id
 from birdd.daemon.sinks.sqlite import Retention, SQLiteSink
@@ -285,12 +284,3 @@ def test_retention_keeps_the_newest_row_so_rowids_are_not_reused(tmp_path):
     db = tmp_path / "db.sqlite"
     old = fill(db, 3)
     assert purge_at_open(db, keep_unpublished=False) == old[-1:]
-
-
-def test_backoff_doubles_up_to_the_cap_with_jitter():
-    backoff = Backoff(0.5, 4.0)
-    waits = [backoff.next() for _ in range(8)]
-    for wait, cap in zip(waits, [0.5, 1, 2, 4, 4, 4, 4, 4]):
-        assert cap / 2 <= wait <= cap
-    backoff.reset()
-    assert backoff.next() <= 0.5

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import re
 import ssl
 import sys
@@ -25,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from birdd.daemon.mqtt.config import MqttConfig
 from birdd.daemon.mqtt.topics import Topics
+from birdd.daemon.retry import Backoff
 
 log = logging.getLogger("birdd")
 
@@ -34,23 +34,6 @@ AUTH_REFUSALS = {0x86, 0x87, 4, 5}
 their MQTT 3.1.1 return codes."""
 ACCEPTED = (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN)
 """``publish`` results that keep the message: paho sends it (again) once connected."""
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: the n-th wait is ``min(max, first·2ⁿ)``, times a
-    random factor in [0.5, 1]."""
-
-    def __init__(self, first_s: float, max_s: float) -> None:
-        self.first_s, self.max_s = first_s, max(first_s, max_s)
-        self.failures = 0
-
-    def next(self) -> float:
-        cap = min(self.max_s, self.first_s * 2 ** min(self.failures, 32))
-        self.failures += 1
-        return cap * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class Connection:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import re
 import sys
 import time
@@ -38,6 +37,7 @@ from birdd.daemon.mqtt.messages import (
     printable,
     table_row,
 )
+from birdd.daemon.retry import Backoff
 
 REMEMBERED_IDS, REMEMBERED_STATIONS = 100_000, 10_000
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
@@ -185,14 +185,15 @@ class Link:
 
     def serve(self, time_left: Callable[[], float]) -> None:
         """Sessions until ``time_left()`` is 0, with capped, jittered backoff between them."""
-        delay = BACKOFF_MIN_S
+        backoff = Backoff(BACKOFF_MIN_S, BACKOFF_MAX_S)
         while time_left() > 0:
             problem = self.session(time_left)
             if problem is None:
                 break
             self.report(*problem)
-            delay = BACKOFF_MIN_S if self.accepted else min(delay * 2, BACKOFF_MAX_S)
-            time.sleep(max(0.0, min(delay * random.uniform(0.8, 1.2), time_left())))
+            if self.accepted:
+                backoff.reset()
+            time.sleep(max(0.0, min(backoff.next(), time_left())))
         self.client.disconnect()
         self.client.loop(timeout=0.1)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Tuple
 
 from birdd.daemon.records import Gap
+from birdd.daemon.retry import Backoff
 from birdd.daemon.sources.base import AudioSource, Block, SourceError
 
 log = logging.getLogger("birdd")
@@ -65,7 +66,7 @@ class LiveSource(AudioSource):
         self.policy = policy
         self._stop = threading.Event()
         self._status = "starting"
-        self._delay = FIRST_RETRY_S
+        self._backoff = Backoff(FIRST_RETRY_S, policy.reconnect_max_s)
         self._outage: Optional[Gap] = None
 
     @abstractmethod
@@ -106,7 +107,7 @@ class LiveSource(AudioSource):
                         self._status = self.describe()
                         log.info("%s", self._status)
                     block, delivered = self._stamped(block), True
-                    self._delay = FIRST_RETRY_S
+                    self._backoff.reset()
                     frames = len(block.samples)
                     audio_until = (block.captured_at or time.time()) + frames / self.sample_rate
                     last_audio = time.monotonic()
@@ -159,10 +160,10 @@ class LiveSource(AudioSource):
         return None, failed
 
     def _back_off(self, reason: str, since: float) -> None:
-        """Wait before the next attempt (0.5 s, doubling up to ``reconnect_max_s``)."""
+        """Wait before the next attempt (capped exponential backoff with jitter); say why on
+        the first failure and then once per wait at the cap, not on every retry."""
         waited = time.time() - since
         self._status = f"waiting for {self.name} ({waited:.0f} s so far): {reason}"
-        if self._delay == FIRST_RETRY_S or self._delay >= self.policy.reconnect_max_s:
+        if self._backoff.failures == 0 or self._backoff.capped:
             log.warning("waiting for %s: %s", self.name, reason)
-        self._stop.wait(self._delay)
-        self._delay = min(self._delay * 2, self.policy.reconnect_max_s)
+        self._stop.wait(self._backoff.next())
