@@ -186,6 +186,19 @@ def test_broker_down_at_start_then_restarted(broker_factory):
     assert err[-1] == f"birdd listen: connected to {where}"
 
 
+def test_a_broker_never_reached_exits_1_with_its_error(broker_factory):
+    """With --timeout and no --count, a listener that got messages exits 0; one that never
+    connected did not do its job: exit 1, the broker's error the last line."""
+    broker = broker_factory("plain", start=False)
+    refused = f"cannot connect to 127.0.0.1:{broker.port}: Connection refused"
+    process = start_listen(broker, "--timeout", "1.5", url=broker.url)
+    assert finish(process) == (
+        1,
+        [],
+        [f"birdd listen: {refused}; retrying", f"birdd listen: no connection in 1.5 s: {refused}"],
+    )
+
+
 def test_password_from_the_environment(broker_factory):
     broker = broker_factory("password")
     url = f"mqtt://{broker.user}@127.0.0.1:{broker.port}"
@@ -204,9 +217,10 @@ def test_wrong_password_is_one_line_and_retries(broker_factory):
     process = start_listen(broker, "--count", "1", "--timeout", "1.5", url=url, password="wrong")
     code, out, err = finish(process)
     assert (code, out) == (1, [])
+    refused = f"the broker at 127.0.0.1:{broker.port} refused us: Not authorized"
     assert err == [
-        f"birdd listen: the broker at 127.0.0.1:{broker.port} refused us: Not authorized; retrying",
-        "birdd listen: timed out after 1.5 s: 0 of 1 detections arrived",
+        f"birdd listen: {refused}; retrying",
+        f"birdd listen: no connection in 1.5 s: {refused}",
     ]
     assert broker.log_text().count("not authorised") >= 2  # it did retry, quietly
 
@@ -226,19 +240,24 @@ def test_mutual_tls_and_tls_failures(broker_factory):
     stranger = start_listen(
         broker, "--timeout", "1", "--ca-file", str(certs.other_ca_file), *client_cert
     )
+    untrusted = (
+        f"cannot connect to {where}: TLS certificate check failed: "
+        "self-signed certificate in certificate chain"
+    )
     assert finish(stranger) == (
-        0,
+        1,
         [],
         [
-            f"birdd listen: cannot connect to {where}: TLS certificate check failed: "
-            "self-signed certificate in certificate chain; retrying"
+            f"birdd listen: {untrusted}; retrying",
+            f"birdd listen: no connection in 1 s: {untrusted}",
         ],
     )
     no_cert = start_listen(broker, "--timeout", "1", "--ca-file", str(certs.ca_file))
     code, out, err = finish(no_cert)
-    assert (code, out, len(err)) == (0, [], 1)
+    assert (code, out, len(err)) == (1, [], 2)
     assert err[0].startswith(f"birdd listen: the broker at {where} closed the connection: ")
     assert err[0].endswith("(does it want a client certificate? --cert-file, --key-file); retrying")
+    assert err[1].startswith(f"birdd listen: no connection in 1 s: the broker at {where} closed")
 
 
 def test_without_jsonschema_one_line_and_exit_2(broker):

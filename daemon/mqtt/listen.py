@@ -137,6 +137,9 @@ class Link:
         self.where = f"{config.host}:{config.resolved_port()}"
         self.reported: Optional[str] = None
         self.accepted, self.refusal, self.error = False, "", ""
+        self.ever_accepted = False
+        self.problem = ""
+        """The last problem, in words (what ``report`` printed, or would have)."""
         client.on_connect, client.on_log = self._on_connect, self._on_log
 
     def _on_connect(
@@ -145,7 +148,7 @@ class Link:
         if reason.is_failure:
             self.refusal = str(reason)
             return
-        self.accepted = True
+        self.accepted = self.ever_accepted = True
         client.subscribe([(topic, 1) for topic in self.topics])
         if self.reported is not None:
             print(f"{PROG}: connected to {self.where}", file=sys.stderr, flush=True)
@@ -179,6 +182,7 @@ class Link:
         return "closed", f"the broker at {self.where} closed the connection: {why}"
 
     def report(self, kind: str, line: str) -> None:
+        self.problem = line
         if kind != self.reported:
             print(f"{PROG}: {line}; retrying", file=sys.stderr, flush=True)
             self.reported = kind
@@ -234,7 +238,8 @@ def make_client(config: MqttConfig) -> mqtt.Client:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: done (count reached, or timed out without --count); 1: --count not reached; 2: usage."""
+    """0: done (count reached, or timed out without --count); 1: never connected, or --count
+    not reached; 2: usage."""
     try:
         check = load_schema_check()
     except ImportError:
@@ -258,12 +263,17 @@ def run(args: argparse.Namespace) -> int:
     def time_left() -> float:
         return 0.0 if listener.done else deadline - time.monotonic()
 
+    link = Link(client, config, topics)
     try:
-        Link(client, config, topics).serve(time_left)
+        link.serve(time_left)
     except KeyboardInterrupt:
         return 130
     finally:
         listener.skip.close()
+    if not link.ever_accepted:
+        problem = link.problem or f"the broker at {link.where} did not answer"
+        print(f"{PROG}: no connection in {args.timeout:g} s: {problem}", file=sys.stderr)
+        return 1
     if not listener.done and listener.count is not None:
         print(
             f"{PROG}: timed out after {args.timeout:g} s: {listener.printed} of "
