@@ -114,17 +114,24 @@ def test_stdin_run_finds_what_simulate_finds(audio_dir: Path, tmp_path: Path) ->
 
 def test_a_source_that_never_comes_is_a_gap_in_sqlite(tmp_path: Path) -> None:
     """An RTSP camera that refuses connections for the whole (bounded) run: ffmpeg is retried
-    with backoff, the run ends on time, and the outage is one row in the gaps table."""
+    with backoff, the run ends on time, the outage is one row in the gaps table, and a run
+    that never got audio failed: exit 1 with ffmpeg's last reason."""
     db = tmp_path / "db.sqlite"
     result = run_birdd(
         "run", "--input", "rtsp://127.0.0.1:9/cam", "--duration", "3", "--db", str(db)
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
     assert "waiting for rtsp://127.0.0.1:9/cam" in result.stderr
     assert "Traceback" not in result.stderr
-    gaps = sqlite3.connect(str(db)).execute("SELECT source, seconds, reason FROM gaps").fetchall()
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(
+        "birdd: error: no audio from any input: rtsp://127.0.0.1:9/cam: ffmpeg exited with status"
+    ), result.stderr
+    conn = sqlite3.connect(str(db))
+    gaps = conn.execute("SELECT source, seconds, reason FROM gaps").fetchall()
     assert len(gaps) == 1 and gaps[0][0] == "rtsp://127.0.0.1:9/cam"
     assert 2.5 <= gaps[0][1] <= 4.0 and "ffmpeg exited" in gaps[0][2]
+    assert conn.execute("SELECT status FROM runs").fetchall() == [("failed",)]
 
 
 def test_ffmpeg_command_and_urls() -> None:
@@ -219,6 +226,6 @@ def test_under_systemd_it_says_ready_and_what_each_input_is_doing(tmp_path: Path
         with contextlib.suppress(socket.timeout):
             while True:
                 messages.append(listener.recv(4096).decode())
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the camera never answered
     assert messages[0].startswith("READY=1\nSTATUS=")
     assert any("STATUS=waiting for rtsp://127.0.0.1:9/cam" in m for m in messages), messages

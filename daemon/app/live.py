@@ -3,15 +3,16 @@
 Every input gets its own ring buffer and clock; all share one engine. Inputs that are missing
 are waited for (or, with ``audio.require_device_at_start``, refused before the run is opened).
 ``--duration`` makes a bounded listening session: listen ten minutes, print what was heard.
+A run that got no audio at all from any input, however it ended, failed (exit status 1).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
 
 from birdd.daemon.app.sdnotify import notify
 from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
@@ -60,6 +61,17 @@ def open_source(spec: Any, config: Any, model_rate: int) -> AudioSource:
     return DeviceSource(spec, policy, audio.block_s, audio.sample_rate, wanted)
 
 
+def refuse_recordings(inputs: Sequence[Any]) -> None:
+    """A recording given as a live input would be waited for as a device of that name."""
+    for spec in inputs:
+        text = str(spec)
+        if text != "-" and not text.isdigit() and "://" not in text and Path(text).is_file():
+            raise SourceError(
+                f"{text} is a recording, not a live input: play it through the live pipeline "
+                f"with `birdd --simulate {text} --realtime`"
+            )
+
+
 def open_sources(config: Any, model_rate: int) -> List[AudioSource]:
     sources = [open_source(spec, config, model_rate) for spec in config.audio.inputs]
     names = [source.name for source in sources]
@@ -73,17 +85,26 @@ def open_sources(config: Any, model_rate: int) -> List[AudioSource]:
 class LiveMonitor:
     """Called by the pipeline four times a second: tells systemd it is ready and what the
     inputs are doing, warns when more than 1% of a minute's audio was overwritten before it
-    was analysed, and logs a status line every ten minutes."""
+    was analysed, logs a status line every ten minutes, and ends a ``--duration`` run.
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    The duration is kept here, in the thread that runs the pipeline, rather than by a timer
+    thread: a timer cancelled as the run ended could still be alive when the interpreter
+    exited, holding the pipeline (and its soxr resamplers, which nanobind then reported as
+    leaked)."""
+
+    def __init__(self, pipeline: Pipeline, duration_s: Optional[float] = None) -> None:
         self.pipeline = pipeline
         self._checked_at = self._logged_at = time.monotonic()
+        self._stop_at = None if duration_s is None else self._checked_at + duration_s
         self._samples = self._lost = 0
         self._told: Optional[str] = None
 
     def __call__(self, stats: PipelineStats) -> None:
         self._tell_systemd()
         now = time.monotonic()
+        if self._stop_at is not None and now >= self._stop_at:
+            self._stop_at = None
+            self.pipeline.stop()
         if now - self._checked_at >= LOSS_CHECK_S:
             self._check_loss(stats)
             self._checked_at = now
@@ -121,6 +142,7 @@ class LiveMonitor:
 
 def run_live(config: Any, duration_s: Optional[float]) -> int:
     """Listen until stopped (SIGINT/SIGTERM), until ``duration_s`` or until stdin ends."""
+    refuse_recordings(config.audio.inputs)
     engine = create_engine(config.engine.for_mode(live=True))
     rate = engine.input_spec.sample_rate
     sources = open_sources(config, rate)
@@ -134,22 +156,30 @@ def run_live(config: Any, duration_s: Optional[float]) -> int:
     names = ", ".join(source.name for source in sources)
     run = run_info(config, engine, "live", names, CLOCK_ORIGIN)
     log.info("listening to %s (%s)", names, run.run_id)
-    timer = _stop_after(duration_s, pipeline)
+    monitor = LiveMonitor(pipeline, duration_s)
     try:
         return run_session(
-            pipeline, fanout, run, config, publisher, LiveMonitor(pipeline), "complete"
+            pipeline,
+            fanout,
+            run,
+            config,
+            publisher,
+            monitor,
+            "complete",
+            shortfall=lambda: no_audio(pipeline),
         )
     finally:
-        if timer is not None:
-            timer.cancel()
         for source in sources:
             source.close()
 
 
-def _stop_after(duration_s: Optional[float], pipeline: Pipeline) -> Optional[threading.Timer]:
-    if duration_s is None:
+def no_audio(pipeline: Pipeline) -> Optional[str]:
+    """Why no input delivered any audio, each with the reason its supervisor last gave; None
+    when one did."""
+    if any(stage.samples for stage in pipeline.stages):
         return None
-    timer = threading.Timer(duration_s, pipeline.stop)
-    timer.daemon = True
-    timer.start()
-    return timer
+    reasons = "; ".join(
+        f"{stage.source.name}: {stage.source.problem or 'nothing arrived'}"
+        for stage in pipeline.stages
+    )
+    return f"no audio from any input: {reasons}"

@@ -71,9 +71,14 @@ def run_session(
     publisher: Optional[MqttPublisher],
     progress: Callable[[PipelineStats], None],
     stopped_status: str,
+    shortfall: Optional[Callable[[], Optional[str]]] = None,
 ) -> int:
     """Run the pipeline until its sources end or it is stopped (then the run is marked
-    ``stopped_status``), flush every sink and drain the MQTT outbox; return the exit code."""
+    ``stopped_status``), flush every sink and drain the MQTT outbox; return the exit code.
+
+    ``shortfall``, asked when the pipeline has ended, says why the run never got what it
+    exists for (no audio from any input), else None; a shortfall marks the run failed and
+    makes the exit code 1."""
     fanout.open(run)
     if publisher is not None:
         publisher.start(pipeline.health)
@@ -81,7 +86,11 @@ def run_session(
     with StopOnSignals(pipeline.stop, "stopping after the audio already read") as signals:
         try:
             stats = pipeline.run(progress)
-            status = stopped_status if pipeline.stop_event.is_set() else "complete"
+            missing = shortfall() if shortfall is not None else None
+            if missing is not None:
+                status = "failed"
+            else:
+                status = stopped_status if pipeline.stop_event.is_set() else "complete"
         finally:
             finish = getattr(progress, "finish", None)
             if finish is not None:
@@ -93,6 +102,9 @@ def run_session(
                     signals.action, signals.reason = publisher.cancel, LEAVE_OUTBOX
                     _finish_publishing(publisher, config.mqtt.drain_timeout_s)
     log.info(_summary(stats, status, run.run_id, config.storage.db))
+    if missing is not None:
+        log.error("error: %s", missing)
+        return 1
     return 0
 
 

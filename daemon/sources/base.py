@@ -35,6 +35,8 @@ class AudioSource(ABC):
     paced = False
     """True when the audio arrives in real time and cannot wait (a microphone, a stream): the
     pipeline then overwrites the oldest audio rather than hold the source back."""
+    problem: Optional[str] = None
+    """Why the source last failed to deliver audio (a live input it waits for), else None."""
 
     @abstractmethod
     def blocks(self) -> Iterator[Block]:

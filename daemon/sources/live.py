@@ -164,6 +164,7 @@ class LiveSource(AudioSource):
         the first failure and then once per wait at the cap, not on every retry."""
         waited = time.time() - since
         self._status = f"waiting for {self.name} ({waited:.0f} s so far): {reason}"
+        self.problem = reason
         if self._backoff.failures == 0 or self._backoff.capped:
             log.warning("waiting for %s: %s", self.name, reason)
         self._stop.wait(self._backoff.next())
