@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from birdd.daemon import __version__
 from birdd.daemon.app.settings import DEFAULT_CONFIG
@@ -21,10 +21,13 @@ from birdd.daemon.postprocess import PostprocessError
 from birdd.daemon.sinks.base import SinkError
 from birdd.daemon.sources.base import SourceError
 from birdd.daemon.sources.live import SourceUnavailable
-from birdd.daemon.store.sqlite_store import StoreError
+from birdd.daemon.store.sqlite_store import DatabasePathError, StoreError
 from birdd.engines.errors import EngineError
 
 log = logging.getLogger("birdd")
+
+DEMO_START = "2024-05-15T06:00:00Z"
+"""The demo recording carries no time of its own: a May dawn, said plainly when it runs."""
 
 
 def _channel(text: str) -> Any:
@@ -133,17 +136,37 @@ def add_build_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="build again even if cached")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class CommandLine(argparse.ArgumentParser):
+    """The top-level parser, with each command's own parser in ``commands``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands: Dict[str, argparse.ArgumentParser] = {}
+
+    def parse_command_line(self, argv: Sequence[str]) -> argparse.Namespace:
+        """``parse_args``, but an unknown argument is reported with the usage of the command
+        it follows (argparse itself would show the top-level usage)."""
+        args, unknown = self.parse_known_args(argv)
+        if unknown:
+            own = self.commands.get(args.command, self)
+            own.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return args
+
+
+def build_parser() -> CommandLine:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser = argparse.ArgumentParser(
+    parser = CommandLine(
         prog="birdd", description="Real-time bird-sound detector.", parents=[common]
     )
     parser.add_argument("--version", action="version", version=f"birdd {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
 
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return subparsers.add_parser(name, parents=[common], **kwargs)
+        parser.commands[name] = subparsers.add_parser(name, parents=[common], **kwargs)
+        return parser.commands[name]
 
     sim = command(
         "simulate",
@@ -243,7 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     species = command("species", help="search the model's classes")
     species.add_argument("query", nargs="?", default="", help="part of a name or code")
     species.add_argument("--model", default="birdnet")
-    command("demo", help="install BirdNET and a demo recording, then simulate it")
+    demo = command("demo", help="install BirdNET and a demo recording, then simulate it")
+    demo.add_argument(
+        "--start-time",
+        default=DEMO_START,
+        help=f"UTC start of the demo recording, ISO 8601 (default {DEMO_START}: the recording "
+        "carries no time of its own)",
+    )
     train = command("train", help="train a model on labelled recordings (birdd train --help)")
     train.add_argument("recipe_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
@@ -279,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from birdd.training.cli import main as train_main
 
         return train_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_command_line(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter() if os.environ.get("JOURNAL_STREAM") else PLAIN)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
@@ -295,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SourceUnavailable as exc:  # a missing device at start: systemd may restart us
         print(f"birdd: error: {exc}", file=sys.stderr)
         return 1
-    except (SourceError, EngineError, PostprocessError, ValueError) as exc:
+    except (SourceError, EngineError, PostprocessError, DatabasePathError, ValueError) as exc:
         print(f"birdd: error: {exc}", file=sys.stderr)
         return 2
     except (SinkError, StoreError) as exc:

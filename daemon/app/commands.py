@@ -135,24 +135,48 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_species(args: argparse.Namespace) -> int:
+    """One line per matching class; 1 with one line on stderr when none matches."""
     artifact = load_artifact(resolve_model(args.model, "tflite"), verify_hash=False)
     query = args.query.casefold()
     index = SpeciesIndex(artifact.species)
     exact = index.find(args.query) if query else None
-    for number, sp in enumerate(artifact.species):
-        text = f"{sp.label} {sp.code or ''}".casefold()
-        if number == exact or query in text:
-            tag = "" if sp.is_bird else "  (non-bird)"
-            print(f"{sp.code or '-':<10} {sp.scientific:<32} {sp.common}{tag}")
+    matches = [
+        sp
+        for number, sp in enumerate(artifact.species)
+        if number == exact or query in f"{sp.label} {sp.code or ''}".casefold()
+    ]
+    if not matches:
+        print(
+            f"birdd: no class matches {args.query!r}; try part of a name or an eBird code",
+            file=sys.stderr,
+        )
+        return 1
+    for sp in matches:
+        tag = "" if sp.is_bird else "  (non-bird)"
+        print(f"{sp.code or '-':<10} {sp.scientific:<32} {sp.common}{tag}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Install what is missing, simulate the demo recording from a stated start time, and say
+    how to run one's own recordings next."""
     install_birdnet(log=log.info)
     recording = install_demo_recording(log=log.info)
-    log.info("simulating %s (same as: birdd --simulate %s)", recording, recording)
+    log.info(
+        "simulating %s, which carries no time of its own: it starts at %s "
+        "(same as: birdd --simulate %s --start-time %s)",
+        recording,
+        args.start_time,
+        recording,
+        args.start_time,
+    )
     config = load_config(None, {})
-    return simulate(config, recording, None, None)
+    code = simulate(config, recording, args.start_time, None)
+    log.info(
+        "next, your own recordings: birdd --simulate YOUR_RECORDING (wav, flac, ogg/opus or "
+        "mp3; --start-time ISO8601 unless the file name has a recorder's YYYYMMDD_HHMMSS stamp)"
+    )
+    return code
 
 
 def cmd_engines(args: argparse.Namespace) -> int:

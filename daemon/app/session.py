@@ -16,13 +16,16 @@ from birdd.daemon.records import RunInfo, new_detection_id
 from birdd.daemon.sinks.fanout import SinkFanout
 from birdd.daemon.sinks.files import make_output_sink
 from birdd.daemon.sinks.sqlite import Retention, SQLiteSink
+from birdd.daemon.store.sqlite_store import check_path
 from birdd.engines.base import Engine
 
 log = logging.getLogger("birdd")
 
 
 def open_sinks(config: Any) -> Tuple[SinkFanout, Optional[MqttPublisher]]:
-    """SQLite (the source of truth), the text output, and the MQTT publisher when enabled."""
+    """SQLite (the source of truth), the text output, and the MQTT publisher when enabled; a
+    database path that cannot be one is refused here, before the run is announced."""
+    check_path(config.storage.db)
     publisher = MqttPublisher(config) if config.mqtt.enabled else None
     sqlite = SQLiteSink(
         config.storage.db,

@@ -1,7 +1,8 @@
 """``birdd --simulate FILE``: replay a recording through the live pipeline.
 
-Everything that can be refused (config, file, model, species names) is checked before the run
-is opened in SQLite, so bad input leaves no rows behind.
+Everything that can be refused (config, file, model, species names, database path) is checked
+before the log says when the recording starts and before the run is opened in SQLite, so bad
+input leaves no rows behind.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ def simulate(config: Any, path: Path, start_time: Optional[str], realtime: Optio
     start, origin = recording_start(path, start_time, source.duration_s)
     engine = create_engine(config.engine.for_mode(live=False))
     clock = StreamClock(start, engine.input_spec.sample_rate, origin)
-    log.info("recording starts %s (from the %s)", start.isoformat(), origin)
     postprocessor = PostProcessor(
         config.postprocess, engine.artifact, config.station.id, {source.name: clock}, live=False
     )
     settings = pipeline_settings(config, realtime)
     fanout, publisher = open_sinks(config)
+    log.info("recording starts %s (from the %s)", start.isoformat(), origin)
     pipeline = Pipeline([SourceSpec(source)], engine, postprocessor, fanout, settings)
     run = run_info(config, engine, "simulate", str(path.resolve()), origin)
     progress = ProgressLine(source.duration_s)

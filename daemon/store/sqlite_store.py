@@ -32,12 +32,17 @@ class StoreError(RuntimeError):
     """The database cannot be opened, migrated or written; one line naming the path and the fix."""
 
 
+class DatabasePathError(StoreError):
+    """The path given for the database cannot be one (a directory, a file that is not SQLite,
+    a parent that is a file): bad input, which restarting will not mend."""
+
+
 class SQLiteStore:
     """The detection database without threads: the sink writes through it, readers query it."""
 
     def __init__(self, path: Union[str, Path], busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
-        _check_path(self.path)
+        check_path(self.path)
         self._conn = _connect(self.path, busy_timeout_s)
         try:
             self._migrate()
@@ -171,17 +176,21 @@ class SQLiteStore:
             self._conn.execute("COMMIT")
 
 
-def _check_path(path: Path) -> None:
+def check_path(path: Path) -> None:
     """Refuse a directory or a non-SQLite file before SQLite writes anything."""
     if path.is_dir():
-        raise StoreError(f"{path} is a directory; give a database file such as {path / 'birdd.db'}")
+        raise DatabasePathError(
+            f"{path} is a directory; give a database file such as {path / 'birdd.db'}"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         reason = "a parent is a file" if isinstance(exc, FileExistsError) else exc.strerror
-        raise StoreError(f"cannot use {path}: {reason}; check the path and permissions") from exc
+        raise DatabasePathError(
+            f"cannot use {path}: {reason}; check the path and permissions"
+        ) from exc
     if _is_foreign_file(path):
-        raise StoreError(
+        raise DatabasePathError(
             f"{path} exists and is not an SQLite database (left unchanged); "
             "move it away or choose another database path"
         )
@@ -237,7 +246,9 @@ def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
 def _store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     message = str(exc)
     if "not a database" in message:
-        return StoreError(f"{path} is not an SQLite database; move it away or choose another path")
+        return DatabasePathError(
+            f"{path} is not an SQLite database; move it away or choose another path"
+        )
     if "readonly" in message or "unable to open" in message:
         return StoreError(f"cannot write {path} ({message}); check that its directory is writable")
     return StoreError(f"{path}: {message}")
