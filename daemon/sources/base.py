@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Union
@@ -9,6 +10,8 @@ from typing import Iterator, List, Optional, Union
 import numpy as np
 
 from birdd.daemon.records import Channel, Gap
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(RuntimeError):
@@ -62,6 +65,41 @@ def select_channel(block: np.ndarray, channel: Channel) -> np.ndarray:
     if channel == "mix":
         return block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
     return block[:, int(channel)]
+
+
+class NonFiniteSamples:
+    """Sets NaN and infinite samples (a damaged float file, a broken converter) to 0, which the
+    model hears as silence, counts them and warns once: a NaN would otherwise make its
+    window's scores NaN and the window's detections vanish without a word."""
+
+    def __init__(self, source: str, sample_rate: int) -> None:
+        self.source, self.sample_rate = source, sample_rate
+        self.count = 0
+        self.first_s: Optional[float] = None
+        self._frames = 0
+
+    def clean(self, samples: np.ndarray) -> np.ndarray:
+        """``samples`` ([frames, channels]) with every non-finite value set to 0."""
+        finite = np.isfinite(samples)
+        if not finite.all():
+            if self.first_s is None:
+                first = int(np.argmin(finite.all(axis=1)))
+                self.first_s = (self._frames + first) / self.sample_rate
+            self.count += int(finite.size - np.count_nonzero(finite))
+            samples = np.where(finite, samples, np.float32(0))
+        self._frames += len(samples)
+        return samples
+
+    def report(self) -> None:
+        """The one warning, with the count, once the source has ended (none if all was well)."""
+        if self.count:
+            log.warning(
+                "%s: %d NaN or infinite sample(s), the first at %.3f s, read as silence "
+                "(a damaged file or a broken converter)",
+                self.source,
+                self.count,
+                self.first_s,
+            )
 
 
 class Resampler:

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import soundfile
 
-from birdd.daemon.sources.base import AudioSource, Block, SourceError
+from birdd.daemon.sources.base import AudioSource, Block, NonFiniteSamples, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,19 @@ class FileSource(AudioSource):
 
     def blocks(self) -> Iterator[Block]:
         buffer = np.empty((self._block_frames, self.channels), dtype=np.float32)
-        while True:
-            try:
-                frames = self._file.read(out=buffer)
-            except (soundfile.LibsndfileError, RuntimeError) as exc:
-                log.warning("stopped decoding %s early: %s; kept what was read", self.path, exc)
-                return
-            if len(frames) == 0:
-                return
-            yield Block(frames)
+        damaged = NonFiniteSamples(self.name, self.sample_rate)
+        try:
+            while True:
+                try:
+                    frames = self._file.read(out=buffer)
+                except (soundfile.LibsndfileError, RuntimeError) as exc:
+                    log.warning("stopped decoding %s early: %s; kept what was read", self.path, exc)
+                    return
+                if len(frames) == 0:
+                    return
+                yield Block(damaged.clean(frames))
+        finally:
+            damaged.report()
 
     def close(self) -> None:
         self._file.close()

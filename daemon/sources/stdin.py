@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator, Optional
 
 import numpy as np
 
-from birdd.daemon.sources.base import AudioSource, Block, SourceError
+from birdd.daemon.sources.base import AudioSource, Block, NonFiniteSamples, SourceError
 
 READ_TIMEOUT_S = 0.25
 STREAMING_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)
@@ -94,16 +94,20 @@ class StdinSource(AudioSource):
 
     def blocks(self) -> Iterator[Block]:
         first = True
-        while not self._stop.is_set():
-            data = self._read_some()
-            if data is None:
-                continue
-            if not data:
-                return
-            samples = self.format.decode(data)
-            captured_at = time.time() - len(samples) / self.sample_rate if first else None
-            first = False
-            yield Block(samples, captured_at)
+        damaged = NonFiniteSamples(self.name, self.sample_rate)
+        try:
+            while not self._stop.is_set():
+                data = self._read_some()
+                if data is None:
+                    continue
+                if not data:
+                    return
+                samples = damaged.clean(self.format.decode(data))
+                captured_at = time.time() - len(samples) / self.sample_rate if first else None
+                first = False
+                yield Block(samples, captured_at)
+        finally:
+            damaged.report()
 
     def _read_some(self) -> Optional[bytes]:
         """Whole frames (b"" at the end of the stream), or None when nothing came in time."""
