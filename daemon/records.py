@@ -18,7 +18,8 @@ Channel = Union[int, str]
 class Clock(Protocol):
     """Maps a stream's sample index (at the model's rate) to UTC."""
 
-    sample_rate: int
+    @property
+    def sample_rate(self) -> int: ...
 
     def utc(self, sample: int) -> datetime: ...
 
@@ -51,7 +52,12 @@ class Gap:
 
 @dataclass(frozen=True)
 class Window:
-    """A model-sized slice of one stream; ``valid`` < len(samples) when zero-padded at the end."""
+    """A model-sized slice of one stream; ``valid`` < len(samples) when zero-padded at the end.
+
+    ``start_utc`` and ``end_utc`` are the stream clock's times of ``start_sample`` and of
+    ``start_sample + valid``, stamped when the window is cut: later stages date audio from
+    them and never ask a clock.
+    """
 
     index: int
     start_sample: int
@@ -59,6 +65,13 @@ class Window:
     valid: int
     source: str
     channel: Channel
+    start_utc: datetime
+    end_utc: datetime
+
+    @property
+    def end_sample(self) -> int:
+        """The sample after the last valid one."""
+        return self.start_sample + self.valid
 
 
 @dataclass(frozen=True)

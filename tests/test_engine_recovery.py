@@ -128,12 +128,10 @@ def run_pipeline(tmp_path: Path, killer: KillOnSends, max_restarts: int) -> Pipe
     engine._on_sent = killer
     source = FileSource(OWL, config.audio.block_s)
     clock = StreamClock(START, artifact.sample_rate, "test")
-    postprocessor = PostProcessor(
-        config.postprocess, artifact, "test", {source.name: clock}, live=False
-    )
+    postprocessor = PostProcessor(config.postprocess, artifact, "test", live=False)
     fanout, _ = open_sinks(config)
     pipeline = Pipeline(
-        [SourceSpec(source)], engine, postprocessor, fanout, pipeline_settings(config)
+        [SourceSpec(source, clock)], engine, postprocessor, fanout, pipeline_settings(config)
     )
     fanout.open(run_info(config, engine, "simulate", str(OWL), "test"))
     status = "failed"

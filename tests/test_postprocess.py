@@ -57,19 +57,22 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def scored(start, heard, classes=4, valid=WINDOW, channel=0):
-    """A window starting at ``start`` samples whose classes ``heard`` ({index: p}) score p."""
+def scored(start, heard, classes=4, valid=WINDOW, channel=0, clock_start=START):
+    """A window starting at ``start`` samples whose classes ``heard`` ({index: p}) score p,
+    stamped as the windower stamps it with a stream that starts at ``clock_start``."""
     logits = np.full(classes, logit(0.001), dtype=np.float32)
     for index, p in heard.items():
         logits[index] = logit(p)
-    window = Window(start // WINDOW, start, np.zeros(WINDOW, np.float32), valid, "a.wav", channel)
+    clock = StreamClock(clock_start, RATE, "test")
+    stamps = clock.utc(start), clock.utc(start + valid)
+    samples = np.zeros(WINDOW, np.float32)
+    window = Window(start // WINDOW, start, samples, valid, "a.wav", channel, *stamps)
     return ScoredWindow(window, logits)
 
 
-def processor(live=False, artifact=None, mask=None, clock_start=START, **settings):
-    clock = StreamClock(clock_start, RATE, "test")
+def processor(live=False, artifact=None, mask=None, **settings):
     config = PostprocessConfig(**settings)
-    return PostProcessor(config, artifact or toy_artifact(), "st1", {"a.wav": clock}, live, mask)
+    return PostProcessor(config, artifact or toy_artifact(), "st1", live, mask)
 
 
 def run(proc, windows):
@@ -279,6 +282,17 @@ def test_the_zero_padded_final_window_ends_at_the_end_of_the_file():
     assert (event.offset_end, event.end) == (4.2, START + timedelta(seconds=4.2))
 
 
+def test_events_are_dated_by_their_windows_stamps_across_a_clock_reanchor():
+    """A live clock re-anchored between two windows (the device came back an hour later): the
+    merged event starts at its first window's stamp and ends at its last window's end stamp."""
+    later = START + timedelta(hours=1)
+    windows = [scored(0, {ROBIN: 0.8}), scored(300, {ROBIN: 0.9}, clock_start=later)]
+    windows.append(scored(450, {ROBIN: 0.8}, valid=100, clock_start=later))  # ends inside it
+    (event,) = all_of(run(processor(), windows))
+    assert summary([event]) == [(ROBIN, 0.0, 6.0, 3)]
+    assert (event.start, event.end) == (START, later + timedelta(seconds=6))
+
+
 def test_channels_of_one_source_keep_separate_events():
     windows = [scored(0, {ROBIN: 0.8}, channel=0), scored(0, {}, channel=1)]
     windows += [scored(300, {ROBIN: 0.8}, channel=0), scored(300, {ROBIN: 0.8}, channel=1)]
@@ -381,12 +395,13 @@ def test_real_location_model_near_ithaca_in_may():
 def test_processor_loads_the_location_model_beside_birdnet_and_uses_the_audio_week(birdnet):
     index = {sp.scientific: i for i, sp in enumerate(birdnet.species)}
     robin, tawny_owl = index["Turdus migratorius"], index["Strix aluco"]
-    window = scored(0, {robin: 0.9, tawny_owl: 0.9}, classes=birdnet.num_classes)
-    where = {"lat": 42.5, "lon": -76.45}
     may_22 = datetime(2024, 5, 22, tzinfo=timezone.utc)
-    proc = processor(artifact=birdnet, clock_start=may_22, location=where)
+    heard = {robin: 0.9, tawny_owl: 0.9}
+    window = scored(0, heard, classes=birdnet.num_classes, clock_start=may_22)
+    where = {"lat": 42.5, "lon": -76.45}
+    proc = processor(artifact=birdnet, location=where)
     assert [d.species_index for d in all_of(run(proc, [window]))] == [robin]
-    proc = processor(artifact=birdnet, clock_start=may_22, location=where, include=["Strix aluco"])
+    proc = processor(artifact=birdnet, location=where, include=["Strix aluco"])
     assert [d.species_index for d in all_of(run(proc, [window]))] == [tawny_owl]
 
 

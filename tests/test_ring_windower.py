@@ -1,10 +1,15 @@
 import threading
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
+from birdd.daemon.pipeline.clock import LiveClock
 from birdd.daemon.pipeline.ring import RingBuffer
 from birdd.daemon.pipeline.windower import Windower, hop_samples
+from birdd.daemon.records import StreamClock
+
+START = datetime(2024, 5, 2, 4, 0, tzinfo=timezone.utc)
 
 
 def feed(ring: RingBuffer, samples: np.ndarray, block: int) -> threading.Thread:
@@ -21,7 +26,8 @@ def feed(ring: RingBuffer, samples: np.ndarray, block: int) -> threading.Thread:
 def cut(samples, window, hop, rate, capacity, block=7):
     ring = RingBuffer(capacity, drop_oldest=False)
     thread = feed(ring, samples, block)
-    windows = list(Windower(ring, window, hop, rate, "test", "mix").windows())
+    clock = StreamClock(START, rate, "test")
+    windows = list(Windower(ring, window, hop, clock, "test", "mix").windows())
     thread.join()
     return windows
 
@@ -32,6 +38,8 @@ def test_windows_match_birdnet_chunking_with_zero_padded_tail():
     windows = cut(samples, window=30, hop=30, rate=rate, capacity=40)
     assert [w.start_sample for w in windows] == [0, 30, 60]
     assert [w.valid for w in windows] == [30, 30, 11]
+    assert [w.start_utc - START for w in windows] == [timedelta(seconds=s) for s in (0, 3, 6)]
+    assert [w.end_utc - START for w in windows] == [timedelta(seconds=s) for s in (3, 6, 7.1)]
     for w in windows:
         np.testing.assert_array_equal(w.samples[: w.valid], samples[w.start_sample :][: w.valid])
         assert not w.samples[w.valid :].any()
@@ -51,6 +59,38 @@ def test_overlapping_windows_through_a_small_ring_lose_nothing():
     assert [w.start_sample for w in windows] == list(range(0, 2000, 150))[: len(windows)]
     for w in windows:
         np.testing.assert_array_equal(w.samples[: w.valid], samples[w.start_sample :][: w.valid])
+
+
+def test_windows_are_stamped_by_the_live_clock_across_a_reanchor():
+    """Fed as the capture feeds it (the clock anchored before each block is written), every
+    window carries the clock's time of its first sample and of the end of its audio; after the
+    device comes back an hour later the windows are dated by the new anchor."""
+    rate, block, t0 = 100, 50, 1_800_000_000.0
+    back_at = 1050  # the sample where audio resumes after an hour's outage
+    clock = LiveClock(rate, "audio clock")
+    ring = RingBuffer(400, drop_oldest=False)
+
+    def capture() -> None:
+        for sample in range(0, 2000, block):
+            epoch = t0 + sample / rate + (3600 if sample >= back_at else 0)
+            if sample == back_at:
+                clock.anchor(sample, epoch)
+            else:
+                clock.observe(sample, epoch + (0.003 if sample else 0.0))  # seen a bit late
+            ring.write(np.ones(block, np.float32))
+        ring.close()
+
+    thread = threading.Thread(target=capture)
+    thread.start()
+    windows = list(Windower(ring, 300, 150, clock, "test", "mix").windows())
+    thread.join()
+    assert clock.anchors == 2
+    for w in windows:
+        assert (w.start_utc, w.end_utc) == (clock.utc(w.start_sample), clock.utc(w.end_sample))
+        expected = t0 + w.start_sample / rate + (3600 if w.start_sample >= back_at else 0)
+        assert w.start_utc.timestamp() == pytest.approx(expected, abs=1e-6)
+    (across,) = [w for w in windows if w.start_sample < back_at < w.end_sample]
+    assert (across.end_utc - across.start_utc).total_seconds() == pytest.approx(3603.0)
 
 
 def test_live_ring_overwrites_oldest_and_counts_it():

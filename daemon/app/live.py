@@ -146,12 +146,9 @@ def run_live(config: Any, duration_s: Optional[float]) -> int:
     engine = create_engine(config.engine.for_mode(live=True))
     rate = engine.input_spec.sample_rate
     sources = open_sources(config, rate)
-    clocks = {source.name: LiveClock(rate, CLOCK_ORIGIN) for source in sources}
-    postprocessor = PostProcessor(
-        config.postprocess, engine.artifact, config.station.id, clocks, live=True
-    )
+    postprocessor = PostProcessor(config.postprocess, engine.artifact, config.station.id, live=True)
     fanout, publisher = open_sinks(config)
-    specs = [SourceSpec(source, clocks[source.name]) for source in sources]
+    specs = [SourceSpec(source, LiveClock(rate, CLOCK_ORIGIN)) for source in sources]
     pipeline = Pipeline(specs, engine, postprocessor, fanout, pipeline_settings(config))
     names = ", ".join(source.name for source in sources)
     run = run_info(config, engine, "live", names, CLOCK_ORIGIN)

@@ -32,12 +32,12 @@ def simulate(config: Any, path: Path, start_time: Optional[str], realtime: Optio
     engine = create_engine(config.engine.for_mode(live=False))
     clock = StreamClock(start, engine.input_spec.sample_rate, origin)
     postprocessor = PostProcessor(
-        config.postprocess, engine.artifact, config.station.id, {source.name: clock}, live=False
+        config.postprocess, engine.artifact, config.station.id, live=False
     )
     settings = pipeline_settings(config, realtime)
     fanout, publisher = open_sinks(config)
     log.info("recording starts %s (from the %s)", start.isoformat(), origin)
-    pipeline = Pipeline([SourceSpec(source)], engine, postprocessor, fanout, settings)
+    pipeline = Pipeline([SourceSpec(source, clock)], engine, postprocessor, fanout, settings)
     run = run_info(config, engine, "simulate", str(path.resolve()), origin)
     progress = ProgressLine(source.duration_s)
     return run_session(pipeline, fanout, run, config, publisher, progress, "interrupted")

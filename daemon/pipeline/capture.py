@@ -2,7 +2,8 @@
 
 A *stream* is one analysed channel of one source (the downmix, a chosen channel, or each of
 several channels separately): it has its own resampler, level meter and ring buffer at the
-model's rate. All streams of a source share its sample counter and its clock.
+model's rate. All streams of a source share its sample counter and its clock, which the capture
+anchors (live) before it writes the samples the clock dates.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from birdd.daemon.pipeline.clock import LiveClock
 from birdd.daemon.pipeline.meters import LevelMeter
 from birdd.daemon.pipeline.ring import RingBuffer
 from birdd.daemon.pipeline.windower import Windower
-from birdd.daemon.records import Channel, Gap
+from birdd.daemon.records import Channel, Clock, Gap
 from birdd.daemon.sources.base import AudioSource, Block, Resampler, select_channel
 
 log = logging.getLogger("birdd")
@@ -31,15 +32,17 @@ class Stream:
         self,
         source: AudioSource,
         channel: Channel,
-        model_rate: int,
+        clock: Clock,
         window_samples: int,
         hop: int,
         ring_buffer_s: float,
     ) -> None:
+        """``clock`` dates the source's samples at the model's rate (``clock.sample_rate``)."""
+        model_rate = clock.sample_rate
         self.source_name = source.name
         self.channel = channel
         self.ring = RingBuffer(int(ring_buffer_s * model_rate), drop_oldest=source.paced)
-        self.windower = Windower(self.ring, window_samples, hop, model_rate, source.name, channel)
+        self.windower = Windower(self.ring, window_samples, hop, clock, source.name, channel)
         self.level = LevelMeter(source.sample_rate)
         self._resample = Resampler(source.sample_rate, model_rate)
 

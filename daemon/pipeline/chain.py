@@ -21,7 +21,7 @@ from birdd.daemon.pipeline.clock import LiveClock
 from birdd.daemon.pipeline.inference import END_OF_STREAM, InferenceStage, QueuedWindow
 from birdd.daemon.pipeline.windower import hop_samples
 from birdd.daemon.postprocess import PostProcessor
-from birdd.daemon.records import Channel, Gap, ScoredWindow, Window
+from birdd.daemon.records import Channel, Clock, Gap, ScoredWindow, Window
 from birdd.daemon.sinks.fanout import SinkFanout
 from birdd.daemon.sources.base import AudioSource
 from birdd.engines.base import Engine
@@ -69,10 +69,17 @@ class PipelineStats:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """A source and its clock (None when time comes from the recording's start)."""
+    """A source and the clock that dates its samples at the model's rate: a ``StreamClock``
+    from the recording's start, or a ``LiveClock`` that the capture anchors to the audio
+    clock."""
 
     source: AudioSource
-    clock: Optional[LiveClock] = None
+    clock: Clock
+
+    @property
+    def live_clock(self) -> Optional[LiveClock]:
+        """The clock for the capture to anchor; None when it needs no anchoring."""
+        return self.clock if isinstance(self.clock, LiveClock) else None
 
 
 class Pipeline:
@@ -97,14 +104,14 @@ class Pipeline:
                     Stream(
                         item.source,
                         channel,
-                        spec.sample_rate,
+                        item.clock,
                         spec.window_samples,
                         hop,
                         settings.ring_buffer_s,
                     )
                     for channel in settings.channels
                 ],
-                item.clock,
+                item.live_clock,
                 self._on_gap,
                 settings.silence_warn_s,
                 settings.realtime_factor,
@@ -255,14 +262,13 @@ class Pipeline:
     def _on_unscored(self, windows: List[Window], failure: BatchFailed) -> None:
         """Record the audio of a batch the engine failed on as a gap of each source in it."""
         for source in sorted({window.source for window in windows}):
-            clock = self.postprocessor.clock(source)
             own = [window for window in windows if window.source == source]
-            start = min(window.start_sample for window in own)
-            end = max(window.start_sample + window.valid for window in own)
+            first = min(own, key=lambda window: window.start_sample)
+            last = max(own, key=lambda window: window.end_sample)
             gap = Gap(
                 source,
-                clock.utc(start).timestamp(),
-                clock.utc(end).timestamp(),
+                first.start_utc.timestamp(),
+                last.end_utc.timestamp(),
                 f"engine failed: {failure}",
             )
             log.warning(

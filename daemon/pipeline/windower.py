@@ -4,6 +4,10 @@ Windows start at k · hop from the stream's first sample, as BirdNET-Analyzer cu
 window that runs past the end of the stream is zero-padded; once fewer than ``min_tail``
 samples remain the stream is done (BirdNET-Analyzer drops chunks shorter than 1 s), except that
 a stream shorter than that still yields its one window.
+
+Each window is stamped, as it is cut, with the stream clock's UTC of its first sample and of
+the end of its valid audio. A live clock is (re-)anchored before the samples it dates are
+written to the ring, so every sample of a window is dated by the anchor that stays in force.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from birdd.daemon.pipeline.ring import RingBuffer
-from birdd.daemon.records import Channel, Window
+from birdd.daemon.records import Channel, Clock, Window
 
 MIN_TAIL_S = 1.0
 
@@ -35,15 +39,17 @@ class Windower:
         ring: RingBuffer,
         window_samples: int,
         hop: int,
-        sample_rate: int,
+        clock: Clock,
         source: str,
         channel: Channel,
     ) -> None:
+        """``clock`` maps the stream's sample index, at the model's rate, to UTC."""
         self.ring = ring
         self.window_samples = window_samples
         self.hop = hop
-        self.sample_rate = sample_rate
-        self.min_tail = min(window_samples, int(MIN_TAIL_S * sample_rate))
+        self.clock = clock
+        self.sample_rate = clock.sample_rate
+        self.min_tail = min(window_samples, int(MIN_TAIL_S * self.sample_rate))
         self.source = source
         self.channel = channel
 
@@ -56,6 +62,10 @@ class Windower:
             valid = self.ring.read(start, samples)
             if valid == 0 or (index > 0 and valid < self.min_tail):
                 return
-            yield Window(index, start, samples, valid, self.source, self.channel)
+            yield self._window(index, start, samples, valid)
             self.ring.release(start + self.hop)
             index += 1
+
+    def _window(self, index: int, start: int, samples: np.ndarray, valid: int) -> Window:
+        start_utc, end_utc = self.clock.utc(start), self.clock.utc(start + valid)
+        return Window(index, start, samples, valid, self.source, self.channel, start_utc, end_utc)

@@ -1,15 +1,20 @@
 """Per-class detection events of one stream: merge, split at a maximum length, hold down.
 
-All positions are sample indices. State lives in numpy arrays over every class, so a window
-costs a few vector operations plus Python work only for the classes that change state.
+All positions are sample indices; an event's UTC times are its windows' stamps (the start of
+its first window, the end of the window that ends it). State lives in numpy arrays over every
+class, so a window costs a few vector operations plus Python work only for the classes that
+change state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import List, Optional
 
 import numpy as np
+
+from birdd.daemon.records import Window
 
 NEVER = np.iinfo(np.int64).min // 2
 """A sample position long before any stream starts (halved so that differences cannot overflow)."""
@@ -17,11 +22,14 @@ NEVER = np.iinfo(np.int64).min // 2
 
 @dataclass(frozen=True)
 class Event:
-    """One class heard over samples ``[start, end)``: its best confidence and window count."""
+    """One class heard over samples ``[start, end)`` (``start_utc`` to ``end_utc``): its best
+    confidence and window count."""
 
     class_index: int
     start: int
     end: int
+    start_utc: datetime
+    end_utc: datetime
     confidence: float
     windows: int
 
@@ -54,22 +62,23 @@ class EventTracker:
         self._open = np.zeros(num_classes, dtype=bool)
         self._start = np.zeros(num_classes, dtype=np.int64)
         self._end = np.zeros(num_classes, dtype=np.int64)
+        self._start_utc = np.empty(num_classes, dtype=object)
+        self._end_utc = np.empty(num_classes, dtype=object)
         self._confidence = np.zeros(num_classes, dtype=np.float32)
         self._windows = np.zeros(num_classes, dtype=np.int64)
         self._continues = np.zeros(num_classes, dtype=bool)
         self._split_end = np.full(num_classes, NEVER, dtype=np.int64)
         self._reported_end = np.full(num_classes, NEVER, dtype=np.int64)
 
-    def update(
-        self, start: int, end: int, classes: np.ndarray, confidences: np.ndarray
-    ) -> List[Event]:
-        """Take in one window ``[start, end)`` and the classes it detects (ascending indices,
-        with their confidences); return the events that closed."""
+    def update(self, window: Window, classes: np.ndarray, confidences: np.ndarray) -> List[Event]:
+        """Take in one window (its valid samples) and the classes it detects (ascending
+        indices, with their confidences); return the events that closed."""
+        start = window.start_sample
         detected = np.zeros_like(self._open)
         detected[classes] = True
         finished = self._open & ((start > self._end) | (~detected & (start >= self._end)))
         events = self._close(np.flatnonzero(finished))
-        self._extend(start, end, classes, confidences)
+        self._extend(window, classes, confidences)
         if not self._merge:
             return events + self._close(classes)
         full = classes[self._end[classes] - self._start[classes] >= self._max_event_samples]
@@ -80,15 +89,19 @@ class EventTracker:
         """Close every open event (end of stream)."""
         return self._close(np.flatnonzero(self._open))
 
-    def _extend(self, start: int, end: int, classes: np.ndarray, confidences: np.ndarray) -> None:
+    def _extend(self, window: Window, classes: np.ndarray, confidences: np.ndarray) -> None:
+        start = window.start_sample
         new = classes[~self._open[classes]]
         self._open[new] = True
         self._start[new] = start
+        self._start_utc[new] = window.start_utc
         self._end[new] = start
         self._confidence[new] = 0.0
         self._windows[new] = 0
         self._continues[new] = start <= self._split_end[new]
-        self._end[classes] = np.maximum(self._end[classes], end)
+        longer = classes[self._end[classes] < window.end_sample]
+        self._end[longer] = window.end_sample
+        self._end_utc[longer] = window.end_utc
         self._confidence[classes] = np.maximum(self._confidence[classes], confidences)
         self._windows[classes] += 1
 
@@ -104,6 +117,8 @@ class EventTracker:
                 class_index=int(index),
                 start=int(self._start[index]),
                 end=int(self._end[index]),
+                start_utc=self._start_utc[index],
+                end_utc=self._end_utc[index],
                 confidence=float(self._confidence[index]),
                 windows=int(self._windows[index]),
             )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Tuple
+from datetime import datetime
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from birdd.daemon.postprocess.events import Event, EventTracker
 from birdd.daemon.postprocess.location_filter import LocationFilter
 from birdd.daemon.postprocess.scoring import confidences
 from birdd.daemon.postprocess.selection import NEVER_REPORTED, select_classes
-from birdd.daemon.records import Channel, Clock, Detection, ScoredWindow, new_detection_id
+from birdd.daemon.records import Channel, Detection, ScoredWindow, new_detection_id
 from birdd.engines.errors import EngineError
 from birdd.engines.models.artifact import ModelArtifact
 from birdd.engines.models.location import LocationModel, location_model_beside
@@ -22,8 +23,8 @@ StreamKey = Tuple[str, Channel]
 
 class PostProcessor:
     """Applies activation and sensitivity, class thresholds and filters, and turns detecting
-    windows into events, kept apart per (source, channel). ``clocks`` maps each source's
-    sample index to UTC.
+    windows into events, kept apart per (source, channel). Times come from the windows' UTC
+    stamps.
 
     ``location_mask`` (bool per class) replaces the location model: when it is None and
     ``config.location`` is set, the location model installed beside the classifier is loaded.
@@ -34,7 +35,6 @@ class PostProcessor:
         config: PostprocessConfig,
         artifact: ModelArtifact,
         station: str,
-        clocks: Mapping[str, Clock],
         live: bool,
         location_mask: Optional[np.ndarray] = None,
     ) -> None:
@@ -42,7 +42,6 @@ class PostProcessor:
         self._artifact = artifact
         self._model_identity = artifact.identity()
         self._station = station
-        self._clocks = clocks
         self._rate = artifact.sample_rate
         self._live = live
         selection = select_classes(config, artifact.species, live)
@@ -61,10 +60,6 @@ class PostProcessor:
         self._week_thresholds = self._thresholds
         self._trackers: Dict[StreamKey, EventTracker] = {}
 
-    def clock(self, source: str) -> Clock:
-        """The clock that dates ``source``'s samples."""
-        return self._clocks[source]
-
     def process(self, scored: ScoredWindow) -> List[Detection]:
         """Score one window; return the events it closed (by start, then confidence desc)."""
         window = scored.window
@@ -74,10 +69,9 @@ class PostProcessor:
                 f"{self._artifact.num_classes} classes"
             )
         conf = confidences(scored.scores, self._artifact.activation, self._config.sensitivity)
-        classes = np.flatnonzero(conf >= self._thresholds_at(window.source, window.start_sample))
+        classes = np.flatnonzero(conf >= self._thresholds_at(window.start_utc))
         tracker = self._tracker((window.source, window.channel))
-        end = window.start_sample + window.valid
-        events = tracker.update(window.start_sample, end, classes, conf[classes])
+        events = tracker.update(window, classes, conf[classes])
         return self._detections(events, window.source, window.channel)
 
     def flush(self) -> List[Detection]:
@@ -113,10 +107,10 @@ class PostProcessor:
         kept = location_mask | self._kept_by_location
         return np.where(kept, self._thresholds, NEVER_REPORTED).astype(np.float32)
 
-    def _thresholds_at(self, source: str, sample: int) -> np.ndarray:
+    def _thresholds_at(self, moment: datetime) -> np.ndarray:
         if self._location is None:
             return self._thresholds
-        week = self._location.week_of(self._clocks[source].utc(sample))
+        week = self._location.week_of(moment)
         if week != self._week:
             self._week = week
             self._week_thresholds = self._masked(self._location.mask(week))
@@ -139,7 +133,7 @@ class PostProcessor:
         )
 
     def _detections(self, events: List[Event], source: str, channel: Channel) -> List[Detection]:
-        rate, clock = self._rate, self._clocks[source]
+        rate = self._rate
         detections = [
             Detection(
                 id=new_detection_id(),
@@ -148,8 +142,8 @@ class PostProcessor:
                 confidence=event.confidence,
                 offset_start=event.start / rate,
                 offset_end=event.end / rate,
-                start=clock.utc(event.start),
-                end=clock.utc(event.end),
+                start=event.start_utc,
+                end=event.end_utc,
                 source=source,
                 channel=channel,
                 station=self._station,
