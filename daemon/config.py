@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Type, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import CoreSchema
+from typing_extensions import Annotated
 
 from birdd.daemon.mqtt.config import MqttConfig
 from birdd.daemon.postprocess import PostprocessConfig
+from birdd.engines.base import EngineConfig
 from birdd.engines.models.modeldir import data_dir
 from birdd.engines.registry import engine_config_type
 from birdd.engines.tflite import TFLiteConfig
@@ -53,9 +63,12 @@ class StdinConfig(Strict):
     )
 
 
+DEFAULT_INPUTS: List[Union[str, int]] = ["default"]
+
+
 class AudioConfig(Strict):
     inputs: List[Union[str, int]] = Field(
-        default_factory=lambda: ["default"],
+        default_factory=lambda: list(DEFAULT_INPUTS),
         min_length=1,
         description="What `birdd run` listens to, one or more at once (each with its own ring "
         "buffer, all sharing the engine): 'default' (the system's default input), a sound "
@@ -116,8 +129,7 @@ class AudioConfig(Strict):
     def _channels(cls, value: Union[int, str, List[int]]) -> Union[int, str, List[int]]:
         if value == "mix" or (isinstance(value, int) and value >= 0):
             return value
-        distinct = isinstance(value, list) and len(set(value)) == len(value) > 0
-        if distinct and all(index >= 0 for index in value):
+        if isinstance(value, list) and len(set(value)) == len(value) > 0 and min(value) >= 0:
             return value
         raise ValueError("allowed: 'mix', a channel index 0, 1, … or a list of distinct indices")
 
@@ -163,23 +175,27 @@ class OutputConfig(Strict):
 OUTPUT_FORMATS = ("table", "jsonl", "csv", "raven")
 
 
-def _build_config_model() -> Type[BaseModel]:
-    """The top-level model; the engine union is built from the engine registry at import."""
-    return create_model(
-        "BirddConfig",
-        __config__=ConfigDict(extra="forbid"),
-        station=(StationConfig, Field(default_factory=StationConfig)),
-        audio=(AudioConfig, Field(default_factory=AudioConfig)),
-        engine=(engine_config_type(), Field(default_factory=TFLiteConfig)),
-        windows=(WindowConfig, Field(default_factory=WindowConfig)),
-        postprocess=(PostprocessConfig, Field(default_factory=PostprocessConfig)),
-        storage=(StorageConfig, Field(default_factory=StorageConfig)),
-        output=(OutputConfig, Field(default_factory=OutputConfig)),
-        mqtt=(MqttConfig, Field(default_factory=MqttConfig)),
-    )
+class RegisteredEngines:
+    """Validates the ``engine`` section as the engine registry's discriminated union: the
+    built-in engines' configs and those of engines registered through entry points, found when
+    the ``BirddConfig`` class is built (at import). Each is an ``EngineConfig`` subclass, so
+    ``EngineConfig`` is the section's static type."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return handler.generate_schema(engine_config_type())
 
 
-BirddConfig = _build_config_model()
+class BirddConfig(Strict):
+    # No docstring: it would become the JSON schema's description ('birdd config-schema').
+    station: StationConfig = Field(default_factory=StationConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    engine: Annotated[EngineConfig, RegisteredEngines] = Field(default_factory=TFLiteConfig)
+    windows: WindowConfig = Field(default_factory=WindowConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
 
 class ConfigError(ValueError):
@@ -246,14 +262,14 @@ def set_path(data: Dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def build_config(data: Dict[str, Any], source: str = "config") -> Any:
+def build_config(data: Dict[str, Any], source: str = "config") -> BirddConfig:
     try:
         return BirddConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, format_validation_error(exc)) from None
 
 
-def load_config(path: Optional[Path], overrides: Optional[Dict[str, Any]] = None) -> Any:
+def load_config(path: Optional[Path], overrides: Optional[Dict[str, Any]] = None) -> BirddConfig:
     """Load ``path`` (or defaults when None), apply dotted-key overrides, and validate."""
     data = read_yaml(path) if path is not None else {}
     for key, value in (overrides or {}).items():

@@ -16,6 +16,7 @@ from typing import Any, List, Optional, Sequence
 
 from birdd.daemon.app.sdnotify import notify
 from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
+from birdd.daemon.config import BirddConfig
 from birdd.daemon.pipeline.chain import Pipeline, PipelineStats, SourceSpec
 from birdd.daemon.pipeline.clock import LiveClock
 from birdd.daemon.postprocess import PostProcessor
@@ -42,7 +43,7 @@ def channels_needed(channels: Any) -> Optional[int]:
     return max(indices) + 1
 
 
-def open_source(spec: Any, config: Any, model_rate: int) -> AudioSource:
+def open_source(spec: Any, config: BirddConfig, model_rate: int) -> AudioSource:
     """The source for one ``audio.inputs`` entry: a device, a URL for ffmpeg, or '-'."""
     audio = config.audio
     policy = ReconnectPolicy(audio.watchdog_s, audio.reconnect_max_s, audio.require_device_at_start)
@@ -72,7 +73,7 @@ def refuse_recordings(inputs: Sequence[Any]) -> None:
             )
 
 
-def open_sources(config: Any, model_rate: int) -> List[AudioSource]:
+def open_sources(config: BirddConfig, model_rate: int) -> List[AudioSource]:
     sources = [open_source(spec, config, model_rate) for spec in config.audio.inputs]
     names = [source.name for source in sources]
     if len(set(names)) < len(names):
@@ -140,7 +141,7 @@ class LiveMonitor:
         )
 
 
-def run_live(config: Any, duration_s: Optional[float]) -> int:
+def run_live(config: BirddConfig, duration_s: Optional[float]) -> int:
     """Listen until stopped (SIGINT/SIGTERM), until ``duration_s`` or until stdin ends."""
     refuse_recordings(config.audio.inputs)
     engine = create_engine(config.engine.for_mode(live=True))

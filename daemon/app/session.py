@@ -7,9 +7,10 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from birdd.daemon.app.signals import StopOnSignals
+from birdd.daemon.config import BirddConfig
 from birdd.daemon.mqtt.service import MqttPublisher
 from birdd.daemon.pipeline.chain import Pipeline, PipelineSettings, PipelineStats
 from birdd.daemon.records import RunInfo, new_detection_id
@@ -22,7 +23,7 @@ from birdd.engines.base import Engine
 log = logging.getLogger("birdd")
 
 
-def open_sinks(config: Any) -> Tuple[SinkFanout, Optional[MqttPublisher]]:
+def open_sinks(config: BirddConfig) -> Tuple[SinkFanout, Optional[MqttPublisher]]:
     """SQLite (the source of truth), the text output, and the MQTT publisher when enabled; a
     database path that cannot be one is refused here, before the run is announced."""
     check_path(config.storage.db)
@@ -37,7 +38,9 @@ def open_sinks(config: Any) -> Tuple[SinkFanout, Optional[MqttPublisher]]:
     ), publisher
 
 
-def run_info(config: Any, engine: Engine, mode: str, source: str, clock_origin: str) -> RunInfo:
+def run_info(
+    config: BirddConfig, engine: Engine, mode: str, source: str, clock_origin: str
+) -> RunInfo:
     return RunInfo(
         run_id=new_detection_id(),
         station=config.station.id,
@@ -50,7 +53,7 @@ def run_info(config: Any, engine: Engine, mode: str, source: str, clock_origin: 
     )
 
 
-def pipeline_settings(config: Any, realtime: Optional[float] = None) -> PipelineSettings:
+def pipeline_settings(config: BirddConfig, realtime: Optional[float] = None) -> PipelineSettings:
     channels = config.audio.channels
     return PipelineSettings(
         channels=channels if isinstance(channels, list) else [channels],
@@ -61,7 +64,7 @@ def pipeline_settings(config: Any, realtime: Optional[float] = None) -> Pipeline
     )
 
 
-def _retention(config: Any) -> Optional[Retention]:
+def _retention(config: BirddConfig) -> Optional[Retention]:
     days = config.storage.retention_days
     return None if days is None else Retention(days, keep_unpublished=config.mqtt.enabled)
 
@@ -70,7 +73,7 @@ def run_session(
     pipeline: Pipeline,
     fanout: SinkFanout,
     run: RunInfo,
-    config: Any,
+    config: BirddConfig,
     publisher: Optional[MqttPublisher],
     progress: Callable[[PipelineStats], None],
     stopped_status: str,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from birdd.daemon.app.progress import ProgressLine
 from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
 from birdd.daemon.app.starttime import recording_start
+from birdd.daemon.config import BirddConfig
 from birdd.daemon.pipeline.chain import Pipeline, SourceSpec
 from birdd.daemon.postprocess import PostProcessor
 from birdd.daemon.records import StreamClock
@@ -24,7 +25,9 @@ from birdd.engines.registry import create_engine
 log = logging.getLogger("birdd")
 
 
-def simulate(config: Any, path: Path, start_time: Optional[str], realtime: Optional[float]) -> int:
+def simulate(
+    config: BirddConfig, path: Path, start_time: Optional[str], realtime: Optional[float]
+) -> int:
     """Run the pipeline over one file; return the process exit code."""
     source = FileSource(path, config.audio.block_s)
     check_channel(config.audio.channels, source.channels, str(path))

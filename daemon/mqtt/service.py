@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Dict, Optional
 
 from birdd.daemon import __version__
+from birdd.daemon.config import BirddConfig
 from birdd.daemon.mqtt.client import Connection
 from birdd.daemon.mqtt.homeassistant import HomeAssistant
 from birdd.daemon.mqtt.outbox import Outbox
@@ -26,7 +27,7 @@ Health = Callable[[], Dict[str, Any]]
 
 
 class MqttPublisher:
-    def __init__(self, config: Any, as_station: bool = True) -> None:
+    def __init__(self, config: BirddConfig, as_station: bool = True) -> None:
         """``config`` is the whole birdd config (station, storage and mqtt blocks)."""
         mqtt, station = config.mqtt, config.station
         self.config, self.db = mqtt, config.storage.db
