@@ -25,6 +25,8 @@ fi
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0
 python3 -m pip install -q --disable-pip-version-check -e '.[dev,training]'
 python3 -m birdd.daemon models install birdnet
+# The README's demo recording (opensoundscape's birds_10s.wav, MIT) from its PyPI wheel.
+python3 -m birdd.daemon models install demo
 # One-off: BirdNET as ONNX for the ONNX Runtime engine (tf2onnx in a throwaway virtualenv,
 # about 2 minutes the first time; nothing happens when it is already converted).
 python3 -m birdd.daemon models convert birdnet --to onnx
