@@ -1,6 +1,12 @@
-"""Shared fixtures: the real recordings in ../shared/audio (or $BIRDD_TEST_AUDIO), real
+"""Shared fixtures: the recordings in tests/data/audio and, where a test needs them, in
+../shared/audio (or $BIRDD_TEST_AUDIO; skipped without it), the installed BirdNET, real
 mosquitto brokers on free loopback ports (see broker.py), and real audio servers: a private
-PulseAudio daemon and GStreamer RTSP servers (see audio_servers.py)."""
+PulseAudio daemon and GStreamer RTSP servers (see audio_servers.py).
+
+Every test that needs the model, a Debian package the tests drive, a server or the shared
+recordings, or that starts birdd (or vermin, mypy) in a fresh process, is marked ``system``:
+by the fixtures it uses (``SYSTEM_FIXTURES``, below), else by its module's ``pytestmark`` or
+its own mark. ``pytest -m "not system"`` is the fast tier for the edit loop; CI runs all."""
 
 from __future__ import annotations
 
@@ -9,15 +15,66 @@ from typing import Callable, Iterator, List
 
 import pytest
 from audio_servers import PulseServer, RtspServer
-from birdd_testing import AUDIO
+from birdd_testing import SHARED_AUDIO, SHARED_AUDIO_MISSING, shared_audio_present
 from broker import Mosquitto
+
+from birdd.engines.errors import ModelArtifactError
+from birdd.engines.models.install import install_demo_recording
+from birdd.engines.models.modeldir import resolve_model
+
+INSTALL = "bash tests/install.sh"
+# A test using one of these (directly or through another fixture) is a system test.
+SYSTEM_FIXTURES = {
+    "birdnet_model",
+    "demo_recording",
+    "shared_audio",
+    "broker",
+    "broker_factory",
+    "pulse",
+    "rtsp_factory",
+}
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    for item in items:
+        if SYSTEM_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line saying how many tests skipped for want of the shared recordings."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = [report for report in skipped if SHARED_AUDIO_MISSING in str(report.longrepr)]
+    if missing:
+        terminalreporter.write_line(
+            f"{len(missing)} test(s) skipped without the shared recordings in {SHARED_AUDIO} "
+            "(set BIRDD_TEST_AUDIO; CI has them)"
+        )
 
 
 @pytest.fixture(scope="session")
-def audio_dir() -> Path:
-    if not (AUDIO / "soundscapes").is_dir():
-        pytest.fail(f"test recordings not found in {AUDIO}: set BIRDD_TEST_AUDIO")
-    return AUDIO
+def shared_audio() -> Path:
+    """The shared recordings' folder; the test skips, with the reason, when it is absent."""
+    if not shared_audio_present():
+        pytest.skip(SHARED_AUDIO_MISSING)
+    return SHARED_AUDIO
+
+
+@pytest.fixture(scope="session")
+def birdnet_model() -> Path:
+    """The installed BirdNET V2.4 TFLite classifier; its absence fails (the suite installs
+    it: tests/install.sh), it never skips."""
+    try:
+        return resolve_model("birdnet", "tflite")
+    except ModelArtifactError as exc:
+        pytest.fail(f"BirdNET is not installed ({exc}); run '{INSTALL}'")
+
+
+@pytest.fixture(scope="session")
+def demo_recording() -> Path:
+    """The README's demo recording: opensoundscape's birds_10s.wav (MIT) from its PyPI wheel,
+    which tests/install.sh installs ('birdd models install demo'; fetched here if not)."""
+    return install_demo_recording(log=lambda line: None)
 
 
 @pytest.fixture

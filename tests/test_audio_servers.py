@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile
 from audio_servers import RATE, PulseServer, RtspServer
+from birdd_testing import THRUSH, read_mono, recording, write_48k
 
-RECORDING = "soundscapes/tawnyowl.wav"  # 15 s, 48 kHz mono, 32-bit PCM
-SHORT_RECORDING = "soundscapes/pykanto_audiomoth_20210502_040000.wav"  # 0.98 s, 48 kHz mono
+SHORT_RECORDING = "pykanto_audiomoth_20210502_040000.wav"  # 0.98 s, 48 kHz mono
 CAPTURE_S = 3.0
 L16_STEP = 1 / 32768  # one quantization step of the RTSP stream
 
@@ -65,10 +65,10 @@ def finish(capture: subprocess.Popen, out: Path) -> np.ndarray:
     return np.load(out)
 
 
-def read_mono(path: Path) -> np.ndarray:
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    assert rate == RATE, "the comparisons below need a 48 kHz recording"
-    return data.mean(axis=1)
+@pytest.fixture
+def thrush_48k(tmp_path: Path) -> Path:
+    """15 s of the thrush recording as a 48 kHz mono float WAV: played and served as it is."""
+    return write_48k(recording(THRUSH), tmp_path / "thrush_48k.wav", seconds=15)
 
 
 def locate(haystack: np.ndarray, needle: np.ndarray) -> int:
@@ -102,24 +102,24 @@ def assert_contains_recording(captured: np.ndarray, recording: np.ndarray) -> No
 
 
 def test_pulse_capture_is_the_played_recording(
-    pulse: PulseServer, audio_dir: Path, tmp_path: Path
+    pulse: PulseServer, thrush_48k: Path, tmp_path: Path
 ) -> None:
-    recording = audio_dir / RECORDING
-    captured = capture_while_playing(pulse, recording, tmp_path / "captured.npy")
-    assert_contains_recording(captured, read_mono(recording))
+    captured = capture_while_playing(pulse, thrush_48k, tmp_path / "captured.npy")
+    assert_contains_recording(captured, read_mono(thrush_48k))
 
 
-def test_pulse_default_device_and_mp3(pulse: PulseServer, audio_dir: Path, tmp_path: Path) -> None:
+def test_pulse_default_device_and_mp3(pulse: PulseServer, thrush_48k: Path, tmp_path: Path) -> None:
     """The ALSA ``default`` device reaches the server too (while it runs: the plugin's hook
     checks), and an mp3 plays (paplay reads it here; else play() decodes it first): it
     matches soundfile's own decoding (libsndfile + mpg123 both)."""
-    recording = audio_dir / "soundscapes/XC563936_soundscape.mp3"
+    mp3 = tmp_path / "thrush.mp3"
+    soundfile.write(str(mp3), read_mono(thrush_48k), RATE, format="MP3")
     out = tmp_path / "captured.npy"
     capture = start_capture(pulse.env, out, device="default")
     wait_ready(capture)
-    pulse.play(recording)
+    pulse.play(mp3)
     captured = finish(capture, out)
-    expected = read_mono(recording)[: 2 * RATE]
+    expected = read_mono(mp3)[: 2 * RATE]
     start = locate(captured, expected[:RATE])
     heard = captured[start : start + len(expected)]
     assert len(heard) == len(expected)
@@ -127,9 +127,8 @@ def test_pulse_default_device_and_mp3(pulse: PulseServer, audio_dir: Path, tmp_p
 
 
 def test_pulse_capture_after_kill_and_restart(
-    pulse: PulseServer, audio_dir: Path, tmp_path: Path
+    pulse: PulseServer, thrush_48k: Path, tmp_path: Path
 ) -> None:
-    recording = audio_dir / RECORDING
     old_pid = pulse.pid
     pulse.kill()
     assert not pulse.running and pulse.pactl("info", check=False).returncode != 0
@@ -143,8 +142,8 @@ def test_pulse_capture_after_kill_and_restart(
 
     pulse.restart()
     assert pulse.running and pulse.pid != old_pid
-    captured = capture_while_playing(pulse, recording, tmp_path / "after.npy")
-    assert_contains_recording(captured, read_mono(recording))
+    captured = capture_while_playing(pulse, thrush_48k, tmp_path / "after.npy")
+    assert_contains_recording(captured, read_mono(thrush_48k))
 
 
 def ffmpeg(url: str, seconds: Optional[float] = None, timeout_s: float = 5) -> List[str]:
@@ -166,11 +165,10 @@ def pull(url: str, seconds: float) -> np.ndarray:
 
 
 def test_rtsp_serves_the_recording_in_real_time(
-    rtsp_factory: Callable[..., RtspServer], audio_dir: Path
+    rtsp_factory: Callable[..., RtspServer], thrush_48k: Path
 ) -> None:
-    recording = audio_dir / RECORDING
-    server = rtsp_factory(recording)
-    expected = read_mono(recording)
+    server = rtsp_factory(thrush_48k)
+    expected = read_mono(thrush_48k)
     for _ in range(2):  # a second connection gets a fresh stream from the start of the file
         began = time.monotonic()
         received = pull(server.url, CAPTURE_S)
@@ -181,12 +179,10 @@ def test_rtsp_serves_the_recording_in_real_time(
         np.testing.assert_allclose(received, expected[: len(received)], rtol=0, atol=L16_STEP)
 
 
-def test_rtsp_loop_and_restart_after_kill(
-    rtsp_factory: Callable[..., RtspServer], audio_dir: Path
-) -> None:
-    recording = audio_dir / SHORT_RECORDING
-    server = rtsp_factory(recording, loop=True)
-    expected = np.tile(read_mono(recording), 3)
+def test_rtsp_loop_and_restart_after_kill(rtsp_factory: Callable[..., RtspServer]) -> None:
+    short = recording(SHORT_RECORDING)
+    server = rtsp_factory(short, loop=True)
+    expected = np.tile(read_mono(short), 3)
     port = server.port
     server.kill()
     server.start()
@@ -196,11 +192,11 @@ def test_rtsp_loop_and_restart_after_kill(
 
 
 def test_rtsp_stall_and_kill_as_ffmpeg_sees_them(
-    rtsp_factory: Callable[..., RtspServer], audio_dir: Path
+    rtsp_factory: Callable[..., RtspServer], thrush_48k: Path
 ) -> None:
     """A stalled server makes ffmpeg give up after its ``-timeout`` (exit status 1); once
     resumed, a new connection works. A killed one ends ffmpeg like a normal end of stream."""
-    server = rtsp_factory(audio_dir / RECORDING)
+    server = rtsp_factory(thrush_48k)
     client = subprocess.Popen(
         ffmpeg(server.url, timeout_s=1.5), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

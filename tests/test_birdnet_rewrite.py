@@ -1,17 +1,16 @@
 """The rewritten BirdNET (each mel branch one strided convolution of the raw input) scores real
 audio like the original, and its mel spectrograms are closer to float64 than the original's.
 
-Needs BirdNET installed ('birdd models install birdnet', done by tests/install.sh) and the
-shared test recordings (``$BIRDD_TEST_AUDIO``, default ``../shared/audio``).
+Needs BirdNET installed ('birdd models install birdnet', done by tests/install.sh); the
+recordings are the repository's (tests/data/audio).
 """
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from ai_edge_litert.interpreter import Interpreter
-from birdd_testing import AUDIO
+from birdd_testing import ENGINE_RECORDINGS, WINDOW, model_windows, recording
 
 from birdd.engines.errors import ModelArtifactError
 from birdd.engines.models.birdnet_rewrite import (
@@ -30,15 +29,12 @@ from birdd.engines.models.tflite_graph import (
     tflite_schema,
 )
 
-WINDOW = 144000
-RATE = 48000
 EMBEDDING = "model/GLOBAL_AVG_POOL/Mean"
 SPECTROGRAMS = "model/concatenate/concat"  # both mel branches, [B, 96, 511, 2], after mel^p
-RECORDINGS = ["soundscapes/XC563936_soundscape.mp3", "soundscapes/tawnyowl.wav"]
 
 
 @pytest.fixture(scope="module")
-def original_path() -> Path:
+def original_path(birdnet_model) -> Path:
     return models_dir() / "birdnet" / BIRDNET_MODEL.name
 
 
@@ -51,17 +47,9 @@ def rewritten_path(original_path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def windows() -> np.ndarray:
-    """3 s windows from t = 0 of real recordings, the last partial one zero-padded."""
-    chunks = []
-    for name in RECORDINGS:
-        path = AUDIO / name
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        assert rate == RATE, f"{name} is {rate} Hz, the test expects {RATE}"
-        mono = audio.mean(axis=1)
-        padded = np.zeros(-(-len(mono) // WINDOW) * WINDOW, np.float32)
-        padded[: len(mono)] = mono
-        chunks.append(padded.reshape(-1, WINDOW))
-    return np.concatenate(chunks)
+    """3 s windows at 48 kHz from t = 0 of real recordings, the last partial one zero-padded:
+    the thrush (0-9), the robin (10, padded), the Jura dawn (11-14, 14 padded)."""
+    return model_windows(*(recording(name) for name in ENGINE_RECORDINGS))
 
 
 def run(path: Path, batch: np.ndarray, size: int, threads: int = 2) -> dict:
@@ -214,7 +202,7 @@ def test_spectrograms_are_closer_to_float64_than_the_original(
     padded = np.repeat(windows[7:8], 3, axis=0)
     for row, kept in enumerate((0.5, 0.1, 0.01)):
         padded[row, int(kept * WINDOW) :] = 0.0
-    batch = np.concatenate([windows[[2, 23]], padded])
+    batch = np.concatenate([windows[[2, 14]], padded])
     expected = float64_spectrograms(original_path, batch)
     errors = {}
     for label, path in (("original", original_path), ("rewritten", rewritten_path)):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytest
-from birdd_testing import AUDIO, REPO, birdd_command, jsonl_rows, simulate_args
+from birdd_testing import REPO, THRUSH, birdd_command, jsonl_rows, recording, simulate_args
 
 from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info
 from birdd.daemon.config import load_config
@@ -29,8 +29,6 @@ from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.tflite import TFLiteConfig
 from birdd.engines.worker import WorkerEngine
 
-OWL = AUDIO / "soundscapes" / "tawnyowl.wav"
-MONITOR = AUDIO / "soundscapes" / "monitoR_survey.wav"
 START = datetime(2024, 5, 1, 5, 0, tzinfo=timezone.utc)
 
 
@@ -48,10 +46,10 @@ def children_of(pid: int) -> List[int]:
     return [int(child) for child in text.split()]
 
 
-def monitor_run(config: Path, db: Path, *extra: str) -> List[str]:
-    """`birdd --simulate` of the monitoR survey, its engine in a worker, every window listed."""
+def thrush_run(config: Path, db: Path, *extra: str) -> List[str]:
+    """`birdd --simulate` of the thrush recording, its engine in a worker, every window listed."""
     flags = ("--config", str(config), "--min-conf", "0.1", "--start-time", START.isoformat())
-    return birdd_command(*simulate_args(MONITOR, db, *flags, *extra))
+    return birdd_command(*simulate_args(recording(THRUSH), db, *flags, *extra))
 
 
 def species_by_window(stdout: str) -> List[tuple]:
@@ -61,19 +59,19 @@ def species_by_window(stdout: str) -> List[tuple]:
     )
 
 
-def test_a_worker_killed_during_a_run_loses_no_window(tmp_path):
+def test_a_worker_killed_during_a_run_loses_no_window(birdnet_model, tmp_path):
     """SIGKILL the engine worker while `birdd --simulate` paces a recording: the worker is
     restarted, and the detections are exactly those of an undisturbed run."""
     config = worker_config_file(tmp_path)
     undisturbed = subprocess.run(
-        monitor_run(config, tmp_path / "ref.db"), capture_output=True, text=True, timeout=300
+        thrush_run(config, tmp_path / "ref.db"), capture_output=True, text=True, timeout=300
     )
     assert undisturbed.returncode == 0, undisturbed.stderr
     expected = species_by_window(undisturbed.stdout)
     assert len(expected) >= 3
 
     run = subprocess.Popen(
-        monitor_run(config, tmp_path / "db.sqlite", "--realtime", "4"),
+        thrush_run(config, tmp_path / "db.sqlite", "--realtime", "4"),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -84,7 +82,7 @@ def test_a_worker_killed_during_a_run_loses_no_window(tmp_path):
     while killed is None and run.poll() is None and time.monotonic() < deadline:
         workers = children_of(run.pid)
         if workers:
-            time.sleep(2.5)  # loaded and scoring: 23.5 s of audio at 4x takes about 6 s
+            time.sleep(2.5)  # loaded and scoring: 30 s of audio at 4x takes about 7.5 s
             killed = workers[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.05)
@@ -114,7 +112,7 @@ class KillOnSends:
 
 
 def run_pipeline(tmp_path: Path, killer: KillOnSends, max_restarts: int) -> PipelineStats:
-    """The pipeline of `birdd --simulate` over the owl recording, its engine in a worker."""
+    """The pipeline of `birdd --simulate` over the thrush recording, its engine in a worker."""
     overrides = {
         "storage.db": str(tmp_path / "db.sqlite"),
         "postprocess.per_window": True,
@@ -126,14 +124,14 @@ def run_pipeline(tmp_path: Path, killer: KillOnSends, max_restarts: int) -> Pipe
     engine = WorkerEngine(engine_config, artifact, max_restarts=max_restarts)
     engine.load()
     engine._on_sent = killer
-    source = FileSource(OWL, config.audio.block_s)
+    source = FileSource(recording(THRUSH), config.audio.block_s)
     clock = StreamClock(START, artifact.sample_rate, "test")
     postprocessor = PostProcessor(config.postprocess, artifact, "test", live=False)
     fanout, _ = open_sinks(config)
     pipeline = Pipeline(
         [SourceSpec(source, clock)], engine, postprocessor, fanout, pipeline_settings(config)
     )
-    fanout.open(run_info(config, engine, "simulate", str(OWL), "test"))
+    fanout.open(run_info(config, engine, "simulate", str(recording(THRUSH)), "test"))
     status = "failed"
     try:
         stats = pipeline.run()
@@ -144,18 +142,18 @@ def run_pipeline(tmp_path: Path, killer: KillOnSends, max_restarts: int) -> Pipe
         engine.close()
 
 
-def test_a_batch_the_engine_cannot_score_becomes_a_gap_and_the_run_goes_on(tmp_path):
+def test_a_batch_the_engine_cannot_score_becomes_a_gap_and_the_run_goes_on(birdnet_model, tmp_path):
     reference = run_pipeline(tmp_path / "ref", KillOnSends(range(0)), max_restarts=3)
-    assert reference.windows == 5 and reference.windows_unscored == 0
+    assert reference.windows == 10 and reference.windows_unscored == 0
 
     stats = run_pipeline(tmp_path, KillOnSends(range(2, 4)), max_restarts=3)
-    assert stats.windows == 4 and stats.windows_unscored == 1
+    assert stats.windows == 9 and stats.windows_unscored == 1
     with sqlite3.connect(str(tmp_path / "db.sqlite")) as db:
         gaps = db.execute("SELECT source, start_epoch, seconds, reason FROM gaps").fetchall()
         starts = [row[0] for row in db.execute("SELECT start_utc FROM detections")]
     assert len(gaps) == 1
     source, start, seconds, reason = gaps[0]
-    assert source == str(OWL)
+    assert source == str(recording(THRUSH))
     assert start == START.timestamp() + 3.0 and seconds == 3.0  # the second 3 s window
     assert reason.startswith("engine failed: engine worker died (exit code -9, SIGKILL)")
     assert starts and not any(start_utc.startswith("2024-05-01T05:00:03") for start_utc in starts)
@@ -165,7 +163,9 @@ def test_a_batch_the_engine_cannot_score_becomes_a_gap_and_the_run_goes_on(tmp_p
     "max_restarts, words",
     [(3, "not restarting it again: it failed 4 times"), (10, "3 batches in a row could not")],
 )
-def test_an_engine_that_fails_every_batch_ends_the_run_with_one_line(tmp_path, max_restarts, words):
+def test_an_engine_that_fails_every_batch_ends_the_run_with_one_line(
+    birdnet_model, tmp_path, max_restarts, words
+):
     with pytest.raises(EngineError) as failure:
         run_pipeline(tmp_path, KillOnSends(range(1, 100)), max_restarts=max_restarts)
     message = str(failure.value)

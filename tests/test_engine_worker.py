@@ -16,8 +16,7 @@ import time
 
 import numpy as np
 import pytest
-import soundfile
-from birdd_testing import AUDIO, simulate_rows
+from birdd_testing import THRUSH, model_windows, recording, simulate_rows
 
 from birdd.engines.errors import EngineError, RuntimeMissingError
 from birdd.engines.models.artifact import load_artifact
@@ -40,14 +39,12 @@ CONFIGS = {"tflite": TFLiteConfig, "onnx": ONNXConfig}
 
 
 @pytest.fixture(scope="module")
-def windows(audio_dir) -> np.ndarray:
-    audio, rate = soundfile.read(str(audio_dir / "soundscapes" / "tawnyowl.wav"), dtype="float32")
-    assert rate == 48000
-    return audio[: 3 * 144000].reshape(3, 144000)
+def windows(birdnet_model) -> np.ndarray:
+    return model_windows(recording(THRUSH))[2:5]
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
-def engine_type(request) -> str:
+def engine_type(request, birdnet_model) -> str:
     return request.param
 
 
@@ -156,7 +153,7 @@ def test_restarts_are_bounded(windows):
         engine.close()
 
 
-def test_close_ends_the_worker():
+def test_close_ends_the_worker(birdnet_model):
     engine = start_worker(TFLiteConfig(batch_size=1))
     child = engine._child
     engine.close()
@@ -187,7 +184,7 @@ def test_a_model_the_worker_cannot_load_is_one_line(tmp_path, engine_type, conte
     engine.close()
 
 
-def test_an_interpreter_without_numpy_names_what_to_install(tmp_path):
+def test_an_interpreter_without_numpy_names_what_to_install(birdnet_model, tmp_path):
     python = tmp_path / "python-without-site"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
     python.chmod(0o755)
@@ -207,7 +204,7 @@ def test_an_interpreter_without_numpy_names_what_to_install(tmp_path):
         ("/bin/false", r"engine worker \(/bin/false\) died \(exit code 1\) while loading"),
     ],
 )
-def test_an_unusable_interpreter_is_one_line(python, message):
+def test_an_unusable_interpreter_is_one_line(birdnet_model, python, message):
     artifact = load_artifact(resolve_model("birdnet", "tflite"))
     engine = WorkerEngine(TFLiteConfig(batch_size=1), artifact, python=python)
     with pytest.raises(EngineError, match=message) as failure:
@@ -244,17 +241,16 @@ def test_the_worker_script_runs_on_python_3_6():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_engine_python_in_the_config_runs_the_real_pipeline_in_a_worker(tmp_path):
+def test_engine_python_in_the_config_runs_the_real_pipeline_in_a_worker(birdnet_model, tmp_path):
     config = tmp_path / "birdd.yaml"
     config.write_text(f"engine:\n  type: tflite\n  python: {sys.executable}\n")
-    owl_wav = AUDIO / "soundscapes" / "tawnyowl.wav"
-    result, rows = simulate_rows(owl_wav, tmp_path / "db.sqlite", "--config", str(config))
+    result, rows = simulate_rows(recording(THRUSH), tmp_path / "db.sqlite", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    owl = [row for row in rows if row["species"]["scientific"] == "Strix aluco"]
-    assert len(owl) == 4
+    thrush = [row for row in rows if row["species"]["scientific"] == "Hylocichla mustelina"]
+    assert len(thrush) == 9  # every window but the last, as in-process
 
 
-def test_create_engine_uses_a_worker_when_python_is_set():
+def test_create_engine_uses_a_worker_when_python_is_set(birdnet_model):
     engine = create_engine(TFLiteConfig(batch_size=1, python=sys.executable))
     try:
         assert isinstance(engine, WorkerEngine) and engine.pid != os.getpid()

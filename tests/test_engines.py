@@ -3,45 +3,43 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
-from birdd_testing import AUDIO, run_birdd
+from birdd_testing import THRUSH, model_windows, recording, run_birdd
 
 from birdd.engines.errors import EngineError, RuntimeMissingError
 from birdd.engines.models.artifact import load_artifact, sidecar_path, upgrade_sidecar
-from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.registry import create_engine
 from birdd.engines.tflite import TFLiteConfig
 
 
 @pytest.fixture(scope="module")
-def owl_windows() -> np.ndarray:
-    audio, rate = soundfile.read(str(AUDIO / "soundscapes" / "tawnyowl.wav"), dtype="float32")
-    assert rate == 48000
-    return audio[: 3 * 144000].reshape(3, 144000)
+def thrush_windows(birdnet_model) -> np.ndarray:
+    """The thrush recording's windows at 6, 9 and 12 s: the Wood Thrush tops each (> 0.99)."""
+    return model_windows(recording(THRUSH))[2:5]
 
 
-def test_a_partial_batch_is_padded_and_scores_like_a_full_one(owl_windows):
+def test_a_partial_batch_is_padded_and_scores_like_a_full_one(thrush_windows):
     engine = create_engine(TFLiteConfig(batch_size=2))
-    full = engine.predict(owl_windows[:2])
-    alone = engine.predict(owl_windows[2:3])
+    full = engine.predict(thrush_windows[:2])
+    alone = engine.predict(thrush_windows[2:3])
     single = create_engine(TFLiteConfig(batch_size=1))
     assert alone.shape == (1, 6522)
-    np.testing.assert_allclose(alone[0], single.predict(owl_windows[2:3])[0], atol=1e-4)
-    np.testing.assert_allclose(full[1], single.predict(owl_windows[1:2])[0], atol=1e-4)
-    owl = engine.artifact.species.index(
-        next(s for s in engine.artifact.species if s.scientific == "Strix aluco")
+    np.testing.assert_allclose(alone[0], single.predict(thrush_windows[2:3])[0], atol=1e-4)
+    np.testing.assert_allclose(full[1], single.predict(thrush_windows[1:2])[0], atol=1e-4)
+    thrush = engine.artifact.species.index(
+        next(s for s in engine.artifact.species if s.scientific == "Hylocichla mustelina")
     )
-    assert (full.argmax(axis=1) == owl).all() and alone.argmax() == owl
+    assert (full.argmax(axis=1) == thrush).all() and alone.argmax() == thrush
     with pytest.raises(EngineError, match="batch of 3 > batch_size 2"):
-        engine.predict(owl_windows)
+        engine.predict(thrush_windows)
 
 
-def test_embeddings_come_from_the_same_model(owl_windows):
+def test_embeddings_come_from_the_same_model(thrush_windows):
     engine = create_engine(TFLiteConfig(batch_size=2))
-    embeddings = engine.embed(owl_windows[:2])
+    embeddings = engine.embed(thrush_windows[:2])
     assert embeddings.shape == (2, 1024) and np.isfinite(embeddings).all()
 
 
@@ -51,7 +49,7 @@ def test_batch_size_defaults_by_mode():
     assert TFLiteConfig(batch_size=8).for_mode(live=True).batch_size == 8
 
 
-def test_a_missing_runtime_names_the_extra_to_install():
+def test_a_missing_runtime_names_the_extra_to_install(birdnet_model):
     pytest.importorskip("ai_edge_litert")
     try:
         import tflite_runtime  # noqa: F401
@@ -63,8 +61,8 @@ def test_a_missing_runtime_names_the_extra_to_install():
         create_engine(TFLiteConfig(runtime="tflite-runtime"))
 
 
-def copy_with_sidecar(tmp_path, **changes):
-    real = resolve_model("birdnet", "tflite")
+def copy_with_sidecar(real: Path, tmp_path: Path, **changes) -> Path:
+    """A link to the installed model ``real`` beside a copy of its sidecar with ``changes``."""
     model = tmp_path / "model.tflite"
     model.symlink_to(real)
     meta = json.loads(sidecar_path(real).read_text())
@@ -73,17 +71,17 @@ def copy_with_sidecar(tmp_path, **changes):
     return model
 
 
-def test_a_sidecar_with_the_wrong_window_is_refused(tmp_path):
+def test_a_sidecar_with_the_wrong_window_is_refused(birdnet_model, tmp_path):
     model = copy_with_sidecar(
-        tmp_path, window_samples=96000, sample_rate=32000, input_shape=[-1, 96000]
+        birdnet_model, tmp_path, window_samples=96000, sample_rate=32000, input_shape=[-1, 96000]
     )
     with pytest.raises(EngineError, match=r"takes input \[1, 144000\].*sidecar says"):
         create_engine(TFLiteConfig(model=str(model)))
 
 
 @pytest.mark.parametrize("keep", [(), ("window_s",), ("window_s", "input_shape", "input_dtype")])
-def test_a_sidecar_of_an_older_birdd_is_brought_up_to_date(tmp_path, keep):
-    model = copy_with_sidecar(tmp_path)
+def test_a_sidecar_of_an_older_birdd_is_brought_up_to_date(birdnet_model, tmp_path, keep):
+    model = copy_with_sidecar(birdnet_model, tmp_path)
     meta = json.loads(sidecar_path(model).read_text())
     added = {"window_s": 3.0, "input_shape": [-1, 144000], "input_dtype": "float32"}
     old = {key: value for key, value in meta.items() if key not in added or key in keep}
@@ -112,8 +110,8 @@ def test_a_sidecar_of_an_older_birdd_is_brought_up_to_date(tmp_path, keep):
         ({"input_dtype": "int8"}, "input_dtype='int8', allowed: float32"),
     ],
 )
-def test_a_sidecar_that_disagrees_with_itself_is_refused(tmp_path, changes, words):
-    model = copy_with_sidecar(tmp_path, **changes)
+def test_a_sidecar_that_disagrees_with_itself_is_refused(birdnet_model, tmp_path, changes, words):
+    model = copy_with_sidecar(birdnet_model, tmp_path, **changes)
     with pytest.raises(EngineError) as failure:
         create_engine(TFLiteConfig(model=str(model)))
     assert words in str(failure.value) and "\n" not in str(failure.value)
@@ -126,8 +124,8 @@ def test_a_location_sidecar_is_left_as_it_is(tmp_path):
     assert upgrade_sidecar(side) is False and json.loads(side.read_text()) == body
 
 
-def test_a_sidecar_of_another_format_is_refused(tmp_path):
-    model = copy_with_sidecar(tmp_path, format="onnx")
+def test_a_sidecar_of_another_format_is_refused(birdnet_model, tmp_path):
+    model = copy_with_sidecar(birdnet_model, tmp_path, format="onnx")
     with pytest.raises(EngineError, match=r"is in onnx format but engine\.type is tflite"):
         create_engine(TFLiteConfig(model=str(model)))
 
@@ -137,6 +135,7 @@ def test_an_unknown_installed_model_name():
         create_engine(TFLiteConfig(model="perch"))
 
 
+@pytest.mark.system  # starts birdd in a fresh process
 def test_birdd_engines_lists_what_is_usable_here():
     result = run_birdd("engines")
     assert result.returncode == 0, result.stderr

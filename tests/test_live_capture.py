@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile
 from audio_servers import PulseServer, RtspServer
-from birdd_testing import run_birdd
+from birdd_testing import RATE, THRUSH, read_mono, recording, run_birdd, write_48k
 
 HOP_S = 3.0  # overlap 0
 PHASE_JITTER_S = (-0.03, -0.02, -0.01, 0.0, 0.01, 0.02, 0.03)
@@ -103,11 +103,12 @@ def live_runs():
         run.kill()
 
 
-def owls(rows: List[dict], source: Optional[str] = None) -> List[dict]:
+def thrushes(rows: List[dict], source: Optional[str] = None) -> List[dict]:
+    """The Wood Thrush's rows (from ``source`` only, if given): it sings all through THRUSH."""
     return [
         r
         for r in rows
-        if r["species"]["scientific"] == "Strix aluco" and source in (None, r["source"])
+        if r["species"]["scientific"] == "Hylocichla mustelina" and source in (None, r["source"])
     ]
 
 
@@ -123,17 +124,15 @@ def unmatched(these: list, those: list) -> list:
 
 
 def test_live_capture_matches_simulate_of_the_same_recording(
-    pulse: PulseServer, audio_dir: Path, tmp_path: Path, live_runs
+    pulse: PulseServer, birdnet_model: Path, tmp_path: Path, live_runs
 ) -> None:
-    """XC563936 played in real time into PulseAudio and captured through PortAudio finds
-    what `birdd --simulate` finds. BirdNET is sensitive to where a 3 s window starts (a
-    kingfisher scores 0.89 at 32.6 s and 0.06 at 32.7 s), so the reference simulation is cut
+    """The thrush recording played in real time into PulseAudio and captured through PortAudio
+    finds what `birdd --simulate` finds. BirdNET is sensitive to where a 3 s window starts (in
+    XC563936 a kingfisher scores 0.89 at 32.6 s and 0.06 at 32.7 s), so the reference is cut
     at the live run's phase, ± 30 ms: the recording behind the silence the live windows started
     in. A detection confident there (≥ 0.7) and ≥ 0.5 at every such phase must be heard; a
     confident one heard must be found at one of them."""
-    recording = audio_dir / "soundscapes" / "XC563936_soundscape.mp3"
-    samples, rate = soundfile.read(str(recording), dtype="float32")
-    assert rate == 48000
+    samples, rate = read_mono(recording(THRUSH)), RATE
     live = live_runs(tmp_path, ["--device", "pulse", "--min-conf", "0.3"], env=pulse.env)
     live.wait_for_log("capturing 'pulse'", timeout=60)
     played_at = pulse.play_samples(samples)
@@ -143,8 +142,8 @@ def test_live_capture_matches_simulate_of_the_same_recording(
 
     # The live windows start at k·hop of the stream: in the recording's time at -phase + k·hop.
     # That phase comes from the timestamps, known to the clock's 20 ms tolerance, and BirdNET's
-    # scores move within 5 ms (Lesser Goldfinch at 19.980 s: 0.71, at 19.990 s: 0.35), so the
-    # reference is simulated at phases around the estimate, one channel each.
+    # scores move within 5 ms (XC563936's Lesser Goldfinch at 19.980 s: 0.71, at 19.990 s:
+    # 0.35), so the reference is simulated at phases around the estimate, one channel each.
     phase = float(np.median([(-t) % HOP_S for _, t, _ in heard]))
     phases = [(phase + jitter) % HOP_S for jitter in PHASE_JITTER_S]
     shifted = tmp_path / "shifted.wav"
@@ -196,7 +195,7 @@ def test_live_capture_matches_simulate_of_the_same_recording(
 
 
 def test_sound_server_killed_and_restarted_is_a_gap_then_capture_resumes(
-    pulse: PulseServer, audio_dir: Path, tmp_path: Path, live_runs
+    pulse: PulseServer, birdnet_model: Path, tmp_path: Path, live_runs
 ) -> None:
     live = live_runs(tmp_path, ["--device", "pulse", "--min-conf", "0.5"], env=pulse.env)
     live.wait_for_log("capturing 'pulse'", timeout=60)
@@ -208,7 +207,8 @@ def test_sound_server_killed_and_restarted_is_a_gap_then_capture_resumes(
     pulse.start()
     mark = len(live.stderr)
     live.wait_for_log("pulse is back", timeout=20, after=mark)
-    assert pulse.play(audio_dir / "soundscapes" / "tawnyowl.wav").wait(timeout=60) == 0
+    thrush_15s = write_48k(recording(THRUSH), tmp_path / "thrush_15s.wav", seconds=15)
+    assert pulse.play(thrush_15s).wait(timeout=60) == 0
     time.sleep(HOP_S + 1)
     rows = live.stop()
 
@@ -218,7 +218,7 @@ def test_sound_server_killed_and_restarted_is_a_gap_then_capture_resumes(
     assert gap["source"] == "pulse"
     assert killed_at - 1.0 <= gap["start_epoch"] <= killed_at + 0.5
     assert 3.0 <= gap["seconds"] <= 15.0
-    after_gap = [r for r in owls(rows) if epoch(r["start"]) >= gap["end_epoch"]]
+    after_gap = [r for r in thrushes(rows) if epoch(r["start"]) >= gap["end_epoch"]]
     assert len(after_gap) >= 3, rows
 
 
@@ -231,14 +231,14 @@ def rtsp_run(tmp_path: Path, live_runs, servers: List[RtspServer]) -> LiveRun:
 
 
 def test_rtsp_server_killed_then_back_is_a_gap_and_the_stream_resumes(
-    rtsp_factory, audio_dir: Path, tmp_path: Path, live_runs
+    rtsp_factory, birdnet_model: Path, tmp_path: Path, live_runs
 ) -> None:
-    server = rtsp_factory(audio_dir / "soundscapes" / "tawnyowl.wav", loop=True)
+    server = rtsp_factory(recording(THRUSH), loop=True)
     live = rtsp_run(tmp_path, live_runs, [server])
     deadline = time.monotonic() + 20
-    while not owls(live.rows) and time.monotonic() < deadline:
+    while not thrushes(live.rows) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert owls(live.rows), live.stderr
+    assert thrushes(live.rows), live.stderr
     server.kill()
     live.wait_for_log(f"{server.url} lost", timeout=WATCHDOG_S + 3)
     time.sleep(3.0)
@@ -248,16 +248,16 @@ def test_rtsp_server_killed_then_back_is_a_gap_and_the_stream_resumes(
     rows = live.stop()
     gaps = live.gaps()
     assert len(gaps) == 1 and gaps[0]["source"] == server.url, gaps
-    assert owls([r for r in rows if epoch(r["start"]) >= gaps[0]["end_epoch"]]), rows
+    assert thrushes([r for r in rows if epoch(r["start"]) >= gaps[0]["end_epoch"]]), rows
 
 
 def test_a_stalled_rtsp_stream_is_noticed_within_the_watchdog_and_reopened(
-    rtsp_factory, audio_dir: Path, tmp_path: Path, live_runs
+    rtsp_factory, birdnet_model: Path, tmp_path: Path, live_runs
 ) -> None:
     """Two cameras at once, one engine: one hangs (SIGSTOP) and is reopened after it
     resumes; the other goes on untouched. Each detection carries its source."""
-    owl = audio_dir / "soundscapes" / "tawnyowl.wav"
-    steady, stalling = rtsp_factory(owl, loop=True), rtsp_factory(owl, loop=True)
+    steady = rtsp_factory(recording(THRUSH), loop=True)
+    stalling = rtsp_factory(recording(THRUSH), loop=True)
     live = rtsp_run(tmp_path, live_runs, [steady, stalling])
     time.sleep(2 * HOP_S)
     stalling.stall()
@@ -268,7 +268,7 @@ def test_a_stalled_rtsp_stream_is_noticed_within_the_watchdog_and_reopened(
     live.wait_for_log(f"{stalling.url} is back", timeout=20)
     time.sleep(2 * HOP_S + 1)
     rows = live.stop()
-    assert owls(rows, steady.url) and owls(rows, stalling.url), rows
+    assert thrushes(rows, steady.url) and thrushes(rows, stalling.url), rows
     gaps = live.gaps()
     assert [gap["source"] for gap in gaps] == [stalling.url], gaps
-    assert owls([r for r in rows if epoch(r["start"]) >= gaps[0]["end_epoch"]], stalling.url)
+    assert thrushes([r for r in rows if epoch(r["start"]) >= gaps[0]["end_epoch"]], stalling.url)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from birdd_testing import run_birdd
+from birdd_testing import THRUSH, read_mono, recording, run_birdd
 from broker import Subscriber
 
 from birdd.daemon.sources.base import SourceError
@@ -52,14 +52,14 @@ def wav_bytes(samples: np.ndarray, rate: int, subtype: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def owl(audio_dir: Path) -> np.ndarray:
-    samples, _ = soundfile.read(str(audio_dir / "soundscapes" / "tawnyowl.wav"), dtype="float32")
-    return samples[: 48000 * 3]
+def thrush() -> np.ndarray:
+    """3 s of the thrush recording at 48 kHz."""
+    return read_mono(recording(THRUSH))[: 48000 * 3]
 
 
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT"])
-def test_wav_on_stdin_decodes_like_libsndfile(owl: np.ndarray, subtype: str) -> None:
-    stereo = np.stack([owl, -owl], axis=1)
+def test_wav_on_stdin_decodes_like_libsndfile(thrush: np.ndarray, subtype: str) -> None:
+    stereo = np.stack([thrush, -thrush], axis=1)
     data = wav_bytes(stereo, 44100, subtype)
     expected, _ = soundfile.read(io.BytesIO(data), dtype="float32")
     source = pipe_source(data)
@@ -67,19 +67,19 @@ def test_wav_on_stdin_decodes_like_libsndfile(owl: np.ndarray, subtype: str) -> 
     np.testing.assert_array_equal(read_all(source), expected)
 
 
-def test_streaming_wav_header_reads_to_the_end_of_the_pipe(owl: np.ndarray) -> None:
+def test_streaming_wav_header_reads_to_the_end_of_the_pipe(thrush: np.ndarray) -> None:
     """arecord writes a placeholder data length when it streams to a pipe."""
-    data = bytearray(wav_bytes(owl, 48000, "PCM_16"))
+    data = bytearray(wav_bytes(thrush, 48000, "PCM_16"))
     at = data.index(b"data") + 4
     data[at : at + 4] = (0x7FFFFFFF).to_bytes(4, "little")
-    assert len(read_all(pipe_source(bytes(data)))) == len(owl)
+    assert len(read_all(pipe_source(bytes(data)))) == len(thrush)
 
 
-def test_raw_pcm_uses_the_configured_format(owl: np.ndarray) -> None:
-    pcm = (owl * 32767).astype("<i2")
+def test_raw_pcm_uses_the_configured_format(thrush: np.ndarray) -> None:
+    pcm = (thrush * 32767).astype("<i2")
     source = pipe_source(pcm.tobytes() + b"\x01")  # an incomplete last frame is dropped
     decoded = read_all(source)
-    assert source.sample_rate == 48000 and decoded.shape == (len(owl), 1)
+    assert source.sample_rate == 48000 and decoded.shape == (len(thrush), 1)
     np.testing.assert_allclose(decoded[:, 0], pcm / 32768, atol=1e-7)
 
 
@@ -88,13 +88,18 @@ def test_a_truncated_wav_header_is_one_clear_error() -> None:
         pipe_source(b"RIFF\x24\x00\x00\x00WAVEfmt ")
 
 
-def test_stdin_run_finds_what_simulate_finds(audio_dir: Path, tmp_path: Path) -> None:
+def thrush_wav(tmp_path: Path) -> Path:
+    """The thrush recording as a 16-bit WAV, what arecord would pipe (at 32 kHz)."""
+    wav = tmp_path / "thrush.wav"
+    samples, rate = soundfile.read(str(recording(THRUSH)), dtype="int16")
+    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
+    return wav
+
+
+def test_stdin_run_finds_what_simulate_finds(birdnet_model: Path, tmp_path: Path) -> None:
     """`arecord … | birdd run --input -` through the live pipeline: the same detections as
     `birdd --simulate` of the same recording (the stream starts at sample 0 in both)."""
-    recording = audio_dir / "soundscapes" / "XC563936_soundscape.mp3"
-    samples, rate = soundfile.read(str(recording), dtype="float32")
-    wav = tmp_path / "xc.wav"
-    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
+    wav = thrush_wav(tmp_path)
     flags = ("--min-conf", "0.4", "--per-window", "--format", "jsonl")
     with wav.open("rb") as stdin:
         live = run_birdd("run", "--input", "-", *flags, "--db", str(tmp_path / "a.db"), stdin=stdin)
@@ -106,13 +111,13 @@ def test_stdin_run_finds_what_simulate_finds(audio_dir: Path, tmp_path: Path) ->
         rows = [json.loads(line) for line in stdout.splitlines() if line]
         return [(r["species"]["scientific"], r["offset_start"]) for r in rows]
 
-    assert len(heard(live.stdout)) == 11
+    assert len(heard(live.stdout)) == 18  # as test_simulate's THRUSH_AT_04
     assert heard(live.stdout) == heard(simulated.stdout)
     runs = sqlite3.connect(str(tmp_path / "a.db")).execute("SELECT mode, status, source FROM runs")
     assert runs.fetchall() == [("live", "complete", "stdin")]
 
 
-def test_a_source_that_never_comes_is_a_gap_in_sqlite(tmp_path: Path) -> None:
+def test_a_source_that_never_comes_is_a_gap_in_sqlite(birdnet_model: Path, tmp_path: Path) -> None:
     """An RTSP camera that refuses connections for the whole (bounded) run: ffmpeg is retried
     with backoff, the run ends on time, the outage is one row in the gaps table, and a run
     that never got audio failed: exit 1 with ffmpeg's last reason."""
@@ -153,7 +158,9 @@ def test_ffmpeg_command_and_urls() -> None:
         (["--input", "rtsp://h/a", "--channel", "0,0"], "list of distinct indices"),
     ],
 )
-def test_bad_run_flags_are_one_line_and_exit_2(tmp_path: Path, args: list, message: str) -> None:
+def test_bad_run_flags_are_one_line_and_exit_2(
+    birdnet_model: Path, tmp_path: Path, args: list, message: str
+) -> None:
     db = tmp_path / "db.sqlite"
     result = run_birdd("run", *args, "--db", str(db), stdin=subprocess.DEVNULL)
     assert result.returncode == 2, result.stderr
@@ -161,6 +168,7 @@ def test_bad_run_flags_are_one_line_and_exit_2(tmp_path: Path, args: list, messa
     assert not db.exists()
 
 
+@pytest.mark.system  # PortAudio
 def test_a_missing_device_with_require_device_at_start_exits_1(tmp_path: Path) -> None:
     """For systemd: exit 1 (restart me later) with one line naming the device, no run row."""
     config = tmp_path / "birdd.yaml"
@@ -173,6 +181,7 @@ def test_a_missing_device_with_require_device_at_start_exits_1(tmp_path: Path) -
     assert not db.exists()
 
 
+@pytest.mark.system  # PortAudio
 def test_devices_lists_or_says_there_are_none() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "birdd.daemon", "devices"], capture_output=True, text=True
@@ -182,14 +191,11 @@ def test_devices_lists_or_says_there_are_none() -> None:
 
 
 def test_run_with_mqtt_publishes_every_stored_detection_and_gap_stats(
-    broker, audio_dir: Path, tmp_path: Path
+    broker, birdnet_model: Path, tmp_path: Path
 ) -> None:
     """`birdd run --mqtt`: the live command publishes exactly the rows SQLite stores, and its
     stats carry each input's status."""
-    recording = audio_dir / "soundscapes" / "XC563936_soundscape.mp3"
-    samples, rate = soundfile.read(str(recording), dtype="float32")
-    wav = tmp_path / "xc.wav"
-    soundfile.write(str(wav), samples, rate, subtype="PCM_16")
+    wav = thrush_wav(tmp_path)
     db = tmp_path / "db.sqlite"
     with Subscriber(broker, "#") as everything, wav.open("rb") as stdin:
         result = run_birdd(
@@ -204,13 +210,15 @@ def test_run_with_mqtt_publishes_every_stored_detection_and_gap_stats(
     stored = sqlite3.connect(str(db)).execute(
         "SELECT id FROM detections WHERE published_at IS NOT NULL ORDER BY rowid"
     )
-    assert ids == [row[0] for row in stored] and len(ids) == 11
+    assert ids == [row[0] for row in stored] and len(ids) == 18
     stats = [json.loads(m.payload) for m in messages if m.topic == "birdd/field/stats"]
     assert stats[-1]["sources"][0]["source"] == "stdin"
     assert stats[-1]["gaps"] == {"count": 0, "seconds": 0.0}
 
 
-def test_under_systemd_it_says_ready_and_what_each_input_is_doing(tmp_path: Path) -> None:
+def test_under_systemd_it_says_ready_and_what_each_input_is_doing(
+    birdnet_model: Path, tmp_path: Path
+) -> None:
     """Type=notify: READY=1 once the run is open, then STATUS= lines systemctl status shows."""
     address = str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:

@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from birdd_testing import run_birdd
+from birdd_testing import THRUSH, recording, run_birdd
 from broker import Subscriber, free_port
 
-XC = "soundscapes/XC563936_soundscape.mp3"
 FAST_RECONNECT = "mqtt: {reconnect_min_s: 0.1, reconnect_max_s: 0.5, drain_timeout_s: 10}\n"
 
 
@@ -83,10 +82,12 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         sink.shutdown(socket.SHUT_RDWR)
 
 
-def start_simulate(audio_dir: Path, tmp_path: Path, url: str, *flags: str) -> subprocess.Popen:
+def start_simulate(tmp_path: Path, url: str, *flags: str) -> subprocess.Popen:
+    """`birdd --simulate` of the thrush recording per window at 0.4 (18 detections), with
+    MQTT to ``url`` and fast reconnects."""
     config = tmp_path / "config.yaml"
     config.write_text("station: {id: garden}\n" + FAST_RECONNECT)
-    command = [sys.executable, "-m", "birdd.daemon", "--simulate", str(audio_dir / XC)]
+    command = [sys.executable, "-m", "birdd.daemon", "--simulate", str(recording(THRUSH))]
     command += ["--min-conf", "0.4", "--per-window", "--format", "jsonl", "--output", "/dev/null"]
     command += ["--db", str(tmp_path / "db.sqlite"), "--config", str(config), "--mqtt", url]
     return subprocess.Popen(
@@ -118,14 +119,12 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_broker_restart_and_network_cuts_mid_run_lose_nothing(audio_dir, broker, tmp_path):
+def test_broker_restart_and_network_cuts_mid_run_lose_nothing(birdnet_model, broker, tmp_path):
     relay = Relay(broker.port)
     relay.open()
     with Subscriber(broker, "birdd/#") as hub:
         hub.client.reconnect_delay_set(0.05, 0.2)
-        daemon = start_simulate(
-            audio_dir, tmp_path, f"mqtt://127.0.0.1:{relay.port}", "--realtime", "6"
-        )
+        daemon = start_simulate(tmp_path, f"mqtt://127.0.0.1:{relay.port}", "--realtime", "2.5")
         try:
             hub.wait_for(lambda ms: len(detection_ids(hub)) >= 1, timeout=30)
             broker.stop()  # the outage: detections go on into SQLite meanwhile
@@ -144,7 +143,7 @@ def test_broker_restart_and_network_cuts_mid_run_lose_nothing(audio_dir, broker,
         received = detection_ids(hub)
     assert daemon.returncode == 0, err
     rows = stored(tmp_path / "db.sqlite")
-    assert len(rows) == 11 and all(published_at for _, published_at in rows)
+    assert len(rows) == 18 and all(published_at for _, published_at in rows)
     assert set(received) == {row_id for row_id, _ in rows}  # every one, duplicates by id only
     first_seen = list(dict.fromkeys(received))
     assert first_seen == [row_id for row_id, _ in rows]  # one station, one lane: in order
@@ -153,10 +152,10 @@ def test_broker_restart_and_network_cuts_mid_run_lose_nothing(audio_dir, broker,
 
 
 def test_sigkill_while_the_broker_is_down_then_publish_delivers_all(
-    audio_dir, broker_factory, tmp_path
+    birdnet_model, broker_factory, tmp_path
 ):
     broker = broker_factory("plain", start=False)
-    daemon = start_simulate(audio_dir, tmp_path, broker.url, "--realtime", "8")
+    daemon = start_simulate(tmp_path, broker.url, "--realtime", "3")
     db = tmp_path / "db.sqlite"
     try:
         wait_until(lambda: db.exists() and len(stored(db)) >= 3, 30, "3 detections in SQLite")
@@ -181,9 +180,9 @@ def test_sigkill_while_the_broker_is_down_then_publish_delivers_all(
     assert again.returncode == 0 and "published 0 detection(s)" in again.stderr
 
 
-def test_status_online_then_offline_by_last_will_on_sigkill(audio_dir, broker, tmp_path):
+def test_status_online_then_offline_by_last_will_on_sigkill(birdnet_model, broker, tmp_path):
     with Subscriber(broker, "birdd/garden/status") as status:
-        daemon = start_simulate(audio_dir, tmp_path, broker.url, "--realtime", "1")
+        daemon = start_simulate(tmp_path, broker.url, "--realtime", "1")
         try:
             status.wait_for(lambda ms: [m.payload for m in ms] == [b"online"], timeout=30)
             with Subscriber(broker, "birdd/garden/status") as late:

@@ -9,10 +9,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from birdd_testing import run_birdd
+from birdd_testing import THRUSH, recording, run_birdd
 from broker import Mosquitto, Subscriber
 
-OWL = "soundscapes/tawnyowl.wav"
 RETRY_FAST = "  reconnect_min_s: 0.1\n  reconnect_max_s: 0.3\n  drain_timeout_s: 1.5\n"
 
 
@@ -22,10 +21,11 @@ def write_config(tmp_path: Path, mqtt_lines: str) -> Path:
     return path
 
 
-def simulate(audio_dir: Path, tmp_path: Path, url: str, config: Path, password: str = ""):
+def simulate(tmp_path: Path, url: str, config: Path, password: str = ""):
+    """`birdd --simulate` of the thrush recording per window at 0.5: 16 detections."""
     env = {**os.environ, "BIRDD_MQTT_PASSWORD": password}
     return run_birdd(
-        *("--simulate", str(audio_dir / OWL), "--per-window", "--format", "jsonl"),
+        *("--simulate", str(recording(THRUSH)), "--per-window", "--format", "jsonl"),
         *("--output", "/dev/null"),
         *("--db", str(tmp_path / "db.sqlite"), "--config", str(config), "--mqtt", url),
         env=env,
@@ -56,11 +56,13 @@ def connection_attempts(broker: Mosquitto, marker: str) -> int:
     return broker.log_text().count(marker)
 
 
-def test_a_refused_login_is_one_line_retried_and_the_rows_wait(audio_dir, broker_factory, tmp_path):
+def test_a_refused_login_is_one_line_retried_and_the_rows_wait(
+    birdnet_model, broker_factory, tmp_path
+):
     broker = broker_factory("password")
     config = write_config(tmp_path, "")
     url = f"mqtt://{broker.user}@127.0.0.1:{broker.port}"
-    result = simulate(audio_dir, tmp_path, url, config, password="wrong")
+    result = simulate(tmp_path, url, config, password="wrong")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     refused, left = mqtt_lines(result.stderr)
@@ -77,13 +79,13 @@ def test_a_refused_login_is_one_line_retried_and_the_rows_wait(audio_dir, broker
 
 
 def test_a_tls_failure_is_one_line_and_mutual_tls_then_delivers(
-    audio_dir, broker_factory, tmp_path
+    birdnet_model, broker_factory, tmp_path
 ):
     broker = broker_factory("tls", require_certificate=True)
     certs = broker.certs
     client_cert = f"    cert_file: {certs.client_cert}\n    key_file: {certs.client_key}\n"
     stranger = write_config(tmp_path, f"  tls:\n    ca_file: {certs.other_ca_file}\n" + client_cert)
-    result = simulate(audio_dir, tmp_path, broker.url, stranger)
+    result = simulate(tmp_path, broker.url, stranger)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     failed, _ = mqtt_lines(result.stderr)
@@ -102,19 +104,19 @@ def test_a_tls_failure_is_one_line_and_mutual_tls_then_delivers(
     assert unpublished(tmp_path) == 0
 
 
-def test_missing_certificate_files_are_an_error_before_the_run(audio_dir, tmp_path):
+def test_missing_certificate_files_are_an_error_before_the_run(birdnet_model, tmp_path):
     config = write_config(tmp_path, f"  tls:\n    ca_file: {tmp_path / 'nowhere.pem'}\n")
-    result = simulate(audio_dir, tmp_path, "mqtts://127.0.0.1:1", config)
+    result = simulate(tmp_path, "mqtts://127.0.0.1:1", config)
     assert result.returncode == 2
     (error,) = [line for line in result.stderr.splitlines() if "error" in line]
     assert error.startswith("birdd: error: mqtt.tls: cannot load") and "No such file" in error
     assert not (tmp_path / "db.sqlite").exists()
 
 
-def test_plain_mqtt_to_a_tls_port_says_so_once(audio_dir, broker_factory, tmp_path):
+def test_plain_mqtt_to_a_tls_port_says_so_once(birdnet_model, broker_factory, tmp_path):
     broker = broker_factory("tls")
     plain_url = broker.url.replace("mqtts://", "mqtt://")
-    result = simulate(audio_dir, tmp_path, plain_url, write_config(tmp_path, ""))
+    result = simulate(tmp_path, plain_url, write_config(tmp_path, ""))
     assert result.returncode == 0 and "Traceback" not in result.stderr
     closed, _ = mqtt_lines(result.stderr)
     assert "closed by the broker before accepting us" in closed and "mqtts://" in closed

@@ -28,7 +28,7 @@ CONVERT = "python3 -m birdd.daemon models convert birdnet --to onnx"
 
 
 @pytest.fixture(scope="module")
-def folder():
+def folder(birdnet_model):
     return models_dir() / "birdnet"
 
 

@@ -14,8 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import soundfile
-from birdd_testing import simulate_rows
+from birdd_testing import ENGINE_RECORDINGS, THRUSH, model_windows, recording, simulate_rows
 from pydantic import TypeAdapter, ValidationError
 
 from birdd.engines.errors import EngineError, ModelArtifactError, RuntimeMissingError
@@ -25,13 +24,11 @@ from birdd.engines.onnx import ONNXConfig
 from birdd.engines.registry import create_engine, engine_classes, engine_config_type
 from birdd.engines.tflite import TFLiteConfig
 
-WINDOW = 144000
-RECORDINGS = ["XC563936_soundscape.mp3", "tawnyowl.wav"]
 CONVERT = "python3 -m birdd.daemon models convert birdnet --to onnx"
 
 
 @pytest.fixture(scope="module")
-def onnx_model():
+def onnx_model(birdnet_model):
     try:
         return resolve_model("birdnet", "onnx")
     except ModelArtifactError as exc:
@@ -39,19 +36,9 @@ def onnx_model():
 
 
 @pytest.fixture(scope="module")
-def windows(audio_dir) -> np.ndarray:
-    """3 s windows from t = 0, the last partial one zero-padded: 24 + 5 windows."""
-    chunks = []
-    for name in RECORDINGS:
-        audio, rate = soundfile.read(
-            str(audio_dir / "soundscapes" / name), dtype="float32", always_2d=True
-        )
-        assert rate == 48000
-        mono = audio.mean(axis=1)
-        padded = np.zeros(-(-len(mono) // WINDOW) * WINDOW, np.float32)
-        padded[: len(mono)] = mono
-        chunks.append(padded.reshape(-1, WINDOW))
-    return np.concatenate(chunks)
+def windows() -> np.ndarray:
+    """3 s windows from t = 0, the last partial one zero-padded: 10 + 1 + 4 windows."""
+    return model_windows(*(recording(name) for name in ENGINE_RECORDINGS))
 
 
 def config_for(engine_type: str, **fields):
@@ -86,8 +73,9 @@ def test_every_engine_scores_real_windows_like_tflite(engine_type, windows, refe
     np.testing.assert_allclose(embeddings, reference[1], atol=1e-3)
     species = load_artifact(resolve_model("birdnet", engine_type)).species
     top = [species[i].scientific for i in logits.argmax(axis=1)]
-    assert top[5] == "Junco hyemalis"  # 15 s in XC563936, BirdNET-Analyzer's 0.99 detection
-    assert top[24:28] == ["Strix aluco"] * 4  # the tawny owl's four full windows
+    assert top[2:7] == ["Hylocichla mustelina"] * 5  # the Wood Thrush at 6-21 s, 0.80 to 1.00
+    assert top[10] == "Erithacus rubecula"  # the robin's 2.7 s, zero-padded: 0.996
+    assert top[12] == "Phylloscopus collybita"  # the Jura chiffchaff at 3 s: 0.87
 
 
 def test_dynamic_batch_rows_do_not_depend_on_the_batch(windows, onnx_model):
@@ -127,7 +115,7 @@ def test_an_unavailable_provider_falls_back_to_cpu_with_a_log_line(windows, capl
     gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider"]
     missing = [name for name in gpu if name not in available]
     assert missing, f"this check needs a provider ONNX Runtime lacks; it has {available}"
-    with caplog.at_level(logging.INFO, logger="birdd.engines.onnx"):
+    with caplog.at_level(logging.INFO, logger="birdd.engines"):
         engine = create_engine(ONNXConfig(providers=missing, batch_size=1))
     assert engine.predict(windows[:1]).shape == (1, 6522)
     assert f"provider {missing[0]} is not available here" in caplog.text
@@ -200,20 +188,20 @@ def test_a_fixed_batch_model_is_padded_and_its_batch_enforced(monkeypatch, windo
         create_engine(ONNXConfig(batch_size=8))
 
 
-def test_engine_and_model_flags_override_the_config(audio_dir, tmp_path, onnx_model):
+def test_engine_and_model_flags_override_the_config(tmp_path, onnx_model):
     """`--engine onnx` (the installed BirdNET resolves to its ONNX file) and `--model FILE`
     replace the config's engine: same detections as TFLite, the ONNX model in the run row."""
 
     def detections(*flags: str) -> list:
         db = tmp_path / f"{len(flags)}.db"
-        result, rows = simulate_rows(audio_dir / "soundscapes" / "tawnyowl.wav", db, *flags)
+        result, rows = simulate_rows(recording(THRUSH), db, *flags)
         assert result.returncode == 0, result.stderr
         return [(row["offset_start"], row["species"]["code"], row["confidence"]) for row in rows]
 
     tflite = detections()
     by_type = detections("--engine", "onnx")
     by_file = detections("--engine", "onnx", "--model", str(onnx_model))
-    assert len(tflite) == 4
+    assert len(tflite) == 16  # per window at 0.5
     for rows in (by_type, by_file):
         assert [row[:2] for row in rows] == [row[:2] for row in tflite]
         np.testing.assert_allclose([r[2] for r in rows], [r[2] for r in tflite], atol=1e-3)

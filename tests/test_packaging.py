@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 MAPPED = {"daemon": "birdd.daemon", "engines": "birdd.engines", "training": "birdd.training"}
 
@@ -40,6 +42,7 @@ def test_no_top_level_package_shadows_others():
     assert not (REPO / "tests" / "__init__.py").exists()
 
 
+@pytest.mark.system  # vermin over the whole tree, in a fresh process
 def test_runtime_code_runs_on_python_38():
     vermin = shutil.which("vermin") or str(Path(sys.executable).parent / "vermin")
     result = subprocess.run(

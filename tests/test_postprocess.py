@@ -24,7 +24,6 @@ from birdd.daemon.records import ScoredWindow, StreamClock, Window
 from birdd.engines.models.artifact import ModelArtifact, load_artifact
 from birdd.engines.models.labels import Species
 from birdd.engines.models.location import LocationModel, birdnet_week
-from birdd.engines.models.modeldir import resolve_model
 
 RATE = 100  # a toy model: 3 s windows of 300 samples
 WINDOW = 300
@@ -89,8 +88,8 @@ def all_of(calls):
 
 
 @pytest.fixture(scope="module")
-def birdnet() -> ModelArtifact:
-    return load_artifact(resolve_model("birdnet", "tflite"), verify_hash=False)
+def birdnet(birdnet_model) -> ModelArtifact:
+    return load_artifact(birdnet_model, verify_hash=False)
 
 
 # --- activation and sensitivity ---------------------------------------------------------
@@ -382,7 +381,7 @@ def test_align_mask_matches_classes_by_scientific_name_and_keeps_unknown_ones():
     assert aligned.tolist() == [True, True, False, True]
 
 
-def test_real_location_model_near_ithaca_in_may():
+def test_real_location_model_near_ithaca_in_may(birdnet_model):
     model = LocationModel()
     probabilities = model.probabilities(42.5, -76.45, 20)
     top = int(np.argmax(probabilities))

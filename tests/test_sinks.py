@@ -365,6 +365,7 @@ def test_output_to_a_directory_is_a_clear_error(tmp_path: Path) -> None:
         make_output_sink("csv", str(tmp_path)).open(run_info())
 
 
+@pytest.mark.system  # starts a fresh process
 def test_stdout_into_a_closed_pipe_ends_quietly() -> None:
     """``birdd simulate ... | head -n 1``: no traceback, even when more is printed afterwards."""
     script = (

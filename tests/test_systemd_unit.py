@@ -131,6 +131,7 @@ def assert_verified(analyze: str, units: List[Path]) -> None:
     assert result.returncode == 0 and not about_us, output
 
 
+@pytest.mark.system  # systemd-analyze
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -146,7 +147,9 @@ def test_exec_start_is_a_command_line_birdd_accepts(unit: Unit) -> None:
     assert args.command == "run"
     assert args.config == Path("/etc/birdd/config.yaml")
     assert args.duration is None, "a service runs until SIGTERM"
-    assert one(unit, "Service", "Type") == "notify", "birdd run says READY=1 (daemon/app/sdnotify.py)"
+    assert one(unit, "Service", "Type") == "notify", (
+        "birdd run says READY=1 (daemon/app/sdnotify.py)"
+    )
     assert one(unit, "Service", "NotifyAccess") == "main"
     # ConfigurationDirectory= is the folder of --config
     assert Path("/etc", one(unit, "Service", "ConfigurationDirectory")) == args.config.parent
@@ -301,6 +304,7 @@ def test_every_config_in_the_docs_is_valid(tmp_path: Path) -> None:
             pytest.fail(f"{doc}: a config that birdd refuses: {exc.lines}\n{block}")
 
 
+@pytest.mark.system  # systemd-analyze
 def test_the_docs_drop_ins_and_user_unit_pass_systemd_analyze(tmp_path: Path) -> None:
     """Each ini block: a [Service]-only block is a drop-in for birdd.service, one with [Unit]
     a unit of its own (the user unit); all are checked together by systemd-analyze."""
@@ -319,7 +323,7 @@ def test_the_docs_drop_ins_and_user_unit_pass_systemd_analyze(tmp_path: Path) ->
     assert_verified(analyze, units)
 
 
-def test_sigterm_stops_it_as_systemd_would(unit: Unit, tmp_path: Path) -> None:
+def test_sigterm_stops_it_as_systemd_would(unit: Unit, birdnet_model: Path, tmp_path: Path) -> None:
     """The unit's command line and environment with a microphone that is not there: birdd
     waits for it, systemd's SIGTERM stops it well within TimeoutStopSec, and the run is in the
     database under $BIRDD_DATA_DIR. Having never heard a sound, the run failed: status 1 and
@@ -332,7 +336,6 @@ def test_sigterm_stops_it_as_systemd_would(unit: Unit, tmp_path: Path) -> None:
     except SourceError as exc:
         pytest.skip(str(exc))
     installed = models_dir()
-    assert (installed / "birdnet").is_dir(), "BirdNET is not installed: bash tests/install.sh"
     data = tmp_path / "state"
     data.mkdir()
     (data / "models").symlink_to(installed, target_is_directory=True)

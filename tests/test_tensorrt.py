@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 import soxr
-from birdd_testing import run_birdd
+from birdd_testing import RATE, THRUSH, read_mono, recording, run_birdd
 from pydantic import TypeAdapter, ValidationError
 
 from birdd.engines.errors import EngineError, ModelArtifactError, RuntimeMissingError
@@ -313,6 +313,7 @@ def test_a_missing_runtime_is_one_line_in_process(onnx_artifact):
         TensorRTEngine.probe()
 
 
+@pytest.mark.system  # starts an engine worker process
 def test_a_missing_runtime_in_the_worker_names_its_interpreter(onnx_artifact):
     tensorrt_absent()
     engine = WorkerEngine(
@@ -324,6 +325,7 @@ def test_a_missing_runtime_in_the_worker_names_its_interpreter(onnx_artifact):
     assert engine.pid is None
 
 
+@pytest.mark.system  # starts birdd in a fresh process
 def test_birdd_engines_lists_tensorrt_as_missing_here():
     tensorrt_absent()
     result = run_birdd("engines")
@@ -334,6 +336,7 @@ def test_birdd_engines_lists_tensorrt_as_missing_here():
     assert run_birdd("engines", "list").stdout == result.stdout
 
 
+@pytest.mark.system  # starts birdd in a fresh process
 def test_birdd_engines_build_without_tensorrt_is_one_line_and_writes_nothing(onnx_artifact):
     tensorrt_absent()
     folder = onnx_artifact.path.parent
@@ -346,6 +349,7 @@ def test_birdd_engines_build_without_tensorrt_is_one_line_and_writes_nothing(onn
     assert sorted(folder.iterdir()) == before
 
 
+@pytest.mark.system  # starts birdd in a fresh process
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -364,44 +368,52 @@ def test_birdd_engines_build_refuses_bad_flags_in_one_line(onnx_artifact, flags,
 # -- the INT8 calibration set, from real recordings -----------------------------------------
 
 
+JURA = "maad_jura_S4A03895_20190522_060000.wav"  # 10 s at 22 kHz
+WHALE = "negatives/humpback_whale.ogg"  # 65 s at 44.1 kHz
+AUDIOMOTH = "pykanto_audiomoth_20210502_040000.wav"  # 0.98 s at 48 kHz
+
+
 @pytest.fixture
-def site(tmp_path, audio_dir):
+def thrush_stereo() -> np.ndarray:
+    """15 s of the thrush at 48 kHz in channel 0, the same 1 s later in channel 1."""
+    thrush = read_mono(recording(THRUSH))[: 16 * RATE]
+    return np.stack([thrush[RATE:], thrush[:-RATE]], axis=1)
+
+
+@pytest.fixture
+def site(tmp_path, thrush_stereo):
     folder = tmp_path / "site"
     (folder / "night").mkdir(parents=True)
-    for name in ("soundscapes/tawnyowl.wav", "soundscapes/opensoundscape_birds_10s.wav"):
-        (folder / Path(name).name).symlink_to(audio_dir / name)
-    for name in ("negatives/dog_howl.ogg", "soundscapes/pykanto_audiomoth_20210502_040000.wav"):
-        (folder / "night" / Path(name).name).symlink_to(audio_dir / name)
+    (folder / "dawn_jura.wav").symlink_to(recording(JURA))
+    soundfile.write(str(folder / "thrush_stereo.wav"), thrush_stereo, RATE, subtype="FLOAT")
+    for name in (WHALE, AUDIOMOTH):
+        (folder / "night" / Path(name).name).symlink_to(recording(name))
     (folder / "notes.txt").write_text("not audio")
     (folder / "broken.wav").write_bytes(b"RIFF" + b"\x00" * 100)
     return folder
 
 
-def test_calibration_windows_come_from_every_recording_at_the_model_rate(site, audio_dir, caplog):
+def test_calibration_windows_come_from_every_recording_at_the_model_rate(
+    site, thrush_stereo, caplog
+):
     windows = calibration_windows(site, 48000, WINDOW, max_windows=64)
     assert windows.dtype == np.float32 and windows.shape[1] == WINDOW
     assert np.isfinite(windows).all()
     assert "skipping" in caplog.text and "broken.wav" in caplog.text
-    # 5 recordings share 64 windows (13 each at most), in file order: the dog howl (47 s) 13,
-    # the 1 s AudioMoth file 1 (zero-padded), the 10 s birds (32 kHz) 3, the 15 s owl 5
-    assert len(windows) == 13 + 1 + 3 + 5
-    dog, _ = soundfile.read(str(audio_dir / "negatives/dog_howl.ogg"), dtype="float32")
-    np.testing.assert_allclose(windows[0], dog[:WINDOW].mean(axis=1), atol=1e-6)  # stereo mixed
-    short, _ = soundfile.read(
-        str(audio_dir / "soundscapes/pykanto_audiomoth_20210502_040000.wav"), dtype="float32"
-    )
-    padded = windows[13]
+    # 5 recordings share 64 windows (13 each at most), in file order: the 10 s Jura dawn
+    # (22 kHz) 3, the 65 s whale (44.1 kHz) 13, the 1 s AudioMoth file 1 (zero-padded), the
+    # 15 s stereo thrush 5
+    assert len(windows) == 3 + 13 + 1 + 5
+    for index, name in ((0, JURA), (3, WHALE)):  # each window resampled from its own samples
+        audio, rate = soundfile.read(str(recording(name)), dtype="float32")
+        expected = soxr.resample(audio[: WINDOW * rate // 48000], rate, 48000)[:WINDOW]
+        np.testing.assert_allclose(windows[index], expected, atol=1e-5)
+    short, _ = soundfile.read(str(recording(AUDIOMOTH)), dtype="float32")
+    padded = windows[16]
     np.testing.assert_array_equal(padded[: len(short)], short)
     assert not padded[len(short) :].any()
-    birds, rate = soundfile.read(
-        str(audio_dir / "soundscapes/opensoundscape_birds_10s.wav"), dtype="float32"
-    )
-    assert rate == 32000
-    expected = soxr.resample(birds[:96000], 32000, 48000)[:WINDOW]
-    np.testing.assert_allclose(windows[14], expected, atol=1e-5)
-    owl, rate = soundfile.read(str(audio_dir / "soundscapes/tawnyowl.wav"), dtype="float32")
-    assert rate == 48000
-    np.testing.assert_array_equal(np.concatenate(windows[-5:]), owl[: 5 * WINDOW])
+    mixed = thrush_stereo.mean(axis=1)  # stereo mixed
+    np.testing.assert_allclose(np.concatenate(windows[-5:]), mixed[: 5 * WINDOW], atol=1e-6)
 
 
 def test_calibration_windows_are_capped_and_spread(site):
