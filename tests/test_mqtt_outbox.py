@@ -91,14 +91,15 @@ def received_ids(subscriber: Subscriber) -> List[str]:
     return [json.loads(m.payload)["id"] for m in subscriber.messages]
 
 
-def test_a_backlog_drains_at_broker_speed_without_starving_live_rows(broker, tmp_path):
+def test_a_backlog_drains_without_starving_live_rows(broker, tmp_path):
+    """20,000 rows of backlog and a live detection every 20 ms: everything is delivered, each
+    lane in order, live rows during the drain. (The drain rate is bench/mqtt.py's.)"""
     db = tmp_path / "db.sqlite"
     backlog = fill(db, 20_000)
     live: List[str] = []
     with Subscriber(broker, "birdd/+/detections", qos=0) as hub:
         publisher = publisher_for(db, broker.port)
         sink = SQLiteSink(db, on_commit=publisher.notify_commit)
-        began = time.monotonic()
         publisher.start()
         sink.open(run_info("live"))
         for _ in range(30):  # a detection every 20 ms while the backlog drains
@@ -107,14 +108,10 @@ def test_a_backlog_drains_at_broker_speed_without_starving_live_rows(broker, tmp
             live.append(row.id)
             time.sleep(0.02)
         assert publisher.drain(60)
-        elapsed = time.monotonic() - began
         sink.close("complete")
         assert publisher.stop() == 0
         hub.wait_for(lambda ms: len(ms) >= len(backlog) + len(live), timeout=10)
         order = received_ids(hub)
-    rate = (len(backlog) + len(live)) / elapsed
-    print(f"drained {len(backlog) + len(live)} messages at {rate:,.0f} msg/s")
-    assert rate >= 2000
     assert unpublished(db) == 0
     assert [i for i in order if i in set(live)] == live  # each lane in rowid order
     backlog_set = set(backlog)
