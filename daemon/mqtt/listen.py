@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=_positive(float),
         metavar="S",
-        help="exit after S seconds: 1 if --count was not reached",
+        help="exit after S seconds: 1 if it never connected or --count was not reached",
     )
     parser.add_argument("--status", action="store_true", help="also print status changes")
     parser.add_argument("--ca-file", type=Path, help="CA certificate for mqtts:// (PEM)")
