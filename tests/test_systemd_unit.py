@@ -1,6 +1,6 @@
 """deploy/systemd/birdd.service: systemd accepts it, its command line is one birdd parses, and
-its restart, stop and data-dir settings match what `birdd run` does (exit 0 on SIGTERM after
-hearing audio, 1 to be restarted, 2 never; the database and the models under $BIRDD_DATA_DIR).
+its restart, stop and data-dir settings match what `birdd run` does (exit 0 on SIGTERM, 1 to be
+restarted, 2 never; the database and the models under $BIRDD_DATA_DIR).
 
 The docs are held to the same standard: every `birdd ...` command and ExecStart= in
 docs/deployment.md and deploy/systemd/README.md must parse, every YAML config must validate, and
@@ -325,9 +325,8 @@ def test_the_docs_drop_ins_and_user_unit_pass_systemd_analyze(tmp_path: Path) ->
 
 def test_sigterm_stops_it_as_systemd_would(unit: Unit, birdnet_model: Path, tmp_path: Path) -> None:
     """The unit's command line and environment with a microphone that is not there: birdd
-    waits for it, systemd's SIGTERM stops it well within TimeoutStopSec, and the run is in the
-    database under $BIRDD_DATA_DIR. Having never heard a sound, the run failed: status 1 and
-    one line saying why (a run that captured audio exits 0 on SIGTERM)."""
+    waits for it, systemd's SIGTERM stops it with status 0 well within TimeoutStopSec (a warning
+    says it never heard a sound), and the run is in the database under $BIRDD_DATA_DIR."""
     from birdd.daemon.sources.base import SourceError
     from birdd.daemon.sources.device import import_sounddevice
 
@@ -381,10 +380,12 @@ def test_sigterm_stops_it_as_systemd_would(unit: Unit, birdnet_model: Path, tmp_
             process.kill()
             process.wait()
     reader.join(5)
-    assert process.returncode == 1, "".join(lines)
+    assert process.returncode == 0, "".join(lines)
     assert stopped_in < 10, stopped_in
     assert "Traceback" not in "".join(lines)
-    assert lines[-1].startswith("birdd: error: no audio from any input: NoSuchMicrophone: ")
+    assert any(
+        line.startswith("birdd: no audio from any input: NoSuchMicrophone: ") for line in lines
+    )
     database = data / "birdd.sqlite"
     runs = sqlite3.connect(str(database)).execute("SELECT mode, status FROM runs").fetchall()
-    assert runs == [("live", "failed")]
+    assert runs == [("live", "complete")]

@@ -84,7 +84,8 @@ def run_session(
 
     ``shortfall``, asked when the pipeline has ended, says why the run never got what it
     exists for (no audio from any input), else None; a shortfall marks the run failed and
-    makes the exit code 1."""
+    makes the exit code 1, except after SIGINT/SIGTERM: an operator stopping a service that
+    still waits for its microphone gets a warning and exit 0 (systemd shows no failure)."""
     fanout.open(run)
     if publisher is not None:
         publisher.start(pipeline.health)
@@ -93,6 +94,9 @@ def run_session(
         try:
             stats = pipeline.run(progress)
             missing = shortfall() if shortfall is not None else None
+            if missing is not None and signals.received is not None:
+                log.warning("%s", missing)
+                missing = None
             if missing is not None:
                 status = "failed"
             else:

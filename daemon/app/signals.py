@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 log = logging.getLogger("birdd")
 
@@ -16,6 +16,8 @@ class StopOnSignals:
 
     def __init__(self, action: Callable[[], None], reason: str) -> None:
         self.action, self.reason = action, reason
+        self.received: Optional[signal.Signals] = None
+        """The first signal that asked to stop, if one did."""
         self._previous: Dict[int, Any] = {}
 
     def __enter__(self) -> StopOnSignals:
@@ -25,7 +27,9 @@ class StopOnSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("%s: %s", signal.Signals(signum).name, self.reason)
+        received = signal.Signals(signum)
+        self.received = self.received or received
+        log.warning("%s: %s", received.name, self.reason)
         self.action()
 
     def __exit__(self, *exc: Any) -> None:
