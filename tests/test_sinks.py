@@ -324,6 +324,20 @@ def test_raven_output_parses_back() -> None:
     assert {row["High Freq (Hz)"] for row in rows} == {"15000"}
 
 
+@pytest.mark.parametrize("dash", ["-", Path("-")])
+def test_a_dash_prints_to_stdout(
+    dash, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`--output -` (a str) and `output.path: "-"` (the config's Path) both mean stdout."""
+    monkeypatch.chdir(tmp_path)
+    sink = make_output_sink("jsonl", dash)
+    sink.open(run_info())
+    sink.write(TWO)
+    sink.close("complete")
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert not (tmp_path / "-").exists()
+
+
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="table, jsonl, csv, raven"):
         make_output_sink("xlsx", None)

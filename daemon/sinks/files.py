@@ -88,9 +88,9 @@ class OutputSink(Sink):
         return self._stream
 
 
-def make_output_sink(fmt: str, path: Optional[str]) -> Sink:
+def make_output_sink(fmt: str, path: Union[str, Path, None]) -> Sink:
     """A sink printing ``fmt`` to stdout when ``path`` is None or "-", else writing that file."""
-    if path is None or path == "-":
+    if path is None or str(path) == "-":
         return OutputSink(fmt, stream=sys.stdout)
     return OutputSink(fmt, path=path)
 
