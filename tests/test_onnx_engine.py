@@ -14,7 +14,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from birdd_testing import ENGINE_RECORDINGS, THRUSH, model_windows, recording, simulate_rows
+from birdd_testing import (
+    ENGINE_RECORDINGS,
+    LOGIT_TOLERANCE,
+    THRUSH,
+    model_windows,
+    recording,
+    simulate_rows,
+)
 from pydantic import TypeAdapter, ValidationError
 
 from birdd.engines.errors import EngineError, ModelArtifactError, RuntimeMissingError
@@ -43,7 +50,7 @@ def windows() -> np.ndarray:
 
 def config_for(engine_type: str, **fields):
     if engine_type == "tensorrt":
-        fields.setdefault("precision", "fp32")  # the 1e-3 contract is an FP32 one
+        fields.setdefault("precision", "fp32")  # the tolerance is an FP32 one
     return engine_classes()[engine_type].config_class(**fields)
 
 
@@ -69,7 +76,7 @@ def test_every_engine_scores_real_windows_like_tflite(engine_type, windows, refe
     logits, embeddings = score(engine_type, windows), score(engine_type, windows, "embed")
     assert logits.shape == (len(windows), 6522) and embeddings.shape == (len(windows), 1024)
     np.testing.assert_array_equal(logits.argmax(axis=1), reference[0].argmax(axis=1))
-    assert np.abs(logits - reference[0]).max() <= 1e-3
+    assert np.abs(logits - reference[0]).max() <= LOGIT_TOLERANCE
     np.testing.assert_allclose(embeddings, reference[1], atol=1e-3)
     species = load_artifact(resolve_model("birdnet", engine_type)).species
     top = [species[i].scientific for i in logits.argmax(axis=1)]
