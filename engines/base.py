@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Dict, Optional, Type
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,7 +67,7 @@ class Engine(ABC):
     """
 
     type: ClassVar[str]
-    config_class: ClassVar[type[EngineConfig]]
+    config_class: ClassVar[Type[EngineConfig]]  # Type: the attribute `type` shadows type
 
     def __init__(self, config: EngineConfig, artifact: ModelArtifact) -> None:
         self.config = config
@@ -106,3 +106,19 @@ class Engine(ABC):
         if batch.shape[0] > spec.max_batch:
             return f"batch of {batch.shape[0]} > batch_size {spec.max_batch}"
         return None
+
+
+def model_request(
+    engine_type: str, config: EngineConfig, artifact: ModelArtifact, batch: int
+) -> Dict[str, Any]:
+    """What a runtime model (``birdd.engines.runtime``) loads from, in this process or sent to
+    a worker: the model file, what its sidecar says about it, and the engine's config."""
+    return {
+        "model": str(artifact.path),
+        "engine": engine_type,
+        "window_samples": artifact.window_samples,
+        "input_dtype": artifact.input_dtype,
+        "batch_size": batch,
+        "outputs": dict(artifact.outputs),
+        "config": config.model_dump(mode="json"),
+    }

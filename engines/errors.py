@@ -1,5 +1,10 @@
 """Errors an engine or a model artifact raises; each message is one line a user can act on."""
 
+from contextlib import contextmanager
+from typing import Iterator
+
+from birdd.engines.runtime.errors import ModelError
+
 
 class EngineError(RuntimeError):
     """A model or runtime problem that stops an engine from loading or running."""
@@ -18,7 +23,15 @@ class RuntimeMissingError(EngineError):
     """The runtime library an engine needs is not installed."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of a runtime's error message (they span pages), or its repr if empty."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else repr(exc)
+def from_reply(kind: str, message: str) -> EngineError:
+    """The error for a runtime's one-line failure of ``kind`` (engine | runtime_missing)."""
+    return (RuntimeMissingError if kind == "runtime_missing" else EngineError)(message)
+
+
+@contextmanager
+def runtime_errors() -> Iterator[None]:
+    """Raise the runtime package's ModelError again as EngineError or RuntimeMissingError."""
+    try:
+        yield
+    except ModelError as exc:
+        raise from_reply(exc.kind, str(exc)) from None

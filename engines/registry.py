@@ -21,6 +21,7 @@ from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.onnx import ONNXEngine
 from birdd.engines.tensorrt import TensorRTEngine
 from birdd.engines.tflite import TFLiteEngine
+from birdd.engines.worker import WorkerEngine
 
 ENTRY_POINT_GROUP = "birdd.engines"
 DEFAULT_ENGINE = TFLiteEngine.type
@@ -93,7 +94,7 @@ def resolve_any(name_or_path: str, formats: Sequence[str]) -> Path:
 
 def create_engine(config: EngineConfig) -> Engine:
     """Resolve the model, check its artifact, construct and load the configured engine."""
-    engine_type = getattr(config, "type", None)
+    engine_type = str(getattr(config, "type", None))
     engine_class = engine_classes().get(engine_type)
     if engine_class is None:
         raise EngineError(f"unknown engine type {engine_type!r}: see 'birdd engines'")
@@ -107,9 +108,8 @@ def create_engine(config: EngineConfig) -> Engine:
             f"{engine_type}: choose engine.type {artifact.format} or another model"
         )
     if config.python:
-        from birdd.engines.worker import WorkerEngine
-
-        engine: Engine = WorkerEngine(config, artifact, python=config.python)
+        worker_class = getattr(engine_class, "worker_class", WorkerEngine)
+        engine: Engine = worker_class(config, artifact, python=config.python)
     else:
         engine = engine_class(config, artifact)
     engine.load()

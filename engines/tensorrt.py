@@ -5,10 +5,11 @@ the plan cached for this GPU, TensorRT version and precision, building it first 
 none (minutes; ``birdd engines build`` does it ahead of time). It may also name a ``.plan`` or
 ``.engine`` file with its sidecar, which must have been built here (see ``plans.py``).
 
-The calls into TensorRT and CUDA live in ``worker_main.py`` (Python 3.6, nothing from birdd),
-so the same code runs in-process and in a worker started with a JetPack's system Python
-(``engine.python: /usr/bin/python3``). tensorrt and pycuda are imported only when this engine
-is loaded. Not yet run on a GPU: see docs/models.md.
+The calls into TensorRT and CUDA live in ``birdd.engines.runtime`` (trt_model.py, trt_build.py:
+Python 3.6, nothing from birdd), so the same code runs in-process and in a worker started with a
+JetPack's system Python (``engine.python: /usr/bin/python3``, ``TensorRTWorkerEngine``).
+tensorrt and pycuda are imported only when this engine is loaded. Not yet run on a GPU: see
+docs/models.md.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any, Callable, Dict, Literal, Optional
 import numpy as np
 from pydantic import Field, model_validator
 
-from birdd.engines import worker_main
-from birdd.engines.base import Engine, EngineConfig
-from birdd.engines.errors import EngineError, ModelArtifactError, RuntimeMissingError
+from birdd.engines.base import EngineConfig
+from birdd.engines.errors import EngineError, ModelArtifactError, runtime_errors
+from birdd.engines.inprocess import InProcessEngine
 from birdd.engines.models.artifact import ModelArtifact, load_artifact, sidecar_path
 from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.models.plans import (
@@ -39,10 +40,14 @@ from birdd.engines.models.plans import (
     read_plan_block,
     write_plan_sidecar,
 )
+from birdd.engines.runtime import trt_build, trt_model
+from birdd.engines.worker import WorkerEngine, WorkerProcess
 
 log = logging.getLogger(__name__)
 
-# Builds a plan: (request for worker_main.build_plan, calibration windows) → device info.
+BUILD_TIMEOUT_S = 3600.0  # a TensorRT plan takes minutes to build, a TX2 much longer
+
+# Builds a plan: (request for runtime.trt_build.build_plan, calibration windows) → device info.
 BuildFunction = Callable[[Dict[str, Any], Optional[np.ndarray]], Dict[str, Any]]
 
 
@@ -75,15 +80,8 @@ class TensorRTConfig(EngineConfig):
 
 def import_tensorrt() -> Any:
     """(tensorrt, pycuda.driver), or RuntimeMissingError naming what to install."""
-    try:
-        return worker_main.import_tensorrt()
-    except worker_main.WorkerError as exc:
-        raise RuntimeMissingError(str(exc)) from None
-
-
-def engine_error(exc: worker_main.WorkerError) -> EngineError:
-    kind = RuntimeMissingError if exc.kind == "runtime_missing" else EngineError
-    return kind(str(exc))
+    with runtime_errors():
+        return trt_model.import_tensorrt()
 
 
 def device_info(reply: Dict[str, Any]) -> DeviceInfo:
@@ -211,27 +209,23 @@ def _calibration(artifact: ModelArtifact, config: TensorRTConfig) -> Optional[np
 
 
 class InProcess:
-    """The TensorRT calls of ``worker_main`` run in this process (tensorrt importable here)."""
+    """The plan-building calls of ``birdd.engines.runtime`` run in this process."""
 
     def __init__(self, config: TensorRTConfig) -> None:
         self.config = config
         self.trt, self.cuda = import_tensorrt()
 
     def info(self) -> DeviceInfo:
-        try:
-            gpu = worker_main.CudaContext(self.cuda, self.config.device)
+        with runtime_errors():
+            gpu = trt_model.CudaContext(self.cuda, self.config.device)
             try:
                 return device_info(gpu.info(self.trt))
             finally:
                 gpu.release()
-        except worker_main.WorkerError as exc:
-            raise engine_error(exc) from None
 
     def build(self, request: Dict[str, Any], windows: Optional[np.ndarray]) -> Dict[str, Any]:
-        try:
-            return worker_main.build_plan(request, windows, np, log_line=log.info)
-        except worker_main.WorkerError as exc:
-            raise engine_error(exc) from None
+        with runtime_errors():
+            return trt_build.build_plan(request, windows)
 
 
 def onnx_artifact(model: str) -> ModelArtifact:
@@ -250,25 +244,61 @@ def build_for_command(config: TensorRTConfig, force: bool = False) -> Path:
     sees), built when missing, stale or ``force``d. Nothing is written when TensorRT is
     missing: the runtime is checked before anything else."""
     if config.python:
-        from birdd.engines.worker import WorkerEngine
-
-        return WorkerEngine(config, onnx_artifact(config.model), python=config.python).build_plan(
-            force
-        )
+        artifact = onnx_artifact(config.model)
+        return TensorRTWorkerEngine(config, artifact, python=config.python).build_plan(force)
     backend = InProcess(config)
     artifact = onnx_artifact(config.model)
     return ensure_plan(artifact, config, backend.info(), backend.build, force=force)
 
 
-class TensorRTEngine(Engine):
+class TensorRTWorkerEngine(WorkerEngine):
+    """The TensorRT engine in a worker process: the child reports its GPU and TensorRT and
+    builds the plan when the cache has none for them (the cache rules of ``ensure_plan``)."""
+
+    config: TensorRTConfig
+    model_formats = ("tensorrt", "onnx")
+
+    def _prepare(self, child: WorkerProcess, force: bool = False) -> None:
+        """Find (or have the child build) the plan for the child's GPU and TensorRT, and score
+        with it from now on."""
+        config = self.config
+
+        def build(request: Dict[str, Any], windows: Optional[np.ndarray]) -> Dict[str, Any]:
+            if windows is None:
+                return self._ask(child, {"op": "trt_build", **request}, BUILD_TIMEOUT_S)
+            saved = Path(request["out"] + ".calibration.npy")
+            np.save(saved, windows)
+            try:
+                header = {"op": "trt_build", "calibration": str(saved), **request}
+                return self._ask(child, header, BUILD_TIMEOUT_S)
+            finally:
+                saved.unlink()
+
+        info = self._ask(child, {"op": "trt_info", "device": config.device}, self.load_timeout_s)
+        plan = ensure_plan(self.artifact, config, device_info(info), build, force)
+        self.artifact = load_artifact(plan)
+
+    def build_plan(self, force: bool = False) -> Path:
+        """Make sure the plan for the child's GPU exists (``force``: build it again), without
+        loading it; the path of the plan (``birdd engines build --python``)."""
+        child = WorkerProcess(self.python)
+        try:
+            self._prepare(child, force)
+        except (EOFError, TimeoutError, OSError, ValueError) as exc:
+            doing = f"building a plan from {self.artifact.path.name}"
+            raise self._lost(child, exc, doing) from None
+        finally:
+            child.stop()
+        return self.artifact.path
+
+
+class TensorRTEngine(InProcessEngine):
     type = "tensorrt"
     config_class = TensorRTConfig
     config: TensorRTConfig
+    runtime_name = "TensorRT"
     model_formats = ("tensorrt", "onnx")  # a plan, or an ONNX model to build one from
-
-    def __init__(self, config: TensorRTConfig, artifact: ModelArtifact) -> None:
-        super().__init__(config, artifact)
-        self._model: Optional[Any] = None
+    worker_class = TensorRTWorkerEngine
 
     @classmethod
     def probe(cls) -> str:
@@ -281,42 +311,7 @@ class TensorRTEngine(Engine):
         backend = InProcess(self.config)
         plan = ensure_plan(self.artifact, self.config, backend.info(), backend.build)
         self.artifact = load_artifact(plan)
-        request = {
-            "model": str(plan),
-            "engine": self.type,
-            "window_samples": self.artifact.window_samples,
-            "batch_size": self.input_spec.max_batch,
-            "outputs": dict(self.artifact.outputs),
-            "config": self.config.model_dump(mode="json"),
-        }
-        try:
-            self._model = worker_main.TensorRTModel(request, np)
-        except worker_main.WorkerError as exc:
-            raise engine_error(exc) from None
-        log.info("%s runs %s", self._model.runtime, plan.name)
+        super().load()
 
-    def _run(self, batch: np.ndarray, role: str) -> np.ndarray:
-        problem = self._check_batch(batch)
-        if problem:
-            raise EngineError(f"TensorRT engine: {problem}")
-        if self._model is None:
-            raise EngineError("TensorRT engine used before load()")
-        try:
-            return self._model.run(np.ascontiguousarray(batch, dtype=np.float32), role)
-        except worker_main.WorkerError as exc:
-            raise engine_error(exc) from None
-        except Exception as exc:  # pycuda/TensorRT raise their own types
-            raise EngineError(
-                f"TensorRT failed on {self.artifact.path.name}: {worker_main.first_line(exc)}"
-            ) from exc
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._run(batch, "scores")
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        return self._run(batch, "embeddings")
-
-    def close(self) -> None:
-        if self._model is not None:
-            model, self._model = self._model, None
-            model.close()
+    def open_model(self, request: Dict[str, Any]) -> Any:
+        return trt_model.TensorRTModel(request)

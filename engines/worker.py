@@ -1,11 +1,12 @@
 """Run an engine in a worker process, possibly under another interpreter, and restart it on a crash.
 
 The TensorRT bindings exist only for each JetPack's system Python, so an engine may run in a
-child started with another interpreter (``engine.python: /usr/bin/python3``). The child is
-``worker_main.py``, run by path: it imports nothing from birdd (only numpy and the runtime) and
-keeps to Python 3.6. The same boundary serves the CPU engines, so it is tested on every machine.
+child started with another interpreter (``engine.python: /usr/bin/python3``). The child runs
+``birdd.engines.runtime`` as a folder (``python .../engines/runtime``): the same model code the
+in-process engines use, which imports nothing from birdd (only numpy and the runtime) and keeps
+to Python 3.6. The same boundary serves the CPU engines, so it is tested on every machine.
 
-The two talk over the child's stdin/stdout in length-prefixed frames (see ``worker_main``): a
+The two talk over the child's stdin/stdout in length-prefixed frames (``runtime/frames.py``): a
 JSON header and the raw float32 array. A child that dies or stops answering while it scores a
 batch is killed, restarted (at most ``max_restarts`` times per ``restart_window_s``) and given
 the same batch once more, so no window is lost; only when that fails too does ``predict`` raise
@@ -17,34 +18,30 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, ClassVar, Deque, Dict, Optional, Tuple
 
 import numpy as np
 
-from birdd.engines.base import Engine, EngineConfig
-from birdd.engines.errors import BatchFailed, EngineError, RuntimeMissingError
-from birdd.engines.models.artifact import ModelArtifact, load_artifact
+from birdd.engines.base import Engine, EngineConfig, model_request
+from birdd.engines.errors import BatchFailed, EngineError, from_reply
+from birdd.engines.models.artifact import ModelArtifact
+from birdd.engines.runtime.frames import FRAME, PROTOCOL, frame_head, parse_header
 
 log = logging.getLogger(__name__)
 
-WORKER_SCRIPT = Path(__file__).resolve().with_name("worker_main.py")
-FRAME = struct.Struct(">II")
+RUNTIME_DIR = Path(__file__).resolve().with_name("runtime")  # run as a folder: its __main__.py
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_BYTES = 1 << 20
 WORKER_ENGINES = ("tflite", "onnx", "tensorrt")
-MODEL_FORMATS = {"tensorrt": ("tensorrt", "onnx")}  # else the engine's own format
-BUILD_TIMEOUT_S = 3600.0  # a TensorRT plan takes minutes to build, a TX2 much longer
 
 
 class WorkerDied(BatchFailed):
@@ -58,13 +55,13 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-class _Child:
+class WorkerProcess:
     """One worker process: its pipes, a thread draining its stderr, and framed calls."""
 
     def __init__(self, python: str, env: Optional[Dict[str, str]] = None) -> None:
         try:
             self.process = subprocess.Popen(
-                [python, str(WORKER_SCRIPT)],
+                [python, str(RUNTIME_DIR)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -125,16 +122,15 @@ class _Child:
     ) -> Tuple[Dict[str, Any], bytearray]:
         """Send one request and wait for its reply; raise WorkerDied on EOF, EPIPE or timeout."""
         deadline = time.monotonic() + timeout_s
-        body = json.dumps(header).encode("utf-8")
-        data = memoryview(b"") if payload is None else memoryview(payload).cast("B")
-        self._write(memoryview(FRAME.pack(len(body), len(data)) + body), deadline)
+        data = memoryview(b"") if payload is None else payload.data.cast("B")
+        self._write(memoryview(frame_head(header, len(data))), deadline)
         if len(data):
             self._write(data, deadline)
         if on_sent is not None:
             on_sent(self.pid)
         head = self._read(FRAME.size, deadline)
         header_size, payload_size = FRAME.unpack(bytes(head))
-        reply = json.loads(bytes(self._read(header_size, deadline)).decode("utf-8"))
+        reply = parse_header(self._read(header_size, deadline))
         return reply, self._read(payload_size, deadline)
 
     def _wait(self, fd: int, writing: bool, deadline: float) -> None:
@@ -199,14 +195,17 @@ class _Child:
 
 
 class WorkerEngine(Engine):
-    """An engine (tflite or onnx) run in a child process started with ``python``.
+    """An engine (tflite, onnx or tensorrt) run in a child process started with ``python``.
 
     ``restarts`` counts the times a dead or stuck child was replaced; ``worker_info`` is what
-    the child said at load (pid, runtime, its Python and numpy versions).
+    the child said at load (pid, runtime, protocol, its Python and numpy versions). The
+    TensorRT engine's subclass (``TensorRTWorkerEngine``) first has the child find or build
+    the plan.
     """
 
     type = "worker"
     config_class = EngineConfig
+    model_formats: ClassVar[Optional[Tuple[str, ...]]] = None  # None: the engine's own format
 
     def __init__(
         self,
@@ -224,7 +223,7 @@ class WorkerEngine(Engine):
                 f"engine type {inner_type!r} cannot run in a worker process: "
                 f"use {' or '.join(WORKER_ENGINES)}"
             )
-        if artifact.format not in MODEL_FORMATS.get(inner_type, (inner_type,)):
+        if artifact.format not in (self.model_formats or (inner_type,)):
             raise EngineError(
                 f"model {artifact.path.name} is in {artifact.format} format but engine.type is "
                 f"{inner_type}: choose engine.type {artifact.format} or another model"
@@ -239,30 +238,18 @@ class WorkerEngine(Engine):
         self.restarts = 0
         self.worker_info: Dict[str, Any] = {}
         self._restart_times: Deque[float] = collections.deque()
-        self._child: Optional[_Child] = None
+        self._child: Optional[WorkerProcess] = None
         self._loaded = False
         self._lock = threading.RLock()
         self._on_sent: Optional[Callable[[int], None]] = None  # tests: act mid-batch
 
     @classmethod
     def probe(cls) -> str:
-        return f"worker process ({WORKER_SCRIPT.name}) under {sys.executable}"
+        return f"worker process ({RUNTIME_DIR.name}) under {sys.executable}"
 
     @property
     def pid(self) -> Optional[int]:
         return self._child.pid if self._child is not None else None
-
-    def _load_request(self) -> Dict[str, Any]:
-        return {
-            "op": "load",
-            "engine": self.inner_type,
-            "model": str(self.artifact.path),
-            "window_samples": self.artifact.window_samples,
-            "input_dtype": self.artifact.input_dtype,
-            "batch_size": self.input_spec.max_batch,
-            "outputs": dict(self.artifact.outputs),
-            "config": self.config.model_dump(mode="json"),
-        }
 
     def load(self) -> None:
         with self._lock:
@@ -271,19 +258,16 @@ class WorkerEngine(Engine):
             self._child = self._start()
             self._loaded = True
 
-    def _start(self) -> _Child:
+    def _start(self) -> WorkerProcess:
         """Start a child and load the model in it; one EngineError line on any failure."""
-        child = _Child(self.python)
+        child = WorkerProcess(self.python)
+        batch = self.input_spec.max_batch
         try:
-            if self.inner_type == "tensorrt":
-                self._prepare_plan(child)
-            reply, _ = child.call(self._load_request(), None, self.load_timeout_s)
+            self._prepare(child)
+            request = model_request(self.inner_type, self.config, self.artifact, batch)
+            reply = self._ask(child, {"op": "load", **request}, self.load_timeout_s)
         except (EOFError, TimeoutError, OSError, ValueError) as exc:
             raise self._lost(child, exc, f"loading {self.artifact.path.name}") from None
-        if not reply.get("ok"):
-            child.stop()
-            error_class = RuntimeMissingError if reply.get("kind") == "runtime_missing" else None
-            raise (error_class or EngineError)(str(reply.get("error", reply)))
         self.worker_info = {key: value for key, value in reply.items() if key != "ok"}
         log.info(
             "engine worker %d (Python %s, %s, %s) loaded %s",
@@ -295,20 +279,27 @@ class WorkerEngine(Engine):
         )
         return child
 
-    def build_plan(self, force: bool = False) -> Path:
-        """TensorRT: make sure the plan for the child's GPU exists (``force``: build it again),
-        without loading it; the path of the plan (``birdd engines build --python``)."""
-        child = _Child(self.python)
-        try:
-            self._prepare_plan(child, force)
-        except (EOFError, TimeoutError, OSError, ValueError) as exc:
-            doing = f"building a plan from {self.artifact.path.name}"
-            raise self._lost(child, exc, doing) from None
-        finally:
-            child.stop()
-        return self.artifact.path
+    def _prepare(self, child: WorkerProcess) -> None:
+        """Anything the child must do before it loads the model (TensorRT: the plan)."""
 
-    def _lost(self, child: _Child, exc: Exception, doing: str) -> EngineError:
+    def _ask(
+        self, child: WorkerProcess, header: Dict[str, Any], timeout_s: float
+    ) -> Dict[str, Any]:
+        """The reply of a fresh child to a request that is not a batch; a refusal, or a child
+        that speaks another protocol, stops it and is one EngineError line."""
+        reply, _ = child.call(header, None, timeout_s)
+        if not reply.get("ok"):
+            child.stop()
+            raise from_reply(str(reply.get("kind")), str(reply.get("error", reply)))
+        if reply.get("protocol") != PROTOCOL:
+            child.stop()
+            raise EngineError(
+                f"the engine worker ({self.python}) speaks protocol {reply.get('protocol')} but "
+                f"this birdd speaks {PROTOCOL}: birdd was upgraded while running; restart it"
+            )
+        return reply
+
+    def _lost(self, child: WorkerProcess, exc: Exception, doing: str) -> EngineError:
         """The one line for a child that died or timed out while ``doing`` something."""
         timed_out = isinstance(exc, TimeoutError)
         child.kill(exiting=not timed_out)
@@ -317,35 +308,6 @@ class WorkerEngine(Engine):
             f"engine worker ({self.python}) {what} ({child.exit_description()}) while "
             f"{doing}: {child.last_stderr_line()}"
         )
-
-    def _prepare_plan(self, child: _Child, force: bool = False) -> None:
-        """TensorRT: find (or have the child build) the plan for the child's GPU and TensorRT,
-        and score with it from now on; the plan-cache rules are those of the in-process engine."""
-        from birdd.engines.tensorrt import device_info, ensure_plan
-
-        def ask(header: Dict[str, Any], timeout_s: float) -> Dict[str, Any]:
-            reply, _ = child.call(header, None, timeout_s)
-            if not reply.get("ok"):
-                child.stop()
-                missing = reply.get("kind") == "runtime_missing"
-                raise (RuntimeMissingError if missing else EngineError)(str(reply.get("error")))
-            return reply
-
-        def build(request: Dict[str, Any], windows: Optional[np.ndarray]) -> Dict[str, Any]:
-            if windows is None:
-                return ask({"op": "trt_build", **request}, BUILD_TIMEOUT_S)
-            saved = Path(request["out"] + ".calibration.npy")
-            np.save(saved, windows)
-            try:
-                header = {"op": "trt_build", "calibration": str(saved), **request}
-                return ask(header, BUILD_TIMEOUT_S)
-            finally:
-                saved.unlink()
-
-        device = getattr(self.config, "device", 0)
-        here = device_info(ask({"op": "trt_info", "device": device}, self.load_timeout_s))
-        plan = ensure_plan(self.artifact, self.config, here, build, force)  # type: ignore[arg-type]
-        self.artifact = load_artifact(plan)
 
     def _stop_child(self) -> None:
         if self._child is not None:

@@ -6,7 +6,6 @@ process boundary a TensorRT engine on a Jetson relies on is exercised everywhere
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import os
 import signal
@@ -18,13 +17,15 @@ import numpy as np
 import pytest
 from birdd_testing import THRUSH, model_windows, recording, simulate_rows
 
+from birdd.engines import worker as worker_module
 from birdd.engines.errors import EngineError, RuntimeMissingError
 from birdd.engines.models.artifact import load_artifact
 from birdd.engines.models.modeldir import resolve_model
 from birdd.engines.onnx import ONNXConfig
 from birdd.engines.registry import create_engine
+from birdd.engines.runtime.frames import PROTOCOL
 from birdd.engines.tflite import TFLiteConfig
-from birdd.engines.worker import WORKER_SCRIPT, WorkerEngine
+from birdd.engines.worker import WorkerEngine
 
 
 def start_worker(config, **options) -> WorkerEngine:
@@ -212,33 +213,54 @@ def test_an_unusable_interpreter_is_one_line(birdnet_model, python, message):
     assert "\n" not in str(failure.value)
 
 
-def test_the_worker_script_imports_nothing_from_birdd():
-    source = WORKER_SCRIPT.read_text(encoding="utf-8")
-    ast.parse(source, feature_version=(3, 6))  # no walrus, no 3.7+ syntax
-    tree = ast.parse(source)
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, "relative import in the worker script"
-            imported.add((node.module or "").split(".")[0])
-    allowed = {"io", "json", "os", "struct", "sys", "numpy", "onnxruntime"}
-    assert imported <= allowed, imported - allowed
-    assert "__future__" not in imported
+BLOCK_BIRDD = """
+import sys
 
 
-def test_the_worker_script_runs_on_python_3_6():
-    pytest.importorskip("vermin")
-    vermin = "import sys, vermin; sys.exit(vermin.main())"
-    flags = ["--target=3.6-", "--no-tips", "--violations"]
-    result = subprocess.run(
-        [sys.executable, "-c", vermin, *flags, str(WORKER_SCRIPT)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+class NoBirdd:
+    def find_spec(self, name, path=None, target=None):
+        if name == "birdd" or name.startswith("birdd."):
+            raise ModuleNotFoundError("birdd is not installed for this interpreter")
+
+
+sys.meta_path.insert(0, NoBirdd())
+"""
+
+
+def test_the_worker_runs_under_an_interpreter_without_birdd(
+    tmp_path, engine_type, windows, expected
+):
+    """What a JetPack's system Python is: numpy and the runtime, but no birdd."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_BIRDD)
+    python = tmp_path / "python-without-birdd"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    blocked = subprocess.run(
+        [str(python), "-c", "import birdd.engines"], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert "birdd is not installed for this interpreter" in blocked.stderr
+    engine = start_worker(CONFIGS[engine_type](batch_size=2), python=str(python), timeout_s=10)
+    try:
+        np.testing.assert_allclose(engine.predict(windows[:2]), expected["full"], atol=1e-5)
+    finally:
+        engine.close()
+
+
+def test_a_worker_of_another_protocol_is_refused_in_one_line(birdnet_model, monkeypatch):
+    """A worker started from files newer than the running birdd (upgraded in place)."""
+    monkeypatch.setattr(worker_module, "PROTOCOL", PROTOCOL + 1)
+    artifact = load_artifact(resolve_model("birdnet", "tflite"))
+    engine = WorkerEngine(TFLiteConfig(batch_size=1), artifact, timeout_s=10)
+    with pytest.raises(EngineError) as failure:
+        engine.load()
+    message = str(failure.value)
+    assert "\n" not in message and engine.pid is None
+    assert message.endswith(
+        f"speaks protocol {PROTOCOL} but this birdd speaks {PROTOCOL + 1}: birdd was upgraded "
+        "while running; restart it"
+    )
 
 
 def test_engine_python_in_the_config_runs_the_real_pipeline_in_a_worker(birdnet_model, tmp_path):

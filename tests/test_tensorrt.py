@@ -3,7 +3,7 @@ the missing-runtime line (in-process, in a worker, from `birdd engines build`), 
 calibration set read from real recordings.
 
 Nothing here runs TensorRT and nothing pretends to: this machine has no GPU and no tensorrt.
-The TensorRT calls themselves (worker_main.TensorRTModel, PlanBuilder) are unverified until
+The TensorRT calls themselves (runtime/trt_model.py, runtime/trt_build.py) are unverified until
 they run on a GPU (docs/models.md says so).
 """
 
@@ -38,8 +38,12 @@ from birdd.engines.models.plans import (
     write_plan_sidecar,
 )
 from birdd.engines.registry import create_engine, engine_config_type, resolve_any
-from birdd.engines.tensorrt import TensorRTConfig, TensorRTEngine, ensure_plan
-from birdd.engines.worker import WorkerEngine
+from birdd.engines.tensorrt import (
+    TensorRTConfig,
+    TensorRTEngine,
+    TensorRTWorkerEngine,
+    ensure_plan,
+)
 
 WINDOW = 144000
 ORIN = DeviceInfo("Orin Nano", "8.7", "10.3.0")
@@ -316,13 +320,15 @@ def test_a_missing_runtime_is_one_line_in_process(onnx_artifact):
 @pytest.mark.system  # starts an engine worker process
 def test_a_missing_runtime_in_the_worker_names_its_interpreter(onnx_artifact):
     tensorrt_absent()
-    engine = WorkerEngine(
+    engine = TensorRTWorkerEngine(
         TensorRTConfig(model=str(onnx_artifact.path)), onnx_artifact, python=sys.executable
     )
     with pytest.raises(RuntimeMissingError, match=MISSING) as missing:
         engine.load()
     assert sys.executable in str(missing.value) and "\n" not in str(missing.value)
     assert engine.pid is None
+    with pytest.raises(RuntimeMissingError, match=MISSING):  # engine.python: the same worker
+        create_engine(TensorRTConfig(model=str(onnx_artifact.path), python=sys.executable))
 
 
 @pytest.mark.system  # starts birdd in a fresh process
