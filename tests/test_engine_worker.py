@@ -263,6 +263,17 @@ def test_a_worker_of_another_protocol_is_refused_in_one_line(birdnet_model, monk
     )
 
 
+def test_the_worker_keeps_the_xnnpack_banner_off_its_stderr(windows):
+    """TFLite prints it from C++ when it first allocates tensors (see runtime/native_log.py)."""
+    engine = start_worker(TFLiteConfig(batch_size=2))
+    child = engine._child
+    engine.predict(windows[:2])
+    engine.close()  # the child exits: all it wrote to stderr has been read
+    assert child is not None and child.process.returncode == 0
+    lines = list(child.stderr_lines)
+    assert not [line for line in lines if "XNNPACK delegate" in line], lines
+
+
 def test_engine_python_in_the_config_runs_the_real_pipeline_in_a_worker(birdnet_model, tmp_path):
     config = tmp_path / "birdd.yaml"
     config.write_text(f"engine:\n  type: tflite\n  python: {sys.executable}\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from birdd_testing import THRUSH, model_windows, recording, run_birdd
 from birdd.engines.errors import EngineError, RuntimeMissingError
 from birdd.engines.models.artifact import load_artifact, sidecar_path, upgrade_sidecar
 from birdd.engines.registry import create_engine
+from birdd.engines.runtime.native_log import DELEGATE_BANNER
 from birdd.engines.tflite import TFLiteConfig
 
 
@@ -47,6 +50,43 @@ def test_batch_size_defaults_by_mode():
     assert TFLiteConfig().for_mode(live=True).batch_size == 1
     assert TFLiteConfig().for_mode(live=False).batch_size == 2
     assert TFLiteConfig(batch_size=8).for_mode(live=True).batch_size == 8
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [(), ("--lat", "42.5", "--lon", "-76.5", "--week", "20")],
+    ids=["classifier", "with-the-location-model"],
+)
+def test_a_quiet_run_prints_no_tflite_banner(birdnet_model, tmp_path, flags):
+    """TFLite's C++ logger prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    on stderr when an interpreter first allocates its tensors; -q means warnings only."""
+    db = str(tmp_path / "db.sqlite")
+    result = run_birdd("--simulate", str(recording(THRUSH)), "-q", "--db", db, *flags)
+    assert result.returncode == 0, result.stderr
+    assert "XNNPACK" not in result.stderr, result.stderr
+
+
+DROPPING_THE_BANNER = """
+import os, sys
+from birdd.engines.runtime.native_log import DELEGATE_BANNER, without_delegate_banner
+os.write(2, b"before\\n")
+with without_delegate_banner():
+    os.write(2, b"a runtime error line\\n" + DELEGATE_BANNER + b"\\n")
+    sys.stderr.write("a line from Python\\n")
+    os.write(2, b"last, unterminated")
+os.write(2, b" and after\\n")
+"""
+
+
+def test_dropping_the_banner_keeps_everything_else_on_stderr_in_order():
+    result = subprocess.run(
+        [sys.executable, "-c", DROPPING_THE_BANNER], capture_output=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert DELEGATE_BANNER not in result.stderr
+    assert result.stderr == (
+        b"before\na runtime error line\na line from Python\nlast, unterminated and after\n"
+    )
 
 
 def test_a_missing_runtime_names_the_extra_to_install(birdnet_model):

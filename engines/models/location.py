@@ -16,6 +16,7 @@ from birdd.engines.errors import EngineError, ModelArtifactError
 from birdd.engines.models.artifact import ModelArtifact, load_artifact
 from birdd.engines.models.labels import Species
 from birdd.engines.models.modeldir import installed_location_model, read_manifest
+from birdd.engines.runtime.native_log import without_delegate_banner
 from birdd.engines.tflite import import_interpreter
 
 YEAR_ROUND = -1
@@ -65,8 +66,9 @@ class LocationModel:
 
     def _load(self, interpreter_class: Any) -> Any:
         try:
-            interpreter = interpreter_class(model_path=str(self.artifact.path), num_threads=1)
-            interpreter.allocate_tensors()
+            with without_delegate_banner():
+                interpreter = interpreter_class(model_path=str(self.artifact.path), num_threads=1)
+                interpreter.allocate_tensors()
         except Exception as exc:  # the runtimes raise ValueError/RuntimeError for corrupt files
             raise EngineError(f"cannot load location model {self.artifact.path}: {exc}") from exc
         outputs = int(interpreter.get_output_details()[0]["shape"][-1])

@@ -17,6 +17,7 @@ import numpy as np
 
 from .base import Model
 from .errors import ModelError, first_line
+from .native_log import without_delegate_banner
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,10 @@ class TFLiteModel(Model):
         interpreter_class, self.runtime = import_interpreter(self.config.get("runtime", "auto"))
         threads = int(self.config.get("threads", 2))
         try:
-            interpreter = interpreter_class(model_path=self.path, num_threads=threads)
-            self.input_index = self.sized_input(interpreter)
-            interpreter.allocate_tensors()
+            with without_delegate_banner():
+                interpreter = interpreter_class(model_path=self.path, num_threads=threads)
+                self.input_index = self.sized_input(interpreter)
+                interpreter.allocate_tensors()
         except ModelError:
             raise
         except Exception as exc:  # the runtimes raise ValueError/RuntimeError for corrupt files
