@@ -1,0 +1,1 @@
+"""Student models: the DFT/mel front end in torch and the compact CNN."""
