@@ -1,7 +1,8 @@
 """A trained head on a base model's embeddings, applied after the base engine, in numpy.
 
 A head artifact (``kind: head``, written by ``birdd train head``) names its base model and a
-weights file of dense layers (``x @ W + b``, ReLU between). ``HeadEngine`` wraps the base
+weights file of dense layers (``x @ W + b``, ReLU between) and, per class, how much of the base
+model's own logit for that species to add (see ``HeadWeights``). ``HeadEngine`` wraps the base
 engine: for each batch it takes the base model's scores and embeddings and returns, in
 ``append`` mode, the base model's classes with the head's scores in place of the base's for
 the species they share, followed by the head's classes the base lacks (BirdNET's 6,522 and the
@@ -13,7 +14,9 @@ desktop alike.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, List, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -25,19 +28,46 @@ HEAD_KIND = "head"
 Layers = List[Tuple[np.ndarray, np.ndarray]]
 
 
-def save_head_weights(path: Any, layers: Layers) -> None:
-    """Write dense layers as ``W0, b0, W1, b1, …`` in an .npz (what ``load_head_weights``
-    reads)."""
-    arrays = {}
-    for index, (weight, bias) in enumerate(layers):
+@dataclass
+class HeadWeights:
+    """Dense layers ``x @ W + b`` (ReLU between) on the embeddings, plus the base model's own
+    logit for the species it shares with the head: ``prior_scale[k] · base[:, prior_column[k]]``
+    is added to class k's logit (``prior_column`` -1 and scale 0 where the base lacks it)."""
+
+    layers: Layers
+    prior_column: np.ndarray  # int[K]
+    prior_scale: np.ndarray  # float32[K]
+
+    @property
+    def uses_prior(self) -> bool:
+        return bool(np.any(self.prior_scale != 0))
+
+
+def save_head_weights(path: Any, weights: HeadWeights) -> None:
+    """Write ``W0, b0, W1, b1, …, prior_column, prior_scale`` in an .npz."""
+    arrays = {
+        "prior_column": np.asarray(weights.prior_column, dtype=np.int64),
+        "prior_scale": np.asarray(weights.prior_scale, dtype=np.float32),
+    }
+    for index, (weight, bias) in enumerate(weights.layers):
         arrays[f"W{index}"] = np.asarray(weight, dtype=np.float32)
         arrays[f"b{index}"] = np.asarray(bias, dtype=np.float32)
     with open(path, "wb") as stream:
         np.savez(stream, **arrays)
 
 
-def load_head_weights(artifact: ModelArtifact) -> Layers:
-    """The dense layers of a head artifact, checked against its sidecar."""
+def _read_weights(path: Path) -> HeadWeights:
+    with np.load(path) as data:
+        count = len([name for name in data.files if name.startswith("W")])
+        layers = [(data[f"W{i}"], data[f"b{i}"]) for i in range(count)]
+        classes = layers[-1][0].shape[1] if layers else 0
+        column = data["prior_column"] if "prior_column" in data.files else np.full(classes, -1)
+        scale = data["prior_scale"] if "prior_scale" in data.files else np.zeros(classes)
+    return HeadWeights(layers, column.astype(np.int64), scale.astype(np.float32))
+
+
+def load_head_weights(artifact: ModelArtifact) -> HeadWeights:
+    """The weights of a head artifact, checked against its sidecar."""
     path = artifact.path.parent / str(artifact.head["weights"])
     if not path.is_file():
         raise ModelArtifactError(f"head {artifact.path.name}: weights file {path} not found")
@@ -46,29 +76,39 @@ def load_head_weights(artifact: ModelArtifact) -> Layers:
         raise ModelArtifactError(
             f"head weights {path} do not match the sidecar's hash: re-export the head"
         )
-    with np.load(path) as data:
-        count = len([name for name in data.files if name.startswith("W")])
-        layers = [(data[f"W{i}"], data[f"b{i}"]) for i in range(count)]
-    dims = [layers[0][0].shape[0]] + [w.shape[1] for w, _ in layers] if layers else []
-    if not layers or dims[0] != int(artifact.head["embedding_dim"]):
+    try:
+        weights = _read_weights(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelArtifactError(f"head weights {path} are unreadable ({exc})") from None
+    layers = weights.layers
+    if not layers or layers[0][0].shape[0] != int(artifact.head["embedding_dim"]):
         raise ModelArtifactError(
-            f"head {artifact.path.name}: its weights take {dims[:1]} inputs, the sidecar says "
-            f"{artifact.head['embedding_dim']}: re-export the head"
+            f"head {artifact.path.name}: its weights do not take the "
+            f"{artifact.head['embedding_dim']}-d embeddings its sidecar names: re-export it"
         )
-    if dims[-1] != artifact.num_classes:
+    if layers[-1][0].shape[1] != artifact.num_classes or len(weights.prior_column) != len(
+        artifact.species
+    ):
         raise ModelArtifactError(
-            f"head {artifact.path.name}: {dims[-1]} outputs for {artifact.num_classes} classes"
+            f"head {artifact.path.name}: its weights do not give its {artifact.num_classes} "
+            "classes: re-export it"
         )
-    return layers
+    return weights
 
 
-def apply_head(layers: Layers, embeddings: np.ndarray) -> np.ndarray:
-    """Logits of the head for ``float32[B, D]`` embeddings."""
+def apply_head(
+    weights: HeadWeights, embeddings: np.ndarray, base_logits: Optional[np.ndarray] = None
+) -> np.ndarray:
+    """Logits of the head for ``float32[B, D]`` embeddings and the base model's logits."""
     x = np.asarray(embeddings, dtype=np.float32)
-    for index, (weight, bias) in enumerate(layers):
+    for index, (weight, bias) in enumerate(weights.layers):
         x = x @ weight + bias
-        if index < len(layers) - 1:
+        if index < len(weights.layers) - 1:
             x = np.maximum(x, 0.0)
+    if weights.uses_prior:
+        if base_logits is None:
+            raise EngineError("this head adds the base model's logits: pass them")
+        x = x + weights.prior_scale * base_logits[:, np.maximum(weights.prior_column, 0)]
     return x.astype(np.float32)
 
 
@@ -108,10 +148,10 @@ class HeadEngine(Engine):
     type = "head"
     config_class = EngineConfig
 
-    def __init__(self, base: Engine, head: ModelArtifact, layers: Layers) -> None:
+    def __init__(self, base: Engine, head: ModelArtifact, weights: HeadWeights) -> None:
         super().__init__(base.config, headed_artifact(head, base.artifact))
         self.base = base
-        self.layers = layers
+        self.weights = weights
         self.append = head.head.get("mode", "append") == "append"
         self._shared_base, self._shared_head = append_columns(head, base.artifact)
         shared = set(self._shared_head.tolist())
@@ -130,15 +170,18 @@ class HeadEngine(Engine):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         embeddings = self.base.embed(batch)
-        if embeddings.shape[1] != self.layers[0][0].shape[0]:
+        wanted = self.weights.layers[0][0].shape[0]
+        if embeddings.shape[1] != wanted:
             raise EngineError(
                 f"model {self.base.artifact.name} gives {embeddings.shape[1]}-d embeddings; the "
-                f"head takes {self.layers[0][0].shape[0]}: train the head on this model"
+                f"head takes {wanted}: train the head on this model"
             )
-        logits = apply_head(self.layers, embeddings)
-        if not self.append:
+        needs_base = self.append or self.weights.uses_prior
+        base_scores = self.base.predict(batch) if needs_base else None
+        logits = apply_head(self.weights, embeddings, base_scores)
+        if base_scores is None or not self.append:
             return logits
-        scores = self.base.predict(batch).copy()
+        scores = base_scores.copy()
         scores[:, self._shared_base] = logits[:, self._shared_head]
         return np.concatenate([scores, logits[:, self._extra]], axis=1)
 
@@ -153,10 +196,10 @@ def create_head_engine(
     config: EngineConfig, head: ModelArtifact, create: Callable[[EngineConfig], Engine]
 ) -> Engine:
     """Load the head's base model on the configured engine type, then wrap it."""
-    layers = load_head_weights(head)
+    weights = load_head_weights(head)
     base = create(config.model_copy(update={"model": str(head.head["base_model"])}))
     try:
-        return HeadEngine(base, head, layers)
+        return HeadEngine(base, head, weights)
     except Exception:
         base.close()
         raise

@@ -49,22 +49,31 @@ def test_warm_up_then_cosine():
 
 
 @pytest.mark.parametrize("hidden", [0, 16])
-def test_dense_layers_fold_the_input_scale_exactly(hidden):
+def test_exported_weights_compute_what_the_model_does(hidden):
+    """The input scale folded into the first layer; the BirdNET prior gathered by column."""
     rng = np.random.default_rng(0)
-    model = HeadModel(32, 5, hidden, 0.2, 2.5).eval()
-    embeddings = rng.normal(size=(7, 32)).astype(np.float32) * 3
+    model = HeadModel(32, 3, hidden, 0.2, 2.5, prior_mask=[1, 0, 1]).eval()
     with torch.no_grad():
-        expected = model(torch.as_tensor(embeddings)).numpy()
-    assert np.abs(apply_head(model.dense_layers(), embeddings) - expected).max() < 1e-5
+        model.prior_scale.copy_(torch.tensor([0.7, 5.0, 1.3]))
+    embeddings = rng.normal(size=(7, 32)).astype(np.float32) * 3
+    birdnet = rng.normal(size=(7, 10)).astype(np.float32) * 4  # BirdNET's logits, 10 classes
+    columns = [4, None, 9]
+    prior = np.stack([birdnet[:, 4], np.zeros(7), birdnet[:, 9]], axis=1).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.as_tensor(embeddings), torch.as_tensor(prior)).numpy()
+    weights = model.export_weights(columns)
+    assert weights.prior_column.tolist() == [4, -1, 9]
+    assert np.abs(apply_head(weights, embeddings, birdnet) - expected).max() < 1e-5
 
 
 def _export(tmp_path, hidden=8):
     from birdd.training.export.artifacts import export_head
 
-    model = HeadModel(24, 3, hidden, 0.0, 0.7).eval()
+    model = HeadModel(24, 3, hidden, 0.0, 0.7, prior_mask=[0, 1, 1]).eval()
     base = load_artifact_stub(tmp_path)
     species = [Species(f"Genus s{k}", f"Bird {k}", None, True) for k in range(3)]
-    path = export_head(tmp_path, model.dense_layers(), species, base, "birdnet", "t", {}, {})
+    weights = model.export_weights([None, 0, 0])
+    path = export_head(tmp_path, weights, species, base, "birdnet", "t", {}, {})
     return model, path
 
 
@@ -85,13 +94,15 @@ def test_head_export_round_trips_through_its_sidecar_and_onnx(tmp_path):
     model, path = _export(tmp_path)
     artifact = load_artifact(path)
     assert artifact.kind == "head" and artifact.head["base_model"] == "birdnet"
-    layers = load_head_weights(artifact)
+    weights = load_head_weights(artifact)
     embeddings = np.random.default_rng(2).normal(size=(4, 24)).astype(np.float32)
+    base_logits = np.random.default_rng(3).normal(size=(4, 1)).astype(np.float32)  # 1 class
+    prior = np.concatenate([np.zeros((4, 1)), base_logits, base_logits], axis=1)
     with torch.no_grad():
-        expected = model(torch.as_tensor(embeddings)).numpy()
+        expected = model(torch.as_tensor(embeddings), torch.as_tensor(prior).float()).numpy()
     session = ort.InferenceSession(str(path))
-    (from_onnx,) = session.run(None, {"embeddings": embeddings})
-    assert np.abs(apply_head(layers, embeddings) - expected).max() < 1e-5
+    (from_onnx,) = session.run(None, {"embeddings": embeddings, "base_logits": base_logits})
+    assert np.abs(apply_head(weights, embeddings, base_logits) - expected).max() < 1e-5
     assert np.abs(from_onnx - expected).max() < 1e-5
 
 

@@ -1,8 +1,9 @@
 """Re-score windows through the real birdd engines and compare with PyTorch.
 
 Each export is loaded the way ``birdd --simulate --model FILE`` loads it (engines/registry.py)
-and scores the same raw audio windows; the reference is the PyTorch head on the embeddings the
-same engine gives for those windows. FP32 exports must agree within 1e-3.
+and scores the same raw audio windows; the reference is the PyTorch head on the embeddings and
+logits the base model gives for those windows on the same engine type. FP32 exports must agree
+within 1e-3.
 """
 
 from __future__ import annotations
@@ -46,20 +47,27 @@ def _in_batches(function: Callable[[np.ndarray], np.ndarray], windows: np.ndarra
 def check_export(
     path: Path,
     engine_type: str,
+    base_model: str,
     windows: np.ndarray,
     labels: Sequence[str],
-    reference: Callable[[np.ndarray], np.ndarray],
+    reference: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> Parity:
-    """Score ``windows`` with the export on ``engine_type``; ``reference(embeddings)`` is the
-    PyTorch head's logits for ``labels``, found among the export's classes by label (in append
-    mode they sit among BirdNET's)."""
+    """Score ``windows`` with the export on ``engine_type``; ``reference(embeddings, logits)``
+    is the PyTorch head on what ``base_model`` gives on the same engine type. The head's
+    classes are found among the export's by label (in append mode they sit among BirdNET's)."""
+    base = open_engine(engine_type, base_model)
+    try:
+        batch = base.input_spec.max_batch
+        expected = reference(
+            _in_batches(base.embed, windows, batch), _in_batches(base.predict, windows, batch)
+        )
+    finally:
+        base.close()
     engine = open_engine(engine_type, str(path))
     try:
         where = {sp.label: index for index, sp in enumerate(engine.artifact.species)}
         columns = [where[label] for label in labels]
-        batch = engine.input_spec.max_batch
-        scores = _in_batches(engine.predict, windows, batch)
-        expected = reference(_in_batches(engine.embed, windows, batch))
+        scores = _in_batches(engine.predict, windows, engine.input_spec.max_batch)
     finally:
         engine.close()
     difference = np.abs(scores[:, columns] - expected).max()

@@ -2,8 +2,10 @@
 
 Two exports of one head:
 - ``head.onnx`` + ``head.npz`` + ``head.json`` (``kind: head``, ``mode: append``): the engines
-  run the base model (BirdNET, on any engine type) and apply the head to its embeddings in the
-  same pass, so BirdNET's classes and the custom ones come out of one inference;
+  run the base model (BirdNET, on any engine type) and apply the head to its embeddings (and
+  its logits, for the BirdNET prior) in the same pass, so BirdNET's classes and the custom ones
+  come out of one inference (engines/head.py applies head.npz; head.onnx is the same head for
+  other ONNX consumers);
 - ``birdnet_head.onnx`` + ``birdnet_head.json`` (``kind: classifier``): BirdNET and the head as
   one ONNX graph, raw audio in, the custom classes out, that runs on its sidecar alone.
 """
@@ -13,10 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-from birdd.engines.head import Layers, save_head_weights
+from birdd.engines.head import HeadWeights, save_head_weights
 from birdd.engines.models.artifact import ModelArtifact, file_sha256, write_sidecar
 from birdd.engines.models.labels import Species
-from birdd.training.export.onnx_head import HEAD_INPUT, HEAD_OUTPUT, write_head, write_merged
+from birdd.training.export.onnx_head import (
+    HEAD_INPUT,
+    HEAD_OUTPUT,
+    PRIOR_INPUT,
+    write_head,
+    write_merged,
+)
 
 HEAD_FILE = "head.onnx"
 WEIGHTS_FILE = "head.npz"
@@ -37,7 +45,7 @@ def _common(base: ModelArtifact, name: str, thresholds: Dict[str, float], traini
 
 def export_head(
     out: Path,
-    layers: Layers,
+    weights: HeadWeights,
     species: List[Species],
     base: ModelArtifact,
     base_model: str,
@@ -46,18 +54,19 @@ def export_head(
     training: Dict[str, Any],
 ) -> Path:
     """The head alone, for the engines to apply to ``base_model``'s embeddings."""
-    path = write_head(layers, out / HEAD_FILE)
-    save_head_weights(out / WEIGHTS_FILE, layers)
+    path = write_head(weights, base.num_classes, out / HEAD_FILE)
+    save_head_weights(out / WEIGHTS_FILE, weights)
     meta = _common(base, name, thresholds, training)
     meta.update(
         kind="head",
         format="onnx",
-        input_name=HEAD_INPUT,
+        input_name=HEAD_INPUT if not weights.uses_prior else f"{HEAD_INPUT}, {PRIOR_INPUT}",
         outputs={"scores": HEAD_OUTPUT},
         head={
             "base_model": base_model,
             "base": base.identity(),
-            "embedding_dim": int(layers[0][0].shape[0]),
+            "embedding_dim": int(weights.layers[0][0].shape[0]),
+            "birdnet_prior": weights.uses_prior,
             "weights": WEIGHTS_FILE,
             "weights_sha256": file_sha256(out / WEIGHTS_FILE),
             "mode": "append",
@@ -69,7 +78,7 @@ def export_head(
 
 def export_merged(
     out: Path,
-    layers: Layers,
+    weights: HeadWeights,
     species: List[Species],
     base_onnx: ModelArtifact,
     name: str,
@@ -78,9 +87,11 @@ def export_merged(
 ) -> Path:
     """BirdNET (its ONNX conversion) and the head as one model file: raw audio in."""
     embeddings = base_onnx.outputs.get("embeddings")
-    if not embeddings:
-        raise ValueError(f"{base_onnx.path} names no embeddings output in its sidecar")
-    path = write_merged(base_onnx.path, embeddings, layers, out / MERGED_FILE)
+    if not embeddings or "scores" not in base_onnx.outputs:
+        raise ValueError(f"{base_onnx.path} names no scores and embeddings outputs in its sidecar")
+    path = write_merged(
+        base_onnx.path, base_onnx.outputs, weights, base_onnx.num_classes, out / MERGED_FILE
+    )
     meta = _common(base_onnx, name, thresholds, training)
     meta.update(
         kind="classifier",

@@ -14,12 +14,13 @@ windows fired at its thresholds, 0 without).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from birdd.engines.head import HeadWeights
 from birdd.training.loop import Batch, History, LoopConfig, fit
 from birdd.training.recipes.targets import WindowSet
 from birdd.training.report.metrics import average_precision
@@ -38,26 +39,40 @@ class HeadOptions:
     class_weights: bool = True
     label_smoothing: float = 0.0
     teacher_min: float = 0.1  # 0 turns teacher filtering off
+    birdnet_prior: bool = True  # add a learned multiple of BirdNET's logit per shared class
     loop: LoopConfig = field(default_factory=LoopConfig)
 
 
 class HeadModel(nn.Module):
-    def __init__(self, dim: int, classes: int, hidden: int, dropout: float, scale: float) -> None:
+    """Dense layers on the scaled embeddings, plus, for each class BirdNET also has, a learned
+    multiple of BirdNET's own logit for it (the prior: ``prior_mask`` 1 there, else 0)."""
+
+    def __init__(
+        self, dim: int, classes: int, hidden: int, dropout: float, scale: float, prior_mask=None
+    ) -> None:
         super().__init__()
         self.register_buffer("scale", torch.tensor(float(scale)))
+        mask = torch.zeros(classes) if prior_mask is None else torch.as_tensor(prior_mask)
+        self.register_buffer("prior_mask", mask.to(torch.float32))
+        self.prior_scale = nn.Parameter(torch.ones(classes))
         self.dropout = nn.Dropout(dropout)
         self.hidden = nn.Linear(dim, hidden) if hidden else None
         self.out = nn.Linear(hidden or dim, classes)
+        if prior_mask is not None:
+            # Start as BirdNET (for the classes it has): training refines its scores.
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        """``prior``: BirdNET's logits for the head's classes (0 where it lacks one)."""
         x = embeddings * self.scale
         if self.hidden is not None:
             x = torch.relu(self.hidden(self.dropout(x)))
-        return self.out(self.dropout(x))
+        return self.out(self.dropout(x)) + self.prior_scale * self.prior_mask * prior
 
     def dense_layers(self) -> List[Tuple[np.ndarray, np.ndarray]]:
         """The head as dense layers ``x @ W + b`` (ReLU between), the input scale folded
-        into the first: what the exports carry."""
+        into the first."""
         linears = [layer for layer in (self.hidden, self.out) if layer is not None]
         layers = [
             (layer.weight.detach().numpy().T.astype(np.float64), layer.bias.detach().numpy())
@@ -67,11 +82,27 @@ class HeadModel(nn.Module):
         layers[0] = (weight * float(self.scale), bias)
         return [(w.astype(np.float32), b.astype(np.float32)) for w, b in layers]
 
+    def export_weights(self, columns: Sequence[Optional[int]]) -> HeadWeights:
+        """What the exports carry: the dense layers, and per class BirdNET's column and the
+        multiple of its logit to add (``columns``: each class's column in BirdNET's output)."""
+        mask = self.prior_mask.numpy()
+        scale = (self.prior_scale.detach().numpy() * mask).astype(np.float32)
+        column = np.array(
+            [c if c is not None and m else -1 for c, m in zip(columns, mask)], dtype=np.int64
+        )
+        return HeadWeights(self.dense_layers(), column, scale)
+
 
 def new_head(train: WindowSet, options: HeadOptions) -> HeadModel:
     scale = 1.0 / (float(train.embeddings.std()) + 1e-6)
     dim, classes = train.embeddings.shape[1], train.targets.shape[1]
-    return HeadModel(dim, classes, options.hidden, options.dropout, scale)
+    mask = ~np.isnan(train.teacher[0]) if len(train) and options.birdnet_prior else None
+    return HeadModel(dim, classes, options.hidden, options.dropout, scale, mask)
+
+
+def prior_input(windows: WindowSet) -> np.ndarray:
+    """BirdNET's logits for the head's classes, 0 for a class BirdNET lacks."""
+    return np.nan_to_num(windows.teacher, nan=0.0).astype(np.float32)
 
 
 def positive_weights(targets: np.ndarray) -> torch.Tensor:
@@ -94,11 +125,13 @@ def head_loss(logits, targets, options: HeadOptions, pos_weight) -> torch.Tensor
     return bce.mean()
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mix each example with another of the batch (weights from Beta(alpha, alpha))."""
-    lam = torch.distributions.Beta(alpha, alpha).sample((len(x), 1))
-    perm = torch.randperm(len(x))
-    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+def mixup(tensors: Sequence[torch.Tensor], alpha: float) -> List[torch.Tensor]:
+    """Mix each example with another of the batch (weights from Beta(alpha, alpha)); the
+    inputs and the targets of one example with the same weight."""
+    count = len(tensors[0])
+    lam = torch.distributions.Beta(alpha, alpha).sample((count, 1))
+    perm = torch.randperm(count)
+    return [lam * t + (1 - lam) * t[perm] for t in tensors]
 
 
 def recording_scores(logits: np.ndarray, windows: WindowSet) -> np.ndarray:
@@ -120,10 +153,11 @@ def macro_ap(y: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def predict_logits(model: HeadModel, embeddings: np.ndarray) -> np.ndarray:
+def predict_logits(model: HeadModel, embeddings: np.ndarray, prior: np.ndarray) -> np.ndarray:
     model.eval()
     with torch.no_grad():
-        return model(torch.as_tensor(embeddings, dtype=torch.float32)).numpy()
+        x = torch.as_tensor(embeddings, dtype=torch.float32)
+        return model(x, torch.as_tensor(prior, dtype=torch.float32)).numpy()
 
 
 def train_head(
@@ -135,6 +169,7 @@ def train_head(
     torch.manual_seed(options.loop.seed)
     model = new_head(train, options)
     x = torch.as_tensor(train.embeddings, dtype=torch.float32)
+    t = torch.as_tensor(prior_input(train))
     y = torch.as_tensor(train.targets, dtype=torch.float32)
     pos_weight = positive_weights(train.targets) if options.class_weights else None
     val_truth = evaluation_targets(val)
@@ -144,22 +179,23 @@ def train_head(
         order = np.random.default_rng(options.loop.seed + max(epoch, 0)).permutation(len(x))
         for start in range(0, len(order), size):
             index = torch.as_tensor(order[start : start + size])
-            yield x[index], y[index]
+            yield x[index], t[index], y[index]
 
     def loss_of(model: nn.Module, batch: Batch) -> torch.Tensor:
-        inputs, targets = batch
-        if options.mixup_alpha > 0 and len(inputs) > 1:
-            inputs, targets = mixup(inputs, targets, options.mixup_alpha)
-        return head_loss(model(inputs), targets, options, pos_weight)
+        if options.mixup_alpha > 0 and len(batch[0]) > 1:
+            batch = tuple(mixup(batch, options.mixup_alpha))
+        inputs, prior, targets = batch
+        return head_loss(model(inputs, prior), targets, options, pos_weight)
 
     val_x = torch.as_tensor(val.embeddings, dtype=torch.float32)
+    val_t = torch.as_tensor(prior_input(val))
     val_y = torch.as_tensor(val.targets, dtype=torch.float32)
 
     def validate(model: nn.Module) -> float:
         """Recording-level macro AP, less a little of the window loss: on a small validation
         split the AP reaches 1.0 within an epoch or two, and the loss then still tells a
         better-trained head from a barely-trained one."""
-        logits = model(val_x)
+        logits = model(val_x, val_t)
         loss = float(head_loss(logits, val_y, options, None))
         score = macro_ap(val_truth, recording_scores(logits.numpy(), val))
         return -loss if np.isnan(score) else score - VAL_LOSS_WEIGHT * loss

@@ -23,6 +23,7 @@ from birdd.training.recipes.head import (
     HeadOptions,
     evaluation_targets,
     predict_logits,
+    prior_input,
     recording_scores,
     train_head,
 )
@@ -31,6 +32,17 @@ from birdd.training.report.metrics import ClassMetrics, best_threshold, class_me
 from birdd.training.verify import Parity, check_export
 
 log = logging.getLogger("birdd.training")
+
+
+# The same head trained without one of its parts, to measure what each part adds.
+ABLATIONS = {
+    "head, no teacher filter": {"teacher_min": 0.0},
+    "head, no BirdNET prior": {"birdnet_prior": False},
+}
+
+
+def head_logits(model: HeadModel, windows: WindowSet) -> np.ndarray:
+    return predict_logits(model, windows.embeddings, prior_input(windows))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -73,7 +85,7 @@ def suggest_thresholds(model: HeadModel, val: WindowSet, labels: List[str]) -> D
     """Per class, the best-F1 threshold on the validation split, never below 0.5 (a lower
     one would trade the noise guarantee for recall); 0.5 without validation positives."""
     truth = evaluation_targets(val)
-    probabilities = sigmoid(recording_scores(predict_logits(model, val.embeddings), val))
+    probabilities = sigmoid(recording_scores(head_logits(model, val), val))
     thresholds = {}
     for k, label in enumerate(labels):
         has_positives = np.nansum(truth[:, k] >= 1) > 0
@@ -120,15 +132,14 @@ def train_and_evaluate(prepared: Prepared, options: HeadOptions, out: Path) -> H
     truth = evaluation_targets(test)
     labels = prepared.dataset.labels
     thresholds = suggest_thresholds(model, val, labels)
-    head = evaluate("head", test, predict_logits(model, test.embeddings), truth)
+    head = evaluate("head", test, head_logits(model, test), truth)
     birdnet = evaluate("BirdNET", test, _birdnet_logits(test), truth)
-    plain = dataclasses.replace(options, teacher_min=0.0)
-    unfiltered, _, _ = _train(prepared, plain, None)
-    ablation = evaluate(
-        "head, no teacher filter", test, predict_logits(unfiltered, test.embeddings), truth
-    )
+    evaluations = [head, birdnet]
+    for name, change in ABLATIONS.items():
+        other, _, _ = _train(prepared, dataclasses.replace(options, **change), None)
+        evaluations.append(evaluate(name, test, head_logits(other, test), truth))
     run = HeadRun(
-        options, labels, prepared, history, truth, [head, birdnet, ablation], thresholds,
+        options, labels, prepared, history, truth, evaluations, thresholds,
         {
             "head": negatives_fired(test, head.probabilities, list(thresholds.values())),
             "BirdNET": negatives_fired(test, birdnet.probabilities, [0.5] * len(labels)),
@@ -157,24 +168,32 @@ def export_and_verify(
 ) -> None:
     """Write both exports, then score test windows with each through the real engines."""
     model = run.model
-    layers = model.dense_layers()
+    weights = model.export_weights(run.prepared.columns)
     species: List[Species] = list(run.prepared.dataset.classes)
     began = time.monotonic()
     block = training_block(run)
     head_path = export_head(
-        out, layers, species, run.prepared.base, base_model, name, run.thresholds, block
+        out, weights, species, run.prepared.base, base_model, name, run.thresholds, block
     )
     base_onnx = load_artifact(resolve_model(base_model, "onnx"))
-    merged = export_merged(out, layers, species, base_onnx, name, run.thresholds, block)
+    merged = export_merged(out, weights, species, base_onnx, name, run.thresholds, block)
     run.files += [head_path, merged]
     exported = time.monotonic()
     windows = _verification_windows(run, verify_windows)
 
-    def reference(embeddings: np.ndarray) -> np.ndarray:
-        return predict_logits(model, embeddings)
+    columns = run.prepared.columns
 
-    run.parity.append(check_export(head_path, engine, windows, run.labels, reference))
-    run.parity.append(check_export(merged, "onnx", windows, run.labels, reference))
+    def reference(embeddings: np.ndarray, birdnet_logits: np.ndarray) -> np.ndarray:
+        prior = np.stack(
+            [birdnet_logits[:, c] if c is not None else np.zeros(len(embeddings)) for c in columns],
+            axis=1,
+        )
+        return predict_logits(model, embeddings, prior)
+
+    for path, engine_type in ((head_path, engine), (merged, "onnx")):
+        run.parity.append(
+            check_export(path, engine_type, base_model, windows, run.labels, reference)
+        )
     run.seconds.update(export=exported - began, verify=time.monotonic() - exported)
 
 

@@ -131,9 +131,11 @@ def write_report(run: HeadRun, folder: Path) -> Path:
         "",
         *_summary_table(run),
         "",
-        "The third row is the same head trained without teacher filtering (every window of a "
-        f"labelled recording a positive): the filter kept windows where BirdNET gives the "
-        f"labelled species ≥ {run.options.teacher_min}, plus each recording's best window.",
+        "The rows after BirdNET are the same head trained without one of its parts: without "
+        "teacher filtering (every window of a labelled recording a positive; the filter keeps "
+        f"windows where BirdNET gives the labelled species ≥ {run.options.teacher_min}, plus "
+        "each recording's best window), and without the BirdNET prior (the head adds a learned "
+        "multiple of BirdNET's own logit for each species BirdNET knows).",
         "",
         f"Negatives in the test split: {negatives}; with a positive: head at its suggested "
         f"thresholds {run.negatives['head']}, BirdNET at 0.5 {run.negatives['BirdNET']}.",
