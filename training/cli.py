@@ -17,9 +17,12 @@ from typing import List, Optional, Sequence
 log = logging.getLogger("birdd.training")
 
 RECIPES_TO_COME = {
-    "distill": "a compact student CNN distilled from BirdNET, pruned and int8",
-    "scratch": "the same student on labels alone: the baseline for distill",
     "gate": "a bird / no-bird gate on BirdNET's embeddings",
+}
+STUDENT_RECIPES = {
+    "distill": "a compact student CNN on raw audio distilled from BirdNET (exported as ONNX "
+    "FP32 and int8)",
+    "scratch": "the same student on labels alone: the baseline that shows what distill adds",
 }
 EXTRA_HINT = "pip install 'birdd[training]' (after: pip install torch==2.13.0 for the CPU build)"
 
@@ -89,6 +92,35 @@ def _head_flags(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _student_flags(parser: argparse.ArgumentParser, distill: bool) -> None:
+    parser.add_argument("--size", choices=["small", "tiny"], default="small")
+    if distill:
+        parser.add_argument("--alpha", type=float, default=0.5, help="KD term's share")
+        parser.add_argument("--temperature", type=float, default=3.0)
+        parser.add_argument(
+            "--teacher-min", type=float, default=0.1,
+            help="keep a chunk only where BirdNET's top target species is its label, at "
+            "this much or more (0: keep all)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--unlabelled", nargs="+", type=Path, default=[], metavar="DIR",
+            help="unlabelled recordings: BirdNET's scores on them as pseudo-labels",
+        )  # fmt: skip
+        parser.add_argument("--pseudo-weight", type=float, default=0.05)
+    parser.add_argument("--no-augment", action="store_true", help="no augmentation, no mixup")
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--patience", type=int, default=6, help="early-stopping epochs")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--name", default="birdd_student", help="model name in the sidecars")
+    parser.add_argument(
+        "--verify-windows", type=int, default=0,
+        help="test windows re-scored through the ONNX engine for parity (default 0: all)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     to_come = "\n".join(f"  {name:9s} {text}" for name, text in RECIPES_TO_COME.items())
     parser = argparse.ArgumentParser(
@@ -106,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_flags(head)
     _head_flags(head)
+    for recipe, text in STUDENT_RECIPES.items():
+        student = recipes.add_parser(recipe, help=text)
+        _data_flags(student)
+        _student_flags(student, recipe == "distill")
     return parser
 
 

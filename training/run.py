@@ -86,6 +86,10 @@ def run_recipe(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="birdd: %(message)s", stream=sys.stderr)
     torch.set_num_threads(max(1, args.threads))
     try:
+        if args.recipe in ("distill", "scratch"):
+            from birdd.training.recipes.student_cli import run_student
+
+            return run_student(args)
         return run_head(args)
     except (DatasetError, ModelArtifactError) as exc:
         print(f"birdd: error: {exc}", file=sys.stderr)

@@ -1,0 +1,103 @@
+"""A trained student → ``student.onnx`` (FP32) and ``student_int8.onnx`` (static int8), each with
+its sidecar: raw 48 kHz audio in, logits out, the front end's parameters in ``frontend``.
+
+int8 is onnxruntime's static quantisation (QDQ, per-channel weights) calibrated on training
+chunks; the front end's convolutions are quantised with the rest (their fixed DFT and mel
+matrices are most of the tiny student's bytes)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+from birdd.engines.models.artifact import write_sidecar
+from birdd.engines.models.labels import Species
+from birdd.training.models.student import Student
+from birdd.training.verify import Parity, open_engine
+
+INPUT = "audio"
+OUTPUT = "logits"
+
+
+def onnx_bytes(model: Student, samples: int) -> bytes:
+    model.eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model, (torch.zeros(1, samples),), buffer, input_names=[INPUT], output_names=[OUTPUT],
+        dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=17,
+        dynamo=False,
+    )  # fmt: skip
+    return buffer.getvalue()
+
+
+def sidecar_meta(model: Student, name: str, samples: int, extra: Dict[str, Any]) -> Dict:
+    params = model.frontend.params
+    return {
+        "name": name,
+        "version": str(extra.get("training", {}).get("data_sha256", "1"))[:12],
+        "kind": "classifier",
+        "format": "onnx",
+        "activation": "sigmoid",
+        "sample_rate": params.sample_rate,
+        "window_samples": samples,
+        "window_s": samples / params.sample_rate,
+        "input_name": INPUT,
+        "input_shape": [-1, samples],
+        "input_dtype": "float32",
+        "outputs": {"scores": OUTPUT},
+        "frontend": params.to_json(),
+        "licence": "trained by birdd train; the training data's licences: see the report",
+        **extra,
+    }
+
+
+def export_student(
+    model: Student, path: Path, species: List[Species], name: str, samples: int, extra: Dict
+) -> Path:
+    path.write_bytes(onnx_bytes(model, samples))
+    write_sidecar(path, sidecar_meta(model, name, samples, extra), species)
+    return path
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader: one window per call."""
+
+    def __init__(self, windows: np.ndarray) -> None:
+        self._rows = iter(windows)
+
+    def get_next(self):
+        row = next(self._rows, None)
+        return None if row is None else {INPUT: row[None].astype(np.float32)}
+
+
+def quantise_int8(
+    fp32: Path, path: Path, model: Student, species: List[Species], name: str,
+    calibration: np.ndarray, extra: Dict,
+) -> Path:  # fmt: skip
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
+    quantize_static(str(fp32), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=True)
+    write_sidecar(path, sidecar_meta(model, name, calibration.shape[1], extra), species)
+    return path
+
+
+def engine_scores(path: Path, windows: np.ndarray) -> np.ndarray:
+    """``windows`` scored by the birdd ONNX engine, as ``birdd --simulate --model`` loads it."""
+    engine = open_engine("onnx", str(path))
+    try:
+        batch = engine.input_spec.max_batch
+        return np.concatenate(
+            [engine.predict(windows[i : i + batch]) for i in range(0, len(windows), batch)]
+        )
+    finally:
+        engine.close()
+
+
+def parity(path: Path, windows: np.ndarray, expected: np.ndarray) -> Parity:
+    scores = engine_scores(path, windows)
+    return Parity(path.name, "onnx", len(windows), float(np.abs(scores - expected).max()))
