@@ -268,6 +268,9 @@ class WorkerEngine(Engine):
             reply = self._ask(child, {"op": "load", **request}, self.load_timeout_s)
         except (EOFError, TimeoutError, OSError, ValueError) as exc:
             raise self._lost(child, exc, f"loading {self.artifact.path.name}") from None
+        except EngineError:  # refused (the child is stopped), or a plan that cannot be had
+            child.stop()
+            raise
         self.worker_info = {key: value for key, value in reply.items() if key != "ok"}
         log.info(
             "engine worker %d (Python %s, %s, %s) loaded %s",
