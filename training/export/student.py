@@ -23,6 +23,24 @@ INPUT = "audio"
 OUTPUT = "logits"
 
 
+def constants_as_initializers(data: bytes) -> bytes:
+    """The exporter writes the front end's fixed matrices as Constant nodes; as initializers
+    the int8 quantiser treats them as the convolution weights they are."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    for node in [n for n in graph.node if n.op_type == "Constant"]:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is None or len(value.t.dims) < 2:
+            continue
+        array = numpy_helper.to_array(value.t)
+        graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+        graph.node.remove(node)
+    return model.SerializeToString()
+
+
 def onnx_bytes(model: Student, samples: int) -> bytes:
     model.eval()
     buffer = io.BytesIO()
@@ -31,7 +49,7 @@ def onnx_bytes(model: Student, samples: int) -> bytes:
         dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=17,
         dynamo=False,
     )  # fmt: skip
-    return buffer.getvalue()
+    return constants_as_initializers(buffer.getvalue())
 
 
 def sidecar_meta(model: Student, name: str, samples: int, extra: Dict[str, Any]) -> Dict:
