@@ -13,7 +13,10 @@ for the original un-rewritten BirdNET TFLite model (the manifest's ``classifier_
 and the parent takes the median repeat and the process's peak RSS (``wait4``). Prints a
 markdown table and rewrites the engines section of docs/benchmarks.md.
 
-    python bench/engines.py [--windows 128] [--repeats 3] [--no-docs]
+    python bench/engines.py [--windows 128] [--repeats 3] [--no-docs] [--model FILE…]
+
+``--model`` adds rows for other model files (a student from ``birdd train distill``) on ONNX
+Runtime at 1 and 2 threads, batch 1 and 8; BirdNET's best-engine summary leaves them out.
 
 Recordings come from $BIRDD_TEST_AUDIO (default ../shared/audio relative to the repository).
 """
@@ -277,6 +280,19 @@ def worker_plans(engines: Engines, windows: int, repeats: int) -> List[Plan]:
     ]
 
 
+STUDENT_BATCHES = (1, 8)
+
+
+def model_plans(models: Sequence[Path], windows: int, repeats: int) -> List[Plan]:
+    """Rows for other model files (``--model``) on ONNX Runtime."""
+    return [
+        Plan("onnx", str(model), threads, batch, windows_for(batch, windows), repeats)
+        for model in models
+        for threads in THREADS
+        for batch in STUDENT_BATCHES
+    ]
+
+
 def reference_plans(engines: Engines, windows: int, repeats: int) -> Tuple[List[Plan], str]:
     """The original BirdNET TFLite model, or why it is not measured."""
     from birdd.engines.models.modeldir import resolve_model
@@ -331,7 +347,12 @@ class Results:
         return [row for row in self.rows if row.timing is not None]
 
     def in_process(self) -> List[Row]:
-        return [row for row in self.measured() if not row.plan.worker]
+        """BirdNET's in-process rows (``--model`` rows are listed, not summarised)."""
+        return [
+            row
+            for row in self.measured()
+            if not row.plan.worker and (row.plan.model == MODEL or row.plan.reference)
+        ]
 
     def best(self) -> Optional[Row]:
         rows = self.in_process()
@@ -545,6 +566,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=128, help="windows per pass, at least")
     parser.add_argument("--repeats", type=int, default=3, help="passes; the median counts")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--model", nargs="+", type=Path, default=[], metavar="FILE",
+        help="also time these model files (with sidecars) on ONNX Runtime",
+    )  # fmt: skip
     parser.add_argument("--child", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.windows < 1 or args.repeats < 1:
@@ -564,6 +589,7 @@ def measure(args: argparse.Namespace) -> Results:
     references, reference_note = reference_plans(engines, args.windows, args.repeats)
     plans = sweep(engines, args.windows, args.repeats) + references
     plans += worker_plans(engines, args.windows, args.repeats)
+    plans += model_plans(args.model, args.windows, args.repeats)
     rows = run_all(plans, windows)
     return Results(
         rows,
