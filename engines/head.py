@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class HeadWeights:
 
 def save_head_weights(path: Any, weights: HeadWeights) -> None:
     """Write ``W0, b0, W1, b1, …, prior_column, prior_scale`` in an .npz."""
-    arrays = {
+    arrays: Dict[str, np.ndarray] = {
         "prior_column": np.asarray(weights.prior_column, dtype=np.int64),
         "prior_scale": np.asarray(weights.prior_scale, dtype=np.float32),
     }
@@ -53,7 +53,8 @@ def save_head_weights(path: Any, weights: HeadWeights) -> None:
         arrays[f"W{index}"] = np.asarray(weight, dtype=np.float32)
         arrays[f"b{index}"] = np.asarray(bias, dtype=np.float32)
     with open(path, "wb") as stream:
-        np.savez(stream, **arrays)
+        # numpy's stubs read **arrays as possibly holding allow_pickle: bool
+        np.savez(stream, **arrays)  # type: ignore[arg-type]
 
 
 def _read_weights(path: Path) -> HeadWeights:

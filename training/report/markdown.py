@@ -148,8 +148,10 @@ def write_report(run: HeadRun, folder: Path) -> Path:
         "",
         "## Training",
         "",
-        f"Best epoch {run.history.best_epoch + 1} of {len(run.history.train_loss)} (validation "
-        f"macro AP {run.history.best_score:.3f}); options: `{run.options}`.",
+        f"Best epoch {run.history.best_epoch + 1} of {len(run.history.train_loss)} "
+        f"(validation score {run.history.best_score:.3f}: macro AP per recording less "
+        "0.05 × the window loss); "
+        f"options: `{run.options}`.",
         "",
         "![training curves](training_curves.png)",
         "",

@@ -26,8 +26,8 @@ def training_curves(history: History, path: Path) -> Path:
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("training loss", color="tab:blue")
     score_axis = loss_axis.twinx()
-    score_axis.plot(epochs, history.val_score, color="tab:orange", label="validation macro AP")
-    score_axis.set_ylabel("validation macro AP", color="tab:orange")
+    score_axis.plot(epochs, history.val_score, color="tab:orange", label="validation score")
+    score_axis.set_ylabel("validation score (macro AP − 0.05 × loss)", color="tab:orange")
     score_axis.axvline(history.best_epoch + 1, color="grey", linestyle=":", label="best epoch")
     figure.suptitle("Training curves")
     figure.tight_layout()
@@ -40,7 +40,7 @@ def pr_curves(
 ) -> Path:
     """One panel per class with positives: a PR curve per model (name → probabilities)."""
     present = [k for k in range(len(labels)) if np.nansum(y[:, k] >= 0.5) > 0]
-    columns = 4
+    columns = max(1, min(4, len(present)))
     rows = max(1, math.ceil(len(present) / columns))
     figure = Figure(figsize=(4 * columns, 3.2 * rows))
     axes = figure.subplots(rows, columns, squeeze=False)
@@ -48,9 +48,11 @@ def pr_curves(
         axis.set_visible(False)
     for axis, k in zip(axes.flat, present):
         axis.set_visible(True)
-        for name, probabilities in scores.items():
+        for style, (name, probabilities) in zip(("-", "--", ":", "-."), scores.items()):
             precision, recall, _ = pr_curve(y[:, k], probabilities[:, k])
-            axis.step(np.r_[0, recall], np.r_[1, precision], where="post", label=name)
+            # precision p_i holds over recall (r_{i-1}, r_i]
+            x, y_ = np.r_[0, recall], np.r_[precision[:1], precision]
+            axis.step(x, y_, where="pre", linestyle=style, label=name)
         axis.set_title(short(labels[k]), fontsize=9)
         axis.set_xlim(0, 1.02)
         axis.set_ylim(0, 1.05)
