@@ -3,6 +3,8 @@ arithmetic (PyTorch = numpy = ONNX Runtime), the head sidecar, window cutting, t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,50 @@ def test_teacher_filter_keeps_windows_the_teacher_hears_and_the_best_one():
     assert keep_windows(teacher - 10, target, 0.5).tolist() == [False, True, False, False]
     assert keep_windows(teacher, np.zeros(2), 0.5).all()  # a negative keeps every window
     assert keep_windows(teacher, target, 0.0).all()  # filtering off
+
+
+def _toy_windows(rng, count, classes=2, dim=16):
+    from birdd.training.datasets.records import Recording
+    from birdd.training.recipes.targets import WindowSet
+
+    targets = (rng.random((count, classes)) < 0.3).astype(np.float32)
+    embeddings = np.abs(rng.normal(size=(count, dim)) + targets @ rng.normal(size=(classes, dim)))
+    recordings = [Recording(Path(f"r{i}.wav"), labels=()) for i in range(count)]
+    return WindowSet(
+        embeddings.astype(np.float32),
+        rng.normal(size=(count, classes)).astype(np.float32),
+        targets,
+        np.arange(count),
+        recordings,
+        [f"G s{k}_C {k}" for k in range(classes)],
+    )
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatch):
+    from birdd.training import loop
+    from birdd.training.recipes.head import HeadOptions, train_head
+
+    rng = np.random.default_rng(5)
+    train, val = _toy_windows(rng, 96), _toy_windows(rng, 32)
+    options = HeadOptions(
+        loop=loop.LoopConfig(epochs=8, batch_size=16, warmup_epochs=2, patience=100)
+    )
+    straight, history = train_head(train, val, options)
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    original_step = loop.Progress.step
+
+    def interrupted(self, note=""):
+        original_step(self, note)
+        if self.count == 6:  # killed before epoch 6's checkpoint: 5 epochs saved
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Progress, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_head(train, val, options, checkpoint)
+    monkeypatch.setattr(loop.Progress, "step", original_step)
+    resumed, resumed_history = train_head(train, val, options, checkpoint)
+    assert len(resumed_history.train_loss) == 8
+    assert resumed_history.train_loss == pytest.approx(history.train_loss)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
