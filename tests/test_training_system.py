@@ -67,6 +67,8 @@ def _data(folder: Path) -> Path:
         for rows_of_class in by_class.values():
             for row in rows_of_class:
                 writer.writerow([str(URBAN / row["file"]), row["class"], row["source_id"]])
+        writer.writerow(["broken.wav", "none", "0"])  # unreadable: skipped and listed
+    (negatives / "broken.wav").write_bytes(b"RIFF this is no audio")
     return folder
 
 
@@ -97,6 +99,8 @@ def test_run_folder_holds_exports_split_and_report(trained):
     assert all(p["max_abs_diff"] <= 1e-3 for p in metrics["parity"]), metrics["parity"]
     report = (trained / "report" / "report.md").read_text()
     assert "XC344046 by Justin Watts" in report  # the recordists credited
+    assert "skipped (unreadable): `" in report and "broken.wav" in report
+    assert [Path(path).name for path, _ in metrics["skipped"]] == ["broken.wav"]
     for plot in ("pr_curves.png", "training_curves.png", "per_class_ap.png"):
         assert (trained / "report" / plot).stat().st_size > 5000
     split = read_split(trained / "split.csv")
