@@ -42,6 +42,3 @@ class LabelMapper:
 
     def label(self, raw: str) -> str:
         return self.species_for(raw).label
-
-    def in_birdnet(self, raw: str) -> bool:
-        return self._find(raw.strip()) is not None

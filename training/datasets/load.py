@@ -39,9 +39,6 @@ class Dataset:
     def labels(self) -> List[str]:
         return [species.label for species in self.classes]
 
-    def count(self, label: str) -> int:
-        return sum(label in recording.labels for recording in self.recordings)
-
 
 def read_table(table: Path) -> List[Recording]:
     return TABLE_READERS[table_kind(table)](table)

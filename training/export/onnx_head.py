@@ -1,11 +1,11 @@
-"""Dense layers → ONNX: the head alone (embeddings in), and BirdNET + head as one graph (raw
-audio in). Built from the exported layers with onnx.helper (MatMul, Add, Relu): exactly the
-arithmetic ``engines/head.py`` does in numpy, and portable to any ONNX consumer."""
+"""Head weights → ONNX: the head alone (embeddings and BirdNET's logits in), and BirdNET + head
+as one graph (raw audio in). Built with onnx.helper (MatMul, Add, Relu, Gather, Mul): exactly
+the arithmetic ``engines/head.py`` does in numpy, and portable to any ONNX consumer."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -115,7 +115,3 @@ def write_merged(
     onnx.checker.check_model(merged)
     onnx.save(merged, str(path))
     return path
-
-
-def onnx_outputs(path: Path) -> List[str]:
-    return [output.name for output in onnx.load(str(path), load_external_data=False).graph.output]
