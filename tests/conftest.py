@@ -41,6 +41,7 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
             item.add_marker(pytest.mark.system)
 
 
+@pytest.hookimpl(trylast=True)  # after the durations, just before the short summary
 def pytest_terminal_summary(terminalreporter) -> None:
     """One line saying how many tests skipped for want of the shared recordings."""
     skipped = terminalreporter.stats.get("skipped", [])
