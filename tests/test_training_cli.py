@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from birdd_testing import run_birdd
+
+pytestmark = pytest.mark.system  # every test starts birdd in a fresh process
 
 
 def test_train_help_lists_the_recipes():
