@@ -18,8 +18,8 @@ def time_from_filename(name: str) -> Optional[datetime]:
     """The ``YYYYMMDD_HHMMSS`` stamp in a file name, read as UTC (AudioMoth writes UTC)."""
     for match in RECORDER_STAMP.finditer(name):
         try:
-            parts = [int(group) for group in match.groups()]
-            return datetime(*parts, tzinfo=timezone.utc)
+            year, month, day, hour, minute, second = (int(group) for group in match.groups())
+            return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
         except ValueError:
             continue
     return None

@@ -68,11 +68,16 @@ class Connection:
                 "mqtt.tls.insecure is on: the broker's certificate is not checked against its "
                 "host name, so anyone on the network path can pose as the broker"
             )
-        self._client.reconnect_delay_set(self.config.reconnect_min_s, self.config.reconnect_min_s)
-        clean = {"clean_start": True} if self.config.protocol == "5" else {}
-        self._client.connect_async(
-            self.config.host, self.config.resolved_port(), self.config.keepalive_s, **clean
+        _reconnect_after(self._client, self.config.reconnect_min_s)
+        host, port, keepalive = (
+            self.config.host,
+            self.config.resolved_port(),
+            self.config.keepalive_s,
         )
+        if self.config.protocol == "5":
+            self._client.connect_async(host, port, keepalive, clean_start=True)
+        else:
+            self._client.connect_async(host, port, keepalive)
         self._client.loop_start()
 
     def publish(
@@ -105,9 +110,11 @@ class Connection:
     def _make_client(self, client_id: str) -> paho.Client:
         config = self.config
         protocol = paho.MQTTv5 if config.protocol == "5" else paho.MQTTv311
-        kwargs = {} if config.protocol == "5" else {"clean_session": True}
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            clean_session=None if config.protocol == "5" else True,
         )
         client.max_inflight_messages_set(config.max_inflight)
         if self.announce:
@@ -168,8 +175,7 @@ class Connection:
         self.on_ack(mid, str(reason) if reason.is_failure else None)
 
     def _schedule_retry(self) -> None:
-        delay = self._backoff.next()
-        self._client.reconnect_delay_set(delay, delay)
+        _reconnect_after(self._client, self._backoff.next())
 
     def _set_state(self, state: str, hint: Optional[str]) -> None:
         with self._state_lock:
@@ -214,3 +220,9 @@ def apply_credentials(client: paho.Client, config: MqttConfig) -> None:
     )
     if tls.insecure:
         client.tls_insecure_set(True)
+
+
+def _reconnect_after(client: paho.Client, delay_s: float) -> None:
+    """paho's next reconnect waits ``delay_s`` (a float: its type hints say int, its loop
+    sleeps on floats, and sub-second first retries matter)."""
+    client.reconnect_delay_set(delay_s, delay_s)  # type: ignore[arg-type]

@@ -98,7 +98,7 @@ class Listener:
         if self.done:
             return
         try:
-            message = decode_detection(msg.payload, self.check)
+            message = decode_detection(bytes(msg.payload), self.check)
         except Skipped as skipped:
             self.skip(msg.topic, str(skipped))
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Union
+from typing import Any, Iterator, List, Optional, Union
 
 import numpy as np
 
@@ -106,7 +106,7 @@ class Resampler:
     """Streaming resampler to the model rate (soxr keeps its filter state across blocks)."""
 
     def __init__(self, source_rate: int, target_rate: int) -> None:
-        self._stream: Optional[object] = None
+        self._stream: Optional[Any] = None  # soxr.ResampleStream, imported only when needed
         if source_rate != target_rate:
             import soxr
 

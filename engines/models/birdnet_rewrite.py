@@ -219,7 +219,7 @@ def _framing(graph: Graph, frames: int) -> _Framing:
     )
     frame_range = _made_by(graph, spaced, "RANGE")
     ends = [graph.constant(frame_range.inputs[i]) for i in (0, 2)]  # start, delta
-    if any(e is None for e in ends) or [e.reshape(-1).tolist() for e in ends] != [[0], [1]]:
+    if [None if e is None else e.reshape(-1).tolist() for e in ends] != [[0], [1]]:
         raise _refuse("the frame RANGE does not count 0, 1, 2, …")
     length, step = sub_frames * sub_length, int(sub_step) * sub_length
     if _frame_count_step(graph, frame_range.inputs[1], length) != step:
@@ -250,11 +250,11 @@ def _affine(graph: Graph, scaling: _Scaling, name: str) -> _Affine:
     alpha3, beta3 = (
         graph.add_activation(f"{name}/{part}", [-1, 1, 1]) for part in ("alpha", "beta")
     )
-    axis = graph.add_constant(f"{name}/axis", np.int32([1]))
+    axis = graph.add_constant(f"{name}/axis", np.array([1], np.int32))
     eps = graph.add_constant(f"{name}/eps", np.array(scaling.eps))
     gain = graph.add_constant(f"{name}/gain", np.array(scaling.gain))
     base = graph.add_constant(f"{name}/base", np.array(-scaling.offset * scaling.gain))
-    shape3 = graph.add_constant(f"{name}/shape", np.int32([-1, 1, 1]))
+    shape3 = graph.add_constant(f"{name}/shape", np.array([-1, 1, 1], np.int32))
     keep = schema.ReducerOptionsT(keepDims=True)
     ops = [
         graph.new_op("REDUCE_MIN", [x, axis], [low], keep),
@@ -291,11 +291,11 @@ def _strided_conv(
     if blocks * block != samples:
         signal = graph.add_activation(f"{name}/signal", [-1, blocks * block])
         if blocks * block < samples:
-            begin = graph.add_constant(f"{name}/begin", np.int32([0, 0]))
-            size = graph.add_constant(f"{name}/size", np.int32([-1, blocks * block]))
+            begin = graph.add_constant(f"{name}/begin", np.array([0, 0], np.int32))
+            size = graph.add_constant(f"{name}/size", np.array([-1, blocks * block], np.int32))
             ops.append(graph.new_op("SLICE", [x, begin, size], [signal], schema.SliceOptionsT()))
         else:
-            pads = np.int32([[0, 0], [0, blocks * block - samples]])
+            pads = np.array([[0, 0], [0, blocks * block - samples]], np.int32)
             padding = graph.add_constant(f"{name}/padding", pads)
             ops.append(graph.new_op("PAD", [x, padding], [signal], schema.PadOptionsT()))
     image_shape, out_shape = [-1, 1, blocks, block], [-1, frames, bands]
@@ -308,8 +308,8 @@ def _strided_conv(
     options.fusedActivationFunction = schema.ActivationFunctionType.NONE
     filters = graph.add_constant(f"{name}/filter", kernel)
     bias = graph.add_constant(f"{name}/bias", np.zeros(bands, np.float32))
-    image_dims = graph.add_constant(f"{name}/blocks_shape", np.int32(image_shape))
-    out_dims = graph.add_constant(f"{name}/frames_shape", np.int32(out_shape))
+    image_dims = graph.add_constant(f"{name}/blocks_shape", np.array(image_shape, np.int32))
+    out_dims = graph.add_constant(f"{name}/frames_shape", np.array(out_shape, np.int32))
     ops += [
         graph.new_op(
             "RESHAPE", [signal, image_dims], [image], _reshape_options(schema, image_shape)

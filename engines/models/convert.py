@@ -161,7 +161,7 @@ def probe_windows(samples: int) -> np.ndarray:
     """Seeded noise at three levels and a half-silent window (the zero-padded last window)."""
     rng = np.random.default_rng(17)
     windows = rng.standard_normal((4, samples)).astype(np.float32)
-    windows *= np.float32([[1e-3], [0.1], [1.0], [0.1]])
+    windows *= np.array([[1e-3], [0.1], [1.0], [0.1]], np.float32)
     windows[3, samples // 2 :] = 0.0
     return windows
 
