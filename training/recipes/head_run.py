@@ -119,6 +119,14 @@ def _train(prepared: Prepared, options: HeadOptions, checkpoint: Optional[Path])
     return model, history, val
 
 
+def birdnet_truth(truth: np.ndarray, prepared: Prepared) -> np.ndarray:
+    """The truth BirdNET is measured against: a class BirdNET lacks is left out (NaN)."""
+    lacking = [k for k, column in enumerate(prepared.columns) if column is None]
+    restricted = truth.copy()
+    restricted[:, lacking] = np.nan
+    return restricted
+
+
 def _birdnet_logits(windows: WindowSet) -> np.ndarray:
     """The teacher's logits; a class BirdNET lacks scores nothing."""
     return np.nan_to_num(windows.teacher, nan=-60.0)
@@ -133,7 +141,7 @@ def train_and_evaluate(prepared: Prepared, options: HeadOptions, out: Path) -> H
     labels = prepared.dataset.labels
     thresholds = suggest_thresholds(model, val, labels)
     head = evaluate("head", test, head_logits(model, test), truth)
-    birdnet = evaluate("BirdNET", test, _birdnet_logits(test), truth)
+    birdnet = evaluate("BirdNET", test, _birdnet_logits(test), birdnet_truth(truth, prepared))
     evaluations = [head, birdnet]
     for name, change in ABLATIONS.items():
         other, _, _ = _train(prepared, dataclasses.replace(options, **change), None)
