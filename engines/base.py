@@ -26,6 +26,15 @@ class InputSpec:
         return self.window_samples / self.sample_rate
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """Both outputs of one run of a model on a batch: ``float32[B, C]`` scores and
+    ``float32[B, D]`` embeddings."""
+
+    scores: np.ndarray
+    embeddings: np.ndarray
+
+
 class EngineConfig(BaseModel):
     """Fields every engine has; each backend subclasses this with a ``type`` literal."""
 
@@ -92,9 +101,15 @@ class Engine(ABC):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Score ``float32[B, window_samples]`` with B ≤ max_batch; return ``float32[B, C]``."""
 
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Return ``float32[B, D]`` embeddings; engines whose model has none raise EngineError."""
+    def infer(self, batch: np.ndarray) -> Outputs:
+        """Scores and embeddings of the batch from one run of the model (what a head or a gate
+        on the embeddings needs beside the scores); engines whose model has no embeddings
+        raise EngineError."""
         raise EngineError(f"model {self.artifact.name} on engine {self.type} has no embeddings")
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """``float32[B, D]`` embeddings (see ``infer``)."""
+        return self.infer(batch).embeddings
 
     def close(self) -> None:
         """Release the runtime's resources."""

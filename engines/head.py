@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from birdd.engines.base import Engine, EngineConfig, InputSpec
+from birdd.engines.base import Engine, EngineConfig, InputSpec, Outputs
 from birdd.engines.errors import EngineError, ModelArtifactError
 from birdd.engines.models.artifact import ModelArtifact, file_sha256
 
@@ -170,24 +170,24 @@ class HeadEngine(Engine):
         """The base engine is loaded when the head engine is made."""
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        embeddings = self.base.embed(batch)
-        wanted = self.weights.layers[0][0].shape[0]
-        if embeddings.shape[1] != wanted:
-            raise EngineError(
-                f"model {self.base.artifact.name} gives {embeddings.shape[1]}-d embeddings; the "
-                f"head takes {wanted}: train the head on this model"
-            )
-        needs_base = self.append or self.weights.uses_prior
-        base_scores = self.base.predict(batch) if needs_base else None
-        logits = apply_head(self.weights, embeddings, base_scores)
-        if base_scores is None or not self.append:
-            return logits
-        scores = base_scores.copy()
-        scores[:, self._shared_base] = logits[:, self._shared_head]
-        return np.concatenate([scores, logits[:, self._extra]], axis=1)
+        return self.infer(batch).scores
 
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        return self.base.embed(batch)
+    def infer(self, batch: np.ndarray) -> Outputs:
+        """The head's scores (appended to the base's) and the base's embeddings, from one run
+        of the base model."""
+        base = self.base.infer(batch)
+        wanted = self.weights.layers[0][0].shape[0]
+        if base.embeddings.shape[1] != wanted:
+            raise EngineError(
+                f"model {self.base.artifact.name} gives {base.embeddings.shape[1]}-d embeddings; "
+                f"the head takes {wanted}: train the head on this model"
+            )
+        logits = apply_head(self.weights, base.embeddings, base.scores)
+        if not self.append:
+            return Outputs(logits, base.embeddings)
+        scores = base.scores.copy()
+        scores[:, self._shared_base] = logits[:, self._shared_head]
+        return Outputs(np.concatenate([scores, logits[:, self._extra]], axis=1), base.embeddings)
 
     def close(self) -> None:
         self.base.close()

@@ -8,11 +8,11 @@ float32 feed, and runtime failures as one-line EngineErrors.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from birdd.engines.base import Engine, model_request
+from birdd.engines.base import Engine, Outputs, model_request
 from birdd.engines.errors import EngineError, runtime_errors
 from birdd.engines.runtime.errors import first_line
 
@@ -34,7 +34,7 @@ class InProcessEngine(Engine):
         with runtime_errors():
             self._model = self.open_model(request)
 
-    def _run(self, batch: np.ndarray, role: str) -> np.ndarray:
+    def _run(self, batch: np.ndarray, roles: Sequence[str]) -> List[np.ndarray]:
         problem = self._check_batch(batch)
         if problem:
             raise EngineError(f"{self.runtime_name} engine: {problem}")
@@ -43,20 +43,21 @@ class InProcessEngine(Engine):
         feed = np.ascontiguousarray(batch, dtype=np.float32)
         try:
             with runtime_errors():
-                result = self._model.run(feed, role)
+                results = self._model.run(feed, roles)
         except EngineError:
             raise
         except Exception as exc:  # the runtimes raise their own types
             raise EngineError(
                 f"{self.runtime_name} failed on {self.artifact.path.name}: {first_line(exc)}"
             ) from exc
-        return np.asarray(result, dtype=np.float32)
+        return [np.asarray(result, dtype=np.float32) for result in results]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._run(batch, "scores")
+        return self._run(batch, ("scores",))[0]
 
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        return self._run(batch, "embeddings")
+    def infer(self, batch: np.ndarray) -> Outputs:
+        scores, embeddings = self._run(batch, ("scores", "embeddings"))
+        return Outputs(scores, embeddings)
 
     def close(self) -> None:
         if self._model is not None:

@@ -10,7 +10,8 @@ The two talk over the child's stdin/stdout in length-prefixed frames (``runtime/
 JSON header and the raw float32 array. A child that dies or stops answering while it scores a
 batch is killed, restarted (at most ``max_restarts`` times per ``restart_window_s``) and given
 the same batch once more, so no window is lost; only when that fails too does ``predict`` raise
-one ``BatchFailed`` line (the next batch restarts the child, still within the bound).
+one ``BatchFailed`` line (the next batch restarts the child, still within the bound). ``infer``
+asks for the scores and the embeddings of one invoke in one request.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, ClassVar, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from birdd.engines.base import Engine, EngineConfig, model_request
+from birdd.engines.base import Engine, EngineConfig, Outputs, model_request
 from birdd.engines.errors import BatchFailed, EngineError, from_reply
 from birdd.engines.models.artifact import ModelArtifact
 from birdd.engines.runtime.frames import FRAME, PROTOCOL, frame_head, parse_header
@@ -42,6 +43,17 @@ RUNTIME_DIR = Path(__file__).resolve().with_name("runtime")  # run as a folder: 
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 PIPE_BYTES = 1 << 20
 WORKER_ENGINES = ("tflite", "onnx", "tensorrt")
+
+
+def split_arrays(body: bytearray, shapes: Sequence[Sequence[int]]) -> List[np.ndarray]:
+    """The float32 arrays of ``shapes`` laid one after another in a reply's payload."""
+    arrays, offset = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        flat = np.frombuffer(body, dtype="<f4", count=size, offset=offset * 4)
+        arrays.append(flat.reshape([int(n) for n in shape]))
+        offset += size
+    return arrays
 
 
 class WorkerDied(BatchFailed):
@@ -331,11 +343,11 @@ class WorkerEngine(Engine):
         log.warning("%s; restarting it (restart %d)", reason, self.restarts)
         self._child = self._start()
 
-    def _call_once(self, op: str, batch: np.ndarray) -> np.ndarray:
+    def _call_once(self, roles: Sequence[str], batch: np.ndarray) -> List[np.ndarray]:
         child = self._child
         if child is None:
             raise EngineError(f"{self.inner_type} engine worker used before load()")
-        header = {"op": op, "shape": list(batch.shape), "dtype": "float32"}
+        header = {"op": "run", "roles": list(roles), "shape": list(batch.shape), "dtype": "float32"}
         try:
             reply, body = child.call(header, batch, self.timeout_s, self._on_sent)
         except (EOFError, TimeoutError, OSError, ValueError) as exc:
@@ -352,10 +364,9 @@ class WorkerEngine(Engine):
             ) from None
         if not reply.get("ok"):
             raise BatchFailed(str(reply.get("error", reply)))
-        shape = tuple(int(size) for size in reply["shape"])
-        return np.frombuffer(body, dtype="<f4").reshape(shape)
+        return split_arrays(body, reply["shapes"])
 
-    def _run(self, op: str, batch: np.ndarray) -> np.ndarray:
+    def _run(self, roles: Sequence[str], batch: np.ndarray) -> List[np.ndarray]:
         problem = self._check_batch(batch)
         if problem:
             raise EngineError(f"{self.inner_type} engine worker: {problem}")
@@ -368,16 +379,17 @@ class WorkerEngine(Engine):
             try:
                 if self._child is None:  # the last restart failed: try again, still bounded
                     self._restart("engine worker is not running")
-                return self._call_once(op, feed)
+                return self._call_once(roles, feed)
             except WorkerDied as died:
                 self._restart(str(died))
-                return self._call_once(op, feed)
+                return self._call_once(roles, feed)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self._run("predict", batch)
+        return self._run(("scores",), batch)[0]
 
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        return self._run("embed", batch)
+    def infer(self, batch: np.ndarray) -> Outputs:
+        scores, embeddings = self._run(("scores", "embeddings"), batch)
+        return Outputs(scores, embeddings)
 
     def close(self) -> None:
         with self._lock:

@@ -8,8 +8,9 @@ from .errors import ModelError
 
 
 class Model:
-    """A loaded model: ``run(batch, role)`` scores a C-contiguous float32 ``[B, window]``
-    batch (B ≤ the batch size) for role ``scores`` or ``embeddings``.
+    """A loaded model: ``run(batch, roles)`` runs a C-contiguous float32 ``[B, window]`` batch
+    (B ≤ the batch size) through the model once and returns its outputs for ``roles`` (each
+    ``scores`` or ``embeddings``) in that order: both from one invoke, not one per role.
 
     ``request`` is what ``birdd.engines.base.model_request`` builds (and the worker receives in
     its load request): model path, engine type, window_samples, input_dtype, batch_size, the
@@ -52,7 +53,15 @@ class Model:
             raise ModelError(f"model {name} on engine {self.engine} has no embeddings")
         raise ModelError(f"model {self.path} has no {role} output")
 
-    def run(self, batch, role):
+    def outputs_of(self, table, roles):
+        """What ``table`` (role → output name or index) holds for each of ``roles``."""
+        found = [table.get(role) for role in roles]
+        for role, output in zip(roles, found):
+            if output is None:
+                self.no_output(role)
+        return found
+
+    def run(self, batch, roles):
         raise NotImplementedError
 
     def close(self):

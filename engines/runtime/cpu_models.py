@@ -95,13 +95,12 @@ class TFLiteModel(Model):
             raise ModelError(f"model {self.path} has no output named {wanted!r} ({role})")
         return found[0]
 
-    def run(self, batch, role):
-        index = self.indices.get(role)
-        if index is None:
-            self.no_output(role)
+    def run(self, batch, roles):
+        indices = self.outputs_of(self.indices, roles)
         self.interpreter.set_tensor(self.input_index, self.padded(batch, self.batch))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(index)[: batch.shape[0]]
+        rows = batch.shape[0]
+        return [self.interpreter.get_tensor(index)[:rows] for index in indices]
 
 
 def import_onnxruntime():
@@ -191,15 +190,13 @@ class ONNXModel(Model):
         scores = self.outputs.get("scores", names[0])
         return {"scores": scores, "embeddings": self.outputs.get("embeddings")}
 
-    def run(self, batch, role):
-        name = self.names.get(role)
-        if name is None:
-            self.no_output(role)
+    def run(self, batch, roles):
+        names = self.outputs_of(self.names, roles)
         rows = batch.shape[0]
         if self.fixed_batch is not None:
             batch = self.padded(batch, self.fixed_batch)
         try:
-            result = self.session.run([name], {self.input_name: batch})[0]
+            results = self.session.run(names, {self.input_name: batch})
         except Exception as exc:
             raise ModelError(f"ONNX Runtime failed on {self.path}: {first_line(exc)}") from None
-        return result[:rows]
+        return [result[:rows] for result in results]

@@ -14,7 +14,7 @@ import json
 import os
 import struct
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: one run op returns the scores and embeddings of one invoke
 FRAME = struct.Struct(">II")
 
 

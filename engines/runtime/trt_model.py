@@ -259,10 +259,8 @@ class TensorRTModel(Model):
             "embeddings": self.outputs.get("embeddings"),
         }
 
-    def run(self, batch, role):
-        name = self.names.get(role)
-        if name is None:
-            self.no_output(role)
+    def run(self, batch, roles):
+        names = self.outputs_of(self.names, roles)
         rows = batch.shape[0]
         used = self.fixed_batch or rows
         with self.gpu:
@@ -276,10 +274,11 @@ class TensorRTModel(Model):
             self.cuda.memcpy_htod_async(self.device[self.input_name], host_in[:used], self.stream)
             if self.io.execute(self.stream) is False:
                 raise ModelError(last_error(self.logger, "TensorRT failed to run the batch"))
-            out = self.host[name]
-            self.cuda.memcpy_dtoh_async(out[:used], self.device[name], self.stream)
+            for name in names:
+                out = self.host[name]
+                self.cuda.memcpy_dtoh_async(out[:used], self.device[name], self.stream)
             self.stream.synchronize()
-        return np.array(out[:rows], dtype=np.float32)
+        return [np.array(self.host[name][:rows], dtype=np.float32) for name in names]
 
     def close(self):
         with self.gpu:

@@ -4,15 +4,17 @@ Started as ``python /path/to/engines/runtime`` (see ``__main__.py``), possibly b
 interpreter than the daemon's, one without birdd. Requests arrive on stdin and replies leave on
 stdout, one frame each way per call (``frames.py``):
 
-Requests: ``{"op": "load", ...}`` (the model request of ``base.Model``), ``{"op": "predict" |
-"embed", "shape": [B, W], "dtype": "float32"}`` + the batch, ``{"op": "ping"}``, ``{"op":
+Requests: ``{"op": "load", ...}`` (the model request of ``base.Model``), ``{"op": "run",
+"roles": ["scores", "embeddings"], "shape": [B, W], "dtype": "float32"}`` + the batch (one
+invoke of the model for every role asked), ``{"op": "ping"}``, ``{"op":
 "close"}``; for TensorRT also ``{"op": "trt_info", "device": N}`` (the GPU's name, compute
 capability and the TensorRT version) and ``{"op": "trt_build", "onnx", "out", "precision",
 "max_batch", ...}`` (builds a plan into ``out``). Replies: ``{"ok": true, ...}`` (load,
 trt_info and trt_build state ``protocol``, the worker's pid and its Python and numpy versions;
-predict/embed add ``shape``/``dtype`` and the array), or ``{"ok": false, "kind": "engine" |
-"runtime_missing", "error": "one line"}``. Anything the runtimes print goes to stderr; stdout
-carries frames only. The worker exits when stdin closes, so it never outlives the daemon.
+run adds ``shapes`` (one per role), ``dtype`` and the arrays one after another), or ``{"ok":
+false, "kind": "engine" | "runtime_missing", "error": "one line"}``. Anything the runtimes
+print goes to stderr; stdout carries frames only. The worker exits when stdin closes, so it
+never outlives the daemon.
 """
 
 import logging
@@ -49,8 +51,8 @@ class Worker:
         op = header.get("op")
         if op == "load":
             return self.load(header)
-        if op in ("predict", "embed"):
-            return self.score(header, payload, "scores" if op == "predict" else "embeddings")
+        if op == "run":
+            return self.score(header, payload)
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}, b""
         if op == "trt_info":
@@ -104,16 +106,19 @@ class Worker:
         self.model = models[engine](header)
         return self.described({"runtime": self.model.runtime})
 
-    def score(self, header, payload, role):
+    def score(self, header, payload):
         if self.model is None:
             raise ModelError("engine worker asked to score before load")
         np = self.numpy()
         shape = [int(size) for size in header["shape"]]
+        roles = [str(role) for role in header.get("roles") or ["scores"]]
         if header.get("dtype") != "float32" or len(shape) != 2:
             raise ModelError(f"engine worker takes float32 [B, W] batches, got {header!r}")
         batch = np.frombuffer(payload, dtype="<f4").reshape(shape)
-        result = np.ascontiguousarray(self.model.run(batch, role), dtype="<f4")
-        return {"ok": True, "shape": list(result.shape), "dtype": "float32"}, result.data
+        results = [np.ascontiguousarray(out, dtype="<f4") for out in self.model.run(batch, roles)]
+        shapes = [list(result.shape) for result in results]
+        body = results[0].data if len(results) == 1 else b"".join(r.tobytes() for r in results)
+        return {"ok": True, "shapes": shapes, "dtype": "float32"}, body
 
 
 def error_reply(exc):

@@ -50,8 +50,9 @@ def score_windows(engine: Engine, windows: np.ndarray) -> Features:
     embeddings, logits = [], []
     for start in range(0, len(windows), batch):
         chunk = windows[start : start + batch]
-        embeddings.append(engine.embed(chunk))
-        logits.append(engine.predict(chunk))
+        outputs = engine.infer(chunk)  # one run of the model for both
+        embeddings.append(outputs.embeddings)
+        logits.append(outputs.scores)
     return Features(np.concatenate(embeddings), np.concatenate(logits))
 
 
