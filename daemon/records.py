@@ -76,10 +76,12 @@ class Window:
 
 @dataclass(frozen=True)
 class ScoredWindow:
-    """A window's raw model outputs (logits or probabilities, one per class)."""
+    """A window's raw model outputs (logits or probabilities, one per class) and, when
+    post-processing asked for them (a gate), its embedding from the same engine call."""
 
     window: Window
     scores: np.ndarray
+    embedding: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)

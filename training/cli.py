@@ -16,9 +16,6 @@ from typing import List, Optional, Sequence
 
 log = logging.getLogger("birdd.training")
 
-RECIPES_TO_COME = {
-    "gate": "a bird / no-bird gate on BirdNET's embeddings",
-}
 STUDENT_RECIPES = {
     "distill": "a compact student CNN on raw audio distilled from BirdNET (exported as ONNX "
     "FP32 and int8)",
@@ -122,13 +119,10 @@ def _student_flags(parser: argparse.ArgumentParser, distill: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    to_come = "\n".join(f"  {name:9s} {text}" for name, text in RECIPES_TO_COME.items())
     parser = argparse.ArgumentParser(
         prog="birdd train",
         description="Train a model on labelled recordings; writes the model files (each with "
         "its sidecar), split.csv and a report into --out.",
-        epilog="recipes still to come (not implemented yet):\n" + to_come,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     recipes = parser.add_subparsers(dest="recipe", metavar="RECIPE")
     head = recipes.add_parser(
@@ -138,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_flags(head)
     _head_flags(head)
+    gate = recipes.add_parser(
+        "gate",
+        help="a bird / no-bird gate on BirdNET's embeddings (gate.onnx, used with --gate or "
+        "postprocess.gate): DATA are bird recordings, --negatives recordings with no bird",
+    )
+    _data_flags(gate)
+    _head_flags(gate)
+    gate.set_defaults(name="birdd_gate")
     for recipe, text in STUDENT_RECIPES.items():
         student = recipes.add_parser(recipe, help=text)
         _data_flags(student)

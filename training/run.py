@@ -13,6 +13,7 @@ from birdd.engines.errors import EngineError, ModelArtifactError
 from birdd.training.datasets.records import DatasetError
 from birdd.training.loop import LoopConfig
 from birdd.training.prepare import DataOptions, prepare
+from birdd.training.recipes.gate import run_gate_recipe
 from birdd.training.recipes.head import HeadOptions
 from birdd.training.recipes.head_run import export_and_verify, train_and_evaluate
 from birdd.training.report.markdown import write_report
@@ -81,6 +82,20 @@ def run_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_gate(args: argparse.Namespace) -> int:
+    out = args.out
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists() and not args.resume:
+        checkpoint.unlink()
+    if not args.negatives:
+        print("birdd: error: birdd train gate needs --negatives DIR…: recordings with no "
+              "bird", file=sys.stderr)  # fmt: skip
+        return 2
+    prepared = prepare(data_options(args), out)
+    run_gate_recipe(prepared, head_options(args), out, args.base_model, args.name)
+    return 0
+
+
 def run_recipe(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="birdd: %(message)s", stream=sys.stderr)
@@ -90,6 +105,8 @@ def run_recipe(args: argparse.Namespace) -> int:
             from birdd.training.recipes.student_cli import run_student
 
             return run_student(args)
+        if args.recipe == "gate":
+            return run_gate(args)
         return run_head(args)
     except (DatasetError, ModelArtifactError) as exc:
         print(f"birdd: error: {exc}", file=sys.stderr)

@@ -91,6 +91,12 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="one row per window and species (no merging, no hold-down)",
     )
+    parser.add_argument(
+        "--gate",
+        metavar="FILE",
+        help="a bird / no-bird gate (gate.onnx from 'birdd train gate'): bird detections are "
+        "dropped in windows it calls no-bird",
+    )
     parser.add_argument("--lat", type=float, help="latitude for the location/week filter")
     parser.add_argument("--lon", type=float, help="longitude for the location/week filter")
     parser.add_argument(

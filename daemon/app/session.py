@@ -139,8 +139,15 @@ def _summary(stats: PipelineStats, status: str, run_id: str, db: Path) -> str:
         if stats.windows_unscored
         else ""
     )
+    gate = stats.gate
+    gated = (
+        f", the gate called {gate.no_bird_windows} no-bird and dropped {gate.birds_dropped} bird "
+        "score(s) there"
+        if gate is not None
+        else ""
+    )
     return (
         f"{status}: {stats.audio_seconds:,.1f} s of audio in {stats.wall_seconds:,.1f} s "
-        f"({stats.realtime_factor:,.0f}x real time), {stats.windows} windows{unscored}, "
+        f"({stats.realtime_factor:,.0f}x real time), {stats.windows} windows{unscored}{gated}, "
         f"{stats.detections} detection(s); run {run_id} in {db}"
     )

@@ -24,6 +24,7 @@ OVERRIDES = {
     "non_birds": "postprocess.non_birds",
     "include": "postprocess.include",
     "exclude": "postprocess.exclude",
+    "gate": "postprocess.gate.model",
     "format": "output.format",
     "output": "output.path",
     "threads": "engine.threads",

@@ -21,6 +21,7 @@ from birdd.daemon.pipeline.clock import LiveClock
 from birdd.daemon.pipeline.inference import END_OF_STREAM, InferenceStage, QueuedWindow
 from birdd.daemon.pipeline.windower import hop_samples
 from birdd.daemon.postprocess import PostProcessor
+from birdd.daemon.postprocess.gate import GateCounts
 from birdd.daemon.records import Channel, Clock, Gap, ScoredWindow, Window
 from birdd.daemon.sinks.fanout import SinkFanout
 from birdd.daemon.sources.base import AudioSource
@@ -53,6 +54,8 @@ class PipelineStats:
     windows_unscored: int = 0
     """Windows the engine failed on and that were skipped (each recorded as a gap)."""
     detections: int = 0
+    gate: Optional[GateCounts] = None
+    """What the bird / no-bird gate did (None: no gate)."""
     engine_seconds: float = 0.0
     wall_seconds: float = 0.0
     gaps: List[Gap] = field(default_factory=list)
@@ -119,9 +122,11 @@ class Pipeline:
             for item in sources
         ]
         self.streams = [stream for stage in self.stages for stream in stage.streams]
-        self.inference = InferenceStage(engine, self._on_scored, self._on_unscored)
+        self.inference = InferenceStage(
+            engine, self._on_scored, self._on_unscored, postprocessor.needs_embeddings
+        )
         self.windows: queue.Queue = queue.Queue(WINDOW_QUEUE_SIZE)
-        self.stats = PipelineStats(spec.sample_rate)
+        self.stats = PipelineStats(spec.sample_rate, gate=postprocessor.gate_counts)
         self._errors: List[BaseException] = []
         self._windowers_left = len(self.streams)
         self._windowers_lock = threading.Lock()

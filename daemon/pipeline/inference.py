@@ -47,7 +47,8 @@ def next_batch(windows: queue.Queue, size: int) -> List[QueuedWindow]:
 
 
 class InferenceStage:
-    """Scores batches of windows; ``engine_seconds`` is the time spent inside the engine and
+    """Scores batches of windows (with ``embeddings``, also their embeddings from the same
+    engine call); ``engine_seconds`` is the time spent inside the engine and
     ``latencies`` holds, per recent window, the time from its availability to its scores.
 
     A batch the engine cannot score (``BatchFailed``: its worker died on it twice) is handed
@@ -60,8 +61,10 @@ class InferenceStage:
         engine: Engine,
         on_scored: Callable[[List[ScoredWindow]], None],
         on_failed: Callable[[List[Window], BatchFailed], None],
+        embeddings: bool = False,
     ) -> None:
         self.engine = engine
+        self.embeddings = embeddings  # also the embeddings, from the same engine call (a gate)
         self.on_scored = on_scored
         self.on_failed = on_failed
         self.batch_size = engine.input_spec.max_batch
@@ -90,10 +93,14 @@ class InferenceStage:
     def score(self, batch: List[Window]) -> List[ScoredWindow]:
         stacked = np.stack([window.samples for window in batch])
         began = time.perf_counter()
-        scores = self.engine.predict(stacked)
+        if self.embeddings:
+            outputs = self.engine.infer(stacked)
+            scores, embeddings = outputs.scores, list(outputs.embeddings)
+        else:
+            scores, embeddings = self.engine.predict(stacked), [None] * len(batch)
         self.engine_seconds += time.perf_counter() - began
         self.windows_scored += len(batch)
-        return [ScoredWindow(window, row) for window, row in zip(batch, scores)]
+        return [ScoredWindow(*parts) for parts in zip(batch, scores, embeddings)]
 
     def _skip(self, batch: List[Window], failure: BatchFailed) -> None:
         self._failed_in_a_row += 1

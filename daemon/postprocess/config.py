@@ -51,6 +51,25 @@ class LocationConfig(BaseModel):
         return week
 
 
+class GateConfig(BaseModel):
+    """A bird / no-bird gate (``birdd train gate``) on the classifier's embeddings: in windows
+    it calls no-bird, bird detections are dropped (non-bird classes are kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        ...,
+        min_length=1,
+        description="The gate's model file (gate.onnx, with gate.json and gate.npz beside it).",
+    )
+    threshold: float = Field(
+        0.5,
+        ge=0.01,
+        le=0.99,
+        description="The gate's bird probability at or above which a window counts as bird.",
+    )
+
+
 class PostprocessConfig(BaseModel):
     """How scores become detections: activation, thresholds, class filters and events."""
 
@@ -117,4 +136,9 @@ class PostprocessConfig(BaseModel):
         False,
         description="One detection per window and species, as BirdNET-Analyzer reports; turns "
         "merge and hold-down off.",
+    )
+    gate: Optional[GateConfig] = Field(
+        None,
+        description="A bird / no-bird gate: bird detections are dropped in windows it calls "
+        "no-bird. Unset: no gate.",
     )

@@ -10,6 +10,7 @@ import numpy as np
 from birdd.daemon.postprocess.config import PostprocessConfig
 from birdd.daemon.postprocess.errors import PostprocessError
 from birdd.daemon.postprocess.events import Event, EventTracker
+from birdd.daemon.postprocess.gate import Gate, GateCounts
 from birdd.daemon.postprocess.location_filter import LocationFilter
 from birdd.daemon.postprocess.scoring import confidences
 from birdd.daemon.postprocess.selection import NEVER_REPORTED, select_classes
@@ -28,6 +29,9 @@ class PostProcessor:
 
     ``location_mask`` (bool per class) replaces the location model: when it is None and
     ``config.location`` is set, the location model installed beside the classifier is loaded.
+    With ``config.gate``, windows the gate calls no-bird lose their bird classes
+    (``gate_counts`` counts them); the windows then need their embeddings
+    (``needs_embeddings``).
     """
 
     def __init__(
@@ -56,6 +60,9 @@ class PostProcessor:
             self._location = LocationFilter(
                 config.location, self._location_model(), artifact.species
             )
+        self._is_bird = np.array([s.is_bird for s in artifact.species], dtype=bool)
+        self._gate = Gate(config.gate.model, config.gate.threshold) if config.gate else None
+        self.gate_counts: Optional[GateCounts] = GateCounts() if self._gate else None
         self._week: Optional[int] = None
         self._week_thresholds = self._thresholds
         self._trackers: Dict[StreamKey, EventTracker] = {}
@@ -70,9 +77,29 @@ class PostProcessor:
             )
         conf = confidences(scored.scores, self._artifact.activation, self._config.sensitivity)
         classes = np.flatnonzero(conf >= self._thresholds_at(window.start_utc))
+        if self._gate is not None:
+            classes = self._gated(scored, classes)
         tracker = self._tracker((window.source, window.channel))
         events = tracker.update(window, classes, conf[classes])
         return self._detections(events, window.source, window.channel)
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self._gate is not None
+
+    def _gated(self, scored: ScoredWindow, classes: np.ndarray) -> np.ndarray:
+        """``classes`` without the birds when the gate calls the window no-bird."""
+        assert self._gate is not None and self.gate_counts is not None
+        if scored.embedding is None:
+            raise PostprocessError("postprocess.gate needs the window's embedding: none given")
+        counts = self.gate_counts
+        counts.windows += 1
+        if self._gate.is_bird(scored.embedding):
+            return classes
+        counts.no_bird_windows += 1
+        birds = self._is_bird[classes]
+        counts.birds_dropped += int(birds.sum())
+        return classes[~birds]
 
     def flush(self) -> List[Detection]:
         """End of stream: report every event still open."""

@@ -18,7 +18,7 @@ from birdd.engines.models.labels import Species
 SIDECAR_SCHEMA = "birdd.model/1"
 FORMATS = ("tflite", "onnx", "tensorrt")
 ACTIVATIONS = ("sigmoid", "none")
-KINDS = ("classifier", "location", "head")
+KINDS = ("classifier", "location", "head", "gate")
 HEAD_MODES = ("append", "replace")
 INPUT_DTYPES = ("float32",)  # every engine feeds float32 windows
 
@@ -229,7 +229,7 @@ def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
         raise ModelArtifactError(
             f"sidecar {side}: a classifier needs sample_rate and window_samples"
         )
-    if kind == "head":
+    if kind in ("head", "gate"):  # a gate: a one-output head (bird / no bird)
         _check_head(artifact.head, side)
     if "window_s" in meta:
         _check_window(artifact, meta["window_s"], side)

@@ -31,7 +31,9 @@ WEIGHTS_FILE = "head.npz"
 MERGED_FILE = "birdnet_head.onnx"
 
 
-def _common(base: ModelArtifact, name: str, thresholds: Dict[str, float], training: Dict) -> Dict:
+def common_meta(
+    base: ModelArtifact, name: str, thresholds: Dict[str, float], training: Dict
+) -> Dict:
     return {
         "name": name,
         "version": str(training.get("data_sha256", "1"))[:12],
@@ -56,7 +58,7 @@ def export_head(
     """The head alone, for the engines to apply to ``base_model``'s embeddings."""
     path = write_head(weights, base.num_classes, out / HEAD_FILE)
     save_head_weights(out / WEIGHTS_FILE, weights)
-    meta = _common(base, name, thresholds, training)
+    meta = common_meta(base, name, thresholds, training)
     meta.update(
         kind="head",
         format="onnx",
@@ -92,7 +94,7 @@ def export_merged(
     path = write_merged(
         base_onnx.path, base_onnx.outputs, weights, base_onnx.num_classes, out / MERGED_FILE
     )
-    meta = _common(base_onnx, name, thresholds, training)
+    meta = common_meta(base_onnx, name, thresholds, training)
     meta.update(
         kind="classifier",
         format="onnx",
