@@ -78,7 +78,7 @@ def test_the_threshold_decides(tmp_path):
 
 
 def test_gate_config_errors_are_one_line(tmp_path):
-    with pytest.raises(pydantic.ValidationError, match="less than or equal to 0.99"):
+    with pytest.raises(pydantic.ValidationError, match=r"less than or equal to 0\.99"):
         PostprocessConfig(gate={"model": "g.onnx", "threshold": 1.5})
     with pytest.raises(pydantic.ValidationError, match="Field required"):
         PostprocessConfig(gate={"threshold": 0.5})
