@@ -3,15 +3,20 @@
 Every step is a fixed matrix applied by a convolution, so the exported graph holds only Conv,
 Mul, Add and Log, which TensorRT 8.2 (TX2), TFLite (Pi) and ONNX Runtime all run:
 
-1. decimation: a windowed-sinc low-pass FIR as a strided convolution (48 → 24 kHz);
+1. optional decimation (``decimate`` > 1): a windowed-sinc low-pass FIR as a strided
+   convolution (48 → 24 kHz);
 2. STFT: the real and imaginary DFT rows of the bins under the mel bank, the Hann window folded
    in, as one convolution with kernel ``n_fft`` and stride ``hop``;
 3. power and mel at once: the squared outputs times the mel bank repeated over the real and the
    imaginary rows (a 1×1 convolution), then ``log(x + floor)``.
 
-Why decimate and use a short DFT: a DFT as a matrix costs ``n_fft`` multiply-adds per output
-point, so the spectrogram costs about ``samples · n_fft · fmax / nyquist``; at 24 kHz with
-``n_fft`` 160 the front end is ~13 M multiply-adds per 3 s window, BirdNET V2.4 ~480 M in all.
+Cost: the DFT as a matrix costs ``2K · n_fft`` multiply-adds per frame (K: the bins under the
+mel bank, ``(fmax − fmin) · n_fft / rate``). The default computes it on the 48 kHz input
+directly (``n_fft`` 320: the same 150 Hz bins, no aliasing, no low-pass) with a hop of 1.5
+frames: ~13 M multiply-adds per 3 s window, BirdNET V2.4 ~480 M. Decimating first halves the
+DFT's multiply-adds for the same bins, but the low-pass is a one-channel convolution, which ONNX
+Runtime runs at a fraction of its speed on many channels: measured, it was two thirds of the
+student's time (``decimate`` 2 stays available through the sidecar).
 
 The matrices are computed here, once, in numpy; ``birdd.training`` builds its torch module from
 them and the parameters travel in the sidecar's ``frontend`` field. ``log_mel`` is the same
@@ -33,10 +38,10 @@ class FrontendParams:
     """What the front end computes; stored in the sidecar's ``frontend`` field."""
 
     sample_rate: int = 48000  # the input's rate: BirdNET's, so the pipeline needs no change
-    decimate: int = 2  # the STFT runs at sample_rate / decimate
-    lowpass_taps: int = 33
-    n_fft: int = 160  # 6.7 ms, 150 Hz bins: the shortest DFT whose bins fill 32 mel bands
-    hop: int = 160
+    decimate: int = 1  # the STFT runs at sample_rate / decimate, after a low-pass if > 1
+    lowpass_taps: int = 33  # used only when decimating
+    n_fft: int = 320  # 6.7 ms, 150 Hz bins: the shortest DFT whose bins fill 32 mel bands
+    hop: int = 480  # 10 ms
     n_mels: int = 32
     fmin: float = 300.0
     fmax: float = 10000.0  # also the low-pass cut-off; below the decimated Nyquist
@@ -134,19 +139,25 @@ def power_mel_weights(params: FrontendParams) -> np.ndarray:
     return np.concatenate([mel, mel], axis=1)
 
 
+def decimated_length(params: FrontendParams, samples: int) -> int:
+    """Samples the STFT sees (the low-pass is a valid convolution, no padding)."""
+    if params.decimate == 1:
+        return samples
+    return (samples - params.lowpass_taps) // params.decimate + 1
+
+
 def frame_count(params: FrontendParams, samples: int) -> int:
     """STFT frames of a window of ``samples`` input samples (no padding)."""
-    decimated = (samples - params.lowpass_taps) // params.decimate + 1
-    return (decimated - params.n_fft) // params.hop + 1
+    return (decimated_length(params, samples) - params.n_fft) // params.hop + 1
 
 
 def frontend_macs(params: FrontendParams, samples: int) -> int:
     """Multiply-adds of the front end on one window of ``samples`` input samples."""
-    decimated = (samples - params.lowpass_taps) // params.decimate + 1
+    lowpass = decimated_length(params, samples) * params.lowpass_taps if params.decimate > 1 else 0
     rows = dft_weights(params).shape[0]
     frames = frame_count(params, samples)
     return (
-        decimated * params.lowpass_taps
+        lowpass
         + frames * rows * params.n_fft
         + frames * rows  # squaring
         + frames * params.n_mels * rows
@@ -156,9 +167,11 @@ def frontend_macs(params: FrontendParams, samples: int) -> int:
 def log_mel(audio: np.ndarray, params: FrontendParams) -> np.ndarray:
     """``float32[B, n_mels, frames]`` from ``audio [B, samples]``: the reference in numpy."""
     audio = np.atleast_2d(np.asarray(audio, dtype=np.float64))
-    taps = lowpass_taps(params)  # symmetric: convolution and correlation agree
-    low = np.stack([np.convolve(row, taps, mode="valid") for row in audio])
-    decimated = low[:, :: params.decimate]
+    decimated = audio
+    if params.decimate > 1:
+        taps = lowpass_taps(params)  # symmetric: convolution and correlation agree
+        low = np.stack([np.convolve(row, taps, mode="valid") for row in audio])
+        decimated = low[:, :: params.decimate]
     frames = frame_count(params, audio.shape[1])
     index = np.arange(params.n_fft)[None, :] + params.hop * np.arange(frames)[:, None]
     spectra = np.einsum("kn,bfn->bkf", dft_weights(params), decimated[:, index])

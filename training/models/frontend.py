@@ -31,7 +31,9 @@ class LogMel(nn.Module):
         self.register_buffer("mel", _constant(power_mel_weights(params))[:, :, None], False)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.conv1d(audio[:, None, :], self.lowpass, stride=self.params.decimate)
+        x = audio[:, None, :]
+        if self.params.decimate > 1:
+            x = nn.functional.conv1d(x, self.lowpass, stride=self.params.decimate)
         x = nn.functional.conv1d(x, self.dft, stride=self.params.hop)
         x = nn.functional.conv1d(x * x, self.mel)
         return torch.log(x + self.params.log_floor)
