@@ -105,6 +105,11 @@ def _student_flags(parser: argparse.ArgumentParser, distill: bool) -> None:
         )  # fmt: skip
         parser.add_argument("--pseudo-weight", type=float, default=0.05)
     parser.add_argument("--no-augment", action="store_true", help="no augmentation, no mixup")
+    parser.add_argument(
+        "--prune", type=float, default=1.0, metavar="KEEP",
+        help="structured pruning: the share of channels kept (default 1: none), then fine-tuned",
+    )  # fmt: skip
+    parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning after pruning")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)

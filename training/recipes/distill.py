@@ -10,7 +10,7 @@ validation split's recording-level macro AP (head.py's, so the numbers compare).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ import torch
 from birdd.training.augment import AugmentOptions
 from birdd.training.features.audio import cut_windows
 from birdd.training.loop import Batch, History, LoopConfig, fit
+from birdd.training.models.prune import prune_student
 from birdd.training.models.student import Student, new_student
 from birdd.training.recipes.chunks import ChunkDataset, Chunks, crop
 from birdd.training.recipes.head import evaluation_targets, macro_ap, mixup, recording_scores
@@ -33,6 +34,8 @@ class StudentOptions:
     pseudo_weight: float = 0.05  # sample weight of pseudo-labelled windows
     augment: AugmentOptions = field(default_factory=AugmentOptions)
     workers: int = 1  # DataLoader processes running the augmentation
+    prune_keep: float = 1.0  # share of channels structured pruning keeps (1: no pruning)
+    prune_epochs: int = 2  # fine-tuning epochs after pruning
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(
             epochs=20, batch_size=32, lr=3e-3, weight_decay=1e-3, warmup_epochs=1, patience=6
@@ -76,10 +79,12 @@ def train_student(
     options: StudentOptions,
     checkpoint=None,
     label: str = "student",
+    model: Optional[Student] = None,
 ) -> Tuple[Student, History]:
-    """Fit a student; early stopping on ``val``'s recording-level macro AP."""
+    """Fit a student (a new one, or ``model`` further: fine-tuning after pruning); early
+    stopping on ``val``'s recording-level macro AP."""
     torch.manual_seed(options.loop.seed)
-    model = new_student(options.size, chunks.targets.shape[1])
+    model = model or new_student(options.size, chunks.targets.shape[1])
     steps = max(1, len(dataset) // options.loop.batch_size)
     truth = evaluation_targets(val)
 
@@ -107,6 +112,23 @@ def train_student(
 
     history = fit(model, batches, loss_of, validate, options.loop, checkpoint, label)
     return model, history
+
+
+def prune_and_tune(
+    model: Student, dataset: ChunkDataset, val: WindowSet, val_windows: np.ndarray,
+    options: StudentOptions, checkpoint=None,
+) -> Tuple[Student, History]:  # fmt: skip
+    """Structured pruning to ``options.prune_keep`` of the channels, then fine-tuning at a
+    tenth of the learning rate (no warm-up) for ``options.prune_epochs``."""
+    loop = replace(
+        options.loop, epochs=options.prune_epochs, lr=options.loop.lr / 10, warmup_epochs=0,
+        patience=options.prune_epochs,
+    )  # fmt: skip
+    pruned = prune_student(model, options.prune_keep)
+    tune = replace(options, loop=loop)
+    return train_student(
+        dataset.chunks, dataset, val, val_windows, tune, checkpoint, "prune", pruned
+    )
 
 
 def calibration_windows(dataset: ChunkDataset, count: int, seed: int) -> np.ndarray:

@@ -17,12 +17,13 @@ from birdd.training.datasets.records import Recording, audio_files
 from birdd.training.export.student import engine_scores, export_student, parity, quantise_int8
 from birdd.training.features.embeddings import FeatureCache
 from birdd.training.models.flops import onnx_macs
-from birdd.training.models.student import parameter_count
+from birdd.training.models.student import block_widths, parameter_count
 from birdd.training.prepare import DataOptions, Prepared, default_cache, prepare
 from birdd.training.recipes.chunks import ChunkDataset, build_chunks, concat, decode
 from birdd.training.recipes.distill import (
     StudentOptions,
     calibration_windows,
+    prune_and_tune,
     split_windows,
     student_logits,
     train_student,
@@ -105,7 +106,6 @@ def train_export(
     model, history = train_student(
         dataset.chunks, dataset, val, val_windows, options, out / "checkpoint.pt", recipe
     )
-    trained_s = time.monotonic()
     test, test_windows = _split(prepared, "test", hop)
     truth = evaluation_targets(test)
     logits = student_logits(model, test_windows)
@@ -113,13 +113,24 @@ def train_export(
         evaluate(recipe, test, logits, truth),
         evaluate("BirdNET", test, _birdnet_logits(test), truth),
     ]
+    widths = list(block_widths(model))
+    if options.prune_keep < 1:
+        model, tuned = prune_and_tune(
+            model, dataset, val, val_windows, options, out / "checkpoint_pruned.pt"
+        )
+        logits = student_logits(model, test_windows)
+        name_pruned = f"{recipe} pruned to {options.prune_keep:g} of the channels"
+        run.evaluations.append(evaluate(name_pruned, test, logits, truth))
+        run.facts["widths_before_pruning"] = widths
+        run.facts["prune_history"] = tuned.to_json()
+    trained_s = time.monotonic()
     species = list(prepared.dataset.classes)
     extra = {
         "source": f"birdd train {recipe}",
         "training": {
             "recipe": recipe, "size": options.size, "data_sha256": prepared.data_sha256,
             "split": "split.csv", "seed": options.loop.seed,
-            "test_macro": run.evaluations[0].macro,
+            "test_macro": run.evaluations[-1 if options.prune_keep < 1 else 0].macro,
             "birdnet_test_macro": run.evaluations[1].macro,
         },
     }  # fmt: skip
@@ -134,13 +145,14 @@ def train_export(
     run.evaluations.append(
         evaluate(f"{recipe} int8 (ONNX Runtime)", test, engine_scores(int8, test_windows), truth)
     )
-    run.facts = {
-        "size": options.size, "parameters": parameter_count(model),
+    run.facts.update({
+        "size": options.size, "widths": list(block_widths(model)),
+        "parameters": parameter_count(model),
         "macs_per_window": onnx_macs(fp32), "fp32_bytes": fp32.stat().st_size,
         "int8_bytes": int8.stat().st_size, "training_chunks": len(dataset),
         "best_epoch": history.best_epoch, "epochs_run": len(history.val_score),
         "test_windows": len(test_windows), "history": history.to_json(),
-    }  # fmt: skip
+    })  # fmt: skip
     run.seconds = {
         "prepare": prepared_s - began, "train": trained_s - prepared_s,
         "evaluate_export": time.monotonic() - trained_s,

@@ -24,6 +24,8 @@ def student_options(args: argparse.Namespace) -> StudentOptions:
         pseudo_weight=getattr(args, "pseudo_weight", 0.0),
         augment=AugmentOptions.off() if args.no_augment else AugmentOptions(),
         workers=args.workers,
+        prune_keep=args.prune,
+        prune_epochs=args.prune_epochs,
         loop=LoopConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-3,
             warmup_epochs=1, patience=args.patience, seed=args.seed,
@@ -50,7 +52,7 @@ def run_student(args: argparse.Namespace) -> int:
     log.info(
         "test macro AP %.3f (BirdNET %.3f, int8 %.3f); %d multiply-adds per window; "
         "int8 %d bytes; parity max Δ %.1e; report %s",
-        student.macro["ap"], birdnet.macro["ap"], run.evaluations[2].macro["ap"],
+        student.macro["ap"], birdnet.macro["ap"], run.evaluations[-1].macro["ap"],
         run.facts["macs_per_window"], run.facts["int8_bytes"], run.parity[0].max_abs_diff,
         args.out / "report.md",
     )  # fmt: skip
