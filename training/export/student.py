@@ -3,9 +3,9 @@ its sidecar: raw 48 kHz audio in, logits out, the front end's parameters in ``fr
 
 int8 is onnxruntime's static quantisation (QDQ, per-channel weights) calibrated on training
 chunks, ranges at the 99.999th percentile (with min/max ranges on 64 windows, one calibration
-draw lost 0.05 test AP and others < 0.01: one loud chunk sets a whole tensor's scale). The front
-end's convolutions are quantised with the rest (their fixed DFT and mel matrices are most of
-the tiny student's bytes)."""
+draw lost 0.05 test AP and others < 0.01: one loud chunk sets a whole tensor's scale). The
+front end's DFT convolution is quantised with the rest (its fixed matrix is most of the tiny
+student's bytes); its power, mel and log stay in float (``power_and_log``)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,19 @@ class _Calibration:
         return None if row is None else {INPUT: row[None].astype(np.float32)}
 
 
+def power_and_log(path: Path) -> List[str]:
+    """The front end's nodes from the squaring on (power, mel, log): kept in float. Power spans
+    many decades, and int8 steps on its linear scale wipe out the quiet bands (measured on the
+    small student: test macro AP 0.317 FP32, 0.147 with them quantised, 0.280 without)."""
+    import onnx
+
+    names: List[str] = []
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.name.startswith("/frontend/") and (names or node.op_type == "Mul"):
+            names.append(node.name)
+    return names
+
+
 def quantise_int8(
     fp32: Path, path: Path, model: Student, species: List[Species], name: str,
     calibration: np.ndarray, extra: Dict,
@@ -108,7 +121,7 @@ def quantise_int8(
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
     quantize_static(
         str(fp32), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-        calibrate_method=CalibrationMethod.Percentile,
+        calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=power_and_log(fp32),
     )  # fmt: skip
     write_sidecar(path, sidecar_meta(model, name, calibration.shape[1], extra), species)
     return path
