@@ -7,8 +7,8 @@ Mul, Add and Log, which TensorRT 8.2 (TX2), TFLite (Pi) and ONNX Runtime all run
    convolution (48 → 24 kHz);
 2. STFT: the real and imaginary DFT rows of the bins under the mel bank, the Hann window folded
    in, as one convolution with kernel ``n_fft`` and stride ``hop``;
-3. power and mel at once: the squared outputs times the mel bank repeated over the real and the
-   imaginary rows (a 1×1 convolution), then ``log(x + floor)``.
+3. power (Re² + Im²), the mel bank over the used bins as a 1×1 convolution, then
+   ``log(x + floor)``.
 
 Cost: the DFT as a matrix costs ``2K · n_fft`` multiply-adds per frame (K: the bins under the
 mel bank, ``(fmax − fmin) · n_fft / rate``). The default computes it on the 48 kHz input
@@ -131,12 +131,12 @@ def dft_weights(params: FrontendParams) -> np.ndarray:
     return np.concatenate([np.cos(phase), -np.sin(phase)]) * hann(params.n_fft)[None, :]
 
 
-def power_mel_weights(params: FrontendParams) -> np.ndarray:
-    """``float64[n_mels, 2K]``: the mel bank over the used bins, once for the squared real
-    rows and once for the squared imaginary rows (so power and mel are one product)."""
+def mel_weights(params: FrontendParams) -> np.ndarray:
+    """``float64[n_mels, K]``: the mel bank over the used bins. (Applied to power, not to the
+    squared Re and Im rows with the bank repeated: that matrix is twice the size, and int8
+    exports keep it in float.)"""
     first, last = bin_range(params)
-    mel = full_filterbank(params)[:, first:last]
-    return np.concatenate([mel, mel], axis=1)
+    return full_filterbank(params)[:, first:last]
 
 
 def decimated_length(params: FrontendParams, samples: int) -> int:
@@ -159,8 +159,8 @@ def frontend_macs(params: FrontendParams, samples: int) -> int:
     return (
         lowpass
         + frames * rows * params.n_fft
-        + frames * rows  # squaring
-        + frames * params.n_mels * rows
+        + frames * rows  # squaring and adding
+        + frames * params.n_mels * (rows // 2)
     )
 
 
@@ -175,5 +175,7 @@ def log_mel(audio: np.ndarray, params: FrontendParams) -> np.ndarray:
     frames = frame_count(params, audio.shape[1])
     index = np.arange(params.n_fft)[None, :] + params.hop * np.arange(frames)[:, None]
     spectra = np.einsum("kn,bfn->bkf", dft_weights(params), decimated[:, index])
-    mel = np.einsum("mk,bkf->bmf", power_mel_weights(params), spectra**2)
+    bins = spectra.shape[1] // 2
+    power = spectra[:, :bins] ** 2 + spectra[:, bins:] ** 2
+    mel = np.einsum("mk,bkf->bmf", mel_weights(params), power)
     return np.log(mel + params.log_floor).astype(np.float32)

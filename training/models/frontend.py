@@ -11,7 +11,7 @@ from birdd.engines.frontend import (
     FrontendParams,
     dft_weights,
     lowpass_taps,
-    power_mel_weights,
+    mel_weights,
 )
 
 
@@ -28,12 +28,14 @@ class LogMel(nn.Module):
         # Not in the state dict: rebuilt from the parameters, identical by construction.
         self.register_buffer("lowpass", _constant(lowpass_taps(params))[None, None], False)
         self.register_buffer("dft", _constant(dft_weights(params))[:, None, :], False)
-        self.register_buffer("mel", _constant(power_mel_weights(params))[:, :, None], False)
+        self.bins = int(self.dft.shape[0]) // 2  # a constant, so the exported Slice is static
+        self.register_buffer("mel", _constant(mel_weights(params))[:, :, None], False)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         x = audio[:, None, :]
         if self.params.decimate > 1:
             x = nn.functional.conv1d(x, self.lowpass, stride=self.params.decimate)
         x = nn.functional.conv1d(x, self.dft, stride=self.params.hop)
-        x = nn.functional.conv1d(x * x, self.mel)
+        real, imaginary = x[:, : self.bins], x[:, self.bins :]
+        x = nn.functional.conv1d(real * real + imaginary * imaginary, self.mel)
         return torch.log(x + self.params.log_floor)
