@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from birdd_testing import SHARED_AUDIO, run_birdd, simulate_rows
+from birdd_testing import SHARED_AUDIO, SHARED_AUDIO_MISSING, run_birdd, simulate_rows
 
 pytest.importorskip("torch", reason="needs the training extra: pip install 'birdd[training]'")
 
@@ -15,7 +15,10 @@ from test_training_system import XC, _data
 
 from birdd.engines.models.artifact import load_artifact
 
-pytestmark = [pytest.mark.system]  # the shared-audio skip comes with test_training_system
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.skipif(not (SHARED_AUDIO / "training").is_dir(), reason=SHARED_AUDIO_MISSING),
+]
 DOG_HOWL = SHARED_AUDIO / "negatives" / "dog_howl.ogg"  # BirdNET: 3 birds >= 0.5, not trained on
 BIRD_CLIP = XC / "Melanerpes_portoricensis/XC32070.mp3"  # not in the training data
 
