@@ -63,6 +63,27 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _loop_flags(
+    parser: argparse.ArgumentParser,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    patience: int,
+    name: str,
+) -> None:
+    """The training loop's flags every recipe has, with the recipe's own defaults."""
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--patience", type=int, default=patience, help="early-stopping epochs")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--name", default=name, help="model name in the sidecars")
+    parser.add_argument(
+        "--verify-windows", type=int, default=0,
+        help="test windows re-scored through the engines for parity (default 0: all)",
+    )  # fmt: skip
+
+
 def _head_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=0, help="hidden units (0: linear head)")
     parser.add_argument("--dropout", type=float, default=0.2)
@@ -75,18 +96,9 @@ def _head_flags(parser: argparse.ArgumentParser) -> None:
         help="keep a labelled window only where BirdNET gives its species this much "
         "(0: keep all)",
     )  # fmt: skip
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    _loop_flags(parser, epochs=200, batch_size=64, lr=1e-3, patience=25, name="birdd_head")
     parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--warmup", type=int, default=5, help="warm-up epochs")
-    parser.add_argument("--patience", type=int, default=25, help="early-stopping epochs")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--name", default="birdd_head", help="model name in the sidecars")
-    parser.add_argument(
-        "--verify-windows", type=int, default=0,
-        help="test windows re-scored through the engines (default 0: all)",
-    )  # fmt: skip
 
 
 def _student_flags(parser: argparse.ArgumentParser, distill: bool) -> None:
@@ -111,16 +123,7 @@ def _student_flags(parser: argparse.ArgumentParser, distill: bool) -> None:
     )  # fmt: skip
     parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning after pruning")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--patience", type=int, default=6, help="early-stopping epochs")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--name", default="birdd_student", help="model name in the sidecars")
-    parser.add_argument(
-        "--verify-windows", type=int, default=0,
-        help="test windows re-scored through the ONNX engine for parity (default 0: all)",
-    )  # fmt: skip
+    _loop_flags(parser, epochs=20, batch_size=32, lr=3e-3, patience=6, name="birdd_student")
 
 
 def build_parser() -> argparse.ArgumentParser:
