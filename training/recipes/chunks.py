@@ -19,7 +19,7 @@ from birdd.training.augment import AugmentOptions, augment
 from birdd.training.datasets.records import Recording
 from birdd.training.features.audio import read_mono, segment_audio
 from birdd.training.features.embeddings import Features
-from birdd.training.recipes.targets import class_targets, keep_windows
+from birdd.training.recipes.targets import class_targets, keep_windows, teacher_logits
 
 
 @dataclass
@@ -36,14 +36,6 @@ class Chunks:
 
     def __len__(self) -> int:
         return len(self.start)
-
-
-def teacher_logits(features: Features, columns: Sequence[Optional[int]]) -> np.ndarray:
-    out = np.full((features.windows, len(columns)), np.nan, dtype=np.float32)
-    for k, column in enumerate(columns):
-        if column is not None:
-            out[:, k] = features.logits[:, column]
-    return out
 
 
 def agreeing_windows(teacher: np.ndarray, target: np.ndarray, teacher_min: float) -> np.ndarray:

@@ -56,7 +56,9 @@ def teacher_columns(birdnet_labels: Sequence[str], labels: Sequence[str]) -> Lis
     return [where.get(label) for label in labels]
 
 
-def _teacher_logits(features: Features, columns: Sequence[Optional[int]]) -> np.ndarray:
+def teacher_logits(features: Features, columns: Sequence[Optional[int]]) -> np.ndarray:
+    """BirdNET's logits for each target class (``columns``: its index in BirdNET's labels, or
+    None for a class BirdNET lacks, whose column is NaN)."""
     out = np.full((features.windows, len(columns)), np.nan, dtype=np.float32)
     for k, column in enumerate(columns):
         if column is not None:
@@ -89,7 +91,7 @@ def window_set(
     parts: Dict[str, list] = {"emb": [], "teacher": [], "target": [], "rec": []}
     for index, rec in enumerate(kept_recordings):
         feats = features[rec.key]
-        teacher = _teacher_logits(feats, columns)
+        teacher = teacher_logits(feats, columns)
         target = class_targets(rec, labels)
         keep = keep_windows(teacher, target, teacher_min)
         parts["emb"].append(feats.embeddings[keep])
