@@ -111,17 +111,22 @@ def test_run_folder_holds_exports_split_and_report(trained):
     assert set(split.values()) == {"train", "val", "test"}
 
 
-def test_standalone_model_runs_in_simulate_through_its_sidecar(trained, tmp_path):
-    clip = XC / "Melanerpes_portoricensis/XC32070.mp3"  # not in the training data
+def check_runs_in_simulate(model: Path, tmp_path: Path) -> None:
+    """`birdd --simulate --model MODEL` on a clip not in the training data: it runs through
+    the model's sidecar alone and reports only the model's two species."""
+    clip = XC / "Melanerpes_portoricensis/XC32070.mp3"
     result, rows = simulate_rows(
-        clip, tmp_path / "db.sqlite", "--model", str(trained / "birdnet_head.onnx"),
-        "--min-conf", "0.01",
-    )  # fmt: skip
+        clip, tmp_path / "db.sqlite", "--model", str(model), "--min-conf", "0.01"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert rows and {row["species"]["scientific"] for row in rows} <= {
         "Melanerpes portoricensis",
         "Melopyrrha portoricensis",
     }
+
+
+def test_standalone_model_runs_in_simulate_through_its_sidecar(trained, tmp_path):
+    check_runs_in_simulate(trained / "birdnet_head.onnx", tmp_path)
 
 
 def test_head_appends_to_birdnet_in_one_run(trained, tmp_path):
