@@ -75,7 +75,12 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
         type=_channel,
         help="'mix' (default), a channel index, or indices like 0,1 to analyse each separately",
     )
-    parser.add_argument("--min-conf", type=float, help="minimum confidence (0.01-0.99)")
+    parser.add_argument(
+        "--min-conf",
+        type=float,
+        help="minimum confidence (0.01-0.99) of every class, in place of the model's own "
+        "per-class thresholds (species_thresholds in the config still win)",
+    )
     parser.add_argument("--sensitivity", type=float, help="detection sensitivity (0.5-1.5)")
     parser.add_argument("--include", type=_names, help="only these species (comma-separated)")
     parser.add_argument("--exclude", type=_names, help="never these species (comma-separated)")

@@ -47,6 +47,10 @@ def overrides_from(args: argparse.Namespace) -> Dict[str, Any]:
     }
     if location:
         overrides["postprocess.location"] = location
+    if getattr(args, "min_conf", None) is not None:
+        # The threshold typed on the command line is the one every class gets (species_thresholds
+        # in the config still win): it replaces the model's own per-class thresholds too.
+        overrides["postprocess.model_thresholds"] = False
     inputs = (getattr(args, "device", None) or []) + (getattr(args, "input", None) or [])
     if inputs:
         overrides["audio.inputs"] = inputs

@@ -89,10 +89,16 @@ class PostprocessConfig(BaseModel):
         description=f"Minimum confidence of a detection; unset: {LIVE} live, {SIMULATE} in "
         "simulate mode.",
     )
+    model_thresholds: bool = Field(
+        True,
+        description="Use the per-class thresholds in the model's sidecar (written by 'birdd "
+        "train') for the classes that have one; other classes use min_confidence. False: "
+        "min_confidence for every class. '--min-conf' on the command line sets it false.",
+    )
     species_thresholds: Dict[str, Confidence] = Field(
         default_factory=dict,
-        description="Per-species minimum confidence (species name → threshold); overrides "
-        "min_confidence for that species.",
+        description="Per-species minimum confidence (species name → threshold); wins over the "
+        "model's threshold and min_confidence for that species.",
     )
     include: List[str] = Field(
         default_factory=list,

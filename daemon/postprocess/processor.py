@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Dict, List, Optional, Tuple
 
@@ -20,6 +21,7 @@ from birdd.engines.models.artifact import ModelArtifact
 from birdd.engines.models.location import LocationModel, location_model_beside
 
 StreamKey = Tuple[str, Channel]
+log = logging.getLogger("birdd")
 
 
 class PostProcessor:
@@ -48,7 +50,8 @@ class PostProcessor:
         self._station = station
         self._rate = artifact.sample_rate
         self._live = live
-        selection = select_classes(config, artifact.species, live)
+        selection = select_classes(config, artifact.species, live, artifact.thresholds)
+        _log_model_thresholds(selection.thresholds[selection.from_model])
         # The location model is a range model for birds: it never drops what it does not map
         # (include-listed classes and non-birds, which non_birds or include let through).
         self._kept_by_location = selection.named | ~np.array([s.is_bird for s in artifact.species])
@@ -180,6 +183,16 @@ class PostProcessor:
             for event in events
         ]
         return sorted(detections, key=_report_order)
+
+
+def _log_model_thresholds(thresholds: np.ndarray) -> None:
+    if thresholds.size:
+        log.info(
+            "postprocess: the model's own thresholds for %d class(es) (%.2f-%.2f)",
+            thresholds.size,
+            thresholds.min(),
+            thresholds.max(),
+        )
 
 
 def _report_order(detection: Detection) -> Tuple[float, float]:

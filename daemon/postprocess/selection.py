@@ -1,9 +1,14 @@
-"""Which classes may be reported, and at what confidence: one threshold per class."""
+"""Which classes may be reported, and at what confidence: one threshold per class.
+
+A class's threshold is, first that applies: its ``species_thresholds`` entry (the user's), the
+model's own threshold for it (the sidecar's ``thresholds``, with ``model_thresholds`` on), then
+``min_confidence`` (or the mode's default).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
@@ -17,10 +22,12 @@ NEVER_REPORTED = np.inf
 @dataclass(frozen=True)
 class ClassSelection:
     """``thresholds``: float32 minimum confidence per class, inf for classes never reported.
-    ``named``: the classes listed in ``include``, which the location filter does not drop."""
+    ``named``: the classes listed in ``include``, which the location filter does not drop.
+    ``from_model``: the classes whose threshold is the model's own (bool per class)."""
 
     thresholds: np.ndarray
     named: np.ndarray
+    from_model: np.ndarray
 
 
 def resolve_names(names: Iterable[str], index: SpeciesIndex, key: str) -> List[int]:
@@ -52,10 +59,31 @@ def _per_species_thresholds(thresholds: Dict[str, float], index: SpeciesIndex) -
     return by_class
 
 
+def model_class_thresholds(
+    thresholds: Mapping[str, float], species: Sequence[Species]
+) -> Dict[int, float]:
+    """The sidecar's ``{label: threshold}`` by class index. Labels are checked when the model
+    loads; one that is not a class here is still refused in one line, never ignored."""
+    where = {sp.label: index for index, sp in enumerate(species)}
+    by_class = {}
+    for label, threshold in thresholds.items():
+        if label not in where:
+            raise PostprocessError(
+                f"the model's thresholds name {label!r}, not one of its classes: correct the "
+                "sidecar's thresholds or set postprocess.model_thresholds: false"
+            )
+        by_class[where[label]] = threshold
+    return by_class
+
+
 def select_classes(
-    config: PostprocessConfig, species: Sequence[Species], live: bool
+    config: PostprocessConfig,
+    species: Sequence[Species],
+    live: bool,
+    model_thresholds: Mapping[str, float],
 ) -> ClassSelection:
-    """Apply min_confidence, species_thresholds, include, exclude and non_birds."""
+    """Apply min_confidence, the model's thresholds (``{label: confidence}`` from its sidecar),
+    species_thresholds, include, exclude and non_birds."""
     index = SpeciesIndex(species)
     named = np.zeros(len(species), dtype=bool)
     named[resolve_names(config.include, index, "include")] = True
@@ -69,7 +97,13 @@ def select_classes(
     if min_confidence is None:
         min_confidence = default_min_confidence(live)
     thresholds = np.full(len(species), min_confidence, dtype=np.float32)
+    from_model = np.zeros(len(species), dtype=bool)
+    if config.model_thresholds:
+        for class_index, threshold in model_class_thresholds(model_thresholds, species).items():
+            thresholds[class_index] = threshold
+            from_model[class_index] = True
     for class_index, threshold in _per_species_thresholds(config.species_thresholds, index).items():
         thresholds[class_index] = threshold
+        from_model[class_index] = False
     thresholds[~reportable] = NEVER_REPORTED
-    return ClassSelection(thresholds=thresholds, named=named)
+    return ClassSelection(thresholds=thresholds, named=named, from_model=from_model & reportable)

@@ -237,4 +237,22 @@ def _artifact_from_meta(path: Path, meta: Dict[str, Any]) -> ModelArtifact:
         _check_input_shape(artifact, meta["input_shape"], side)
     if not species:
         raise ModelArtifactError(f"sidecar {side} lists no classes")
+    _check_thresholds(artifact, side)
     return artifact
+
+
+def _check_thresholds(artifact: ModelArtifact, side: str) -> None:
+    """Each suggested threshold names one of the model's own classes by its label and is a
+    confidence in (0, 1]: post-processing applies them per class."""
+    labels = {sp.label for sp in artifact.species}
+    for label, value in artifact.thresholds.items():
+        if label not in labels:
+            raise ModelArtifactError(
+                f"sidecar {side}: thresholds[{label!r}] is not one of the model's classes: "
+                "use the class's label as 'classes' lists it, or remove the key"
+            )
+        if not 0.0 < value <= 1.0:
+            raise ModelArtifactError(
+                f"sidecar {side}: thresholds[{label!r}] = {value:g} is not a confidence in "
+                "(0, 1]: correct it or remove the key"
+            )
