@@ -147,7 +147,7 @@ def parse_iso_utc(text: str) -> Optional[datetime]:
     return moment.astimezone(timezone.utc)
 
 
-MODES = ("simulate", "live")
+MODES = ("simulate", "live", "analyze")
 END_STATUSES = ("complete", "interrupted", "failed")
 """How a run ends: every detection delivered, stopped early (Ctrl-C, crash), or an error."""
 

@@ -60,8 +60,11 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by ``simulate`` and ``run``; each overrides one config key."""
+def add_analysis_flags(
+    parser: argparse.ArgumentParser,
+    output_help: str = "write the output to this file instead of stdout",
+) -> None:
+    """Flags shared by ``simulate``, ``run`` and ``analyze``; each overrides one config key."""
     add_store_flags(parser)
     parser.add_argument(
         "--engine", help="engine type: tflite, onnx or tensorrt (see 'birdd engines')"
@@ -110,7 +113,7 @@ def add_analysis_flags(parser: argparse.ArgumentParser) -> None:
         help="week 1-48 or -1 for the whole year (default: from the recording's date)",
     )
     parser.add_argument("--format", help=f"output format: {', '.join(OUTPUT_FORMATS)}")
-    parser.add_argument("--output", help="write the output to this file instead of stdout")
+    parser.add_argument("--output", help=output_help)
 
 
 def add_build_flags(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +148,45 @@ def add_build_flags(parser: argparse.ArgumentParser) -> None:
         "Jetson, where TensorRT exists only for the system Python)",
     )
     parser.add_argument("--force", action="store_true", help="build again even if cached")
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: give 1 or more worker processes")
+    return value
+
+
+def add_analyze_parser(parser: argparse.ArgumentParser) -> None:
+    """``birdd analyze PATH… [--workers N] [--force] [--format F] [--output DIR] …``."""
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="recordings: files, folders (searched recursively for wav, flac, ogg, opus, mp3), "
+        "globs in quotes ('cards/**/*.WAV'), or @LIST, a text file with one path per line",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="worker processes, each with its own engine (default: one per core)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="analyse files again that the database has as done with this model and settings",
+    )
+    parser.add_argument(
+        "--combined",
+        action="store_true",
+        help="one output for all files (--output FILE, else stdout) instead of one per file",
+    )
+    add_analysis_flags(
+        parser,
+        output_help="folder for one table per recording (Raven selection tables unless "
+        "--format says otherwise); with --combined, one file",
+    )
 
 
 class CommandLine(argparse.ArgumentParser):
@@ -198,6 +240,8 @@ def build_parser() -> CommandLine:
         help="pace the file at real time (or FACTOR times real time)",
     )
     add_analysis_flags(sim)
+
+    add_analyze_parser(command("analyze", help="analyse recordings on every core, resumably"))
 
     run = command("run", help="listen to sound devices, streams or stdin (the live daemon)")
     run.add_argument(

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -27,6 +28,20 @@ log = logging.getLogger("birdd")
 def cmd_simulate(args: argparse.Namespace) -> int:
     config = config_from(args)
     return simulate(config, args.file, args.start_time, args.realtime)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from birdd.daemon.analyze.job import JobOptions, analyze, cores, with_threads
+
+    workers = args.workers or cores()
+    config = config_from(args)
+    if args.threads is None:
+        config = with_threads(config, max(1, cores() // workers))
+    output = Path(args.output) if args.output else None
+    options = JobOptions(
+        args.paths, workers, args.force, args.format, output, args.combined, args.quiet
+    )
+    return analyze(config, options)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

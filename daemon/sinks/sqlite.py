@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Callable, List, Optional, Sequence, Union
+from typing import IO, Any, Callable, List, Mapping, Optional, Sequence, Union
 
 from birdd.daemon.records import Detection, Gap, RunInfo
 from birdd.daemon.sinks.base import Sink
@@ -115,6 +115,12 @@ class SQLiteSink(Sink):
 
     def record_gap(self, gap: Gap) -> None:
         self._open_store().add_gap(self._run_id, gap)
+
+    def write_file(self, file_row: Mapping[str, Any], detections: Sequence[Detection]) -> None:
+        """One file of ``birdd analyze`` and its detections, committed together."""
+        self._open_store().add_file(self._run_id, file_row, detections)
+        if detections and self.on_commit is not None:
+            self.on_commit()
 
     def close(self, status: str) -> None:
         store = self._open_store()

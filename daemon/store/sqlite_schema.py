@@ -97,7 +97,58 @@ def _v2_gaps(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX gaps_start ON gaps (start_epoch)")
 
 
-MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [_v1_initial, _v2_gaps]
+def _v3_analyzed_files(conn: sqlite3.Connection) -> None:
+    """``birdd analyze``: runs of mode 'analyze', and one row per file each analyse job
+    finished or failed, keyed for resuming (path, size, mtime, model, settings).
+
+    The runs table's CHECK on ``mode`` gains 'analyze' by rewriting its declaration in place
+    (SQLite's documented procedure for constraint changes that leave every stored row valid);
+    rebuilding the table would trip the detections' and gaps' foreign keys on it."""
+    version = int(conn.execute("PRAGMA schema_version").fetchone()[0])
+    declared = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+    ).fetchone()[0]
+    old, new = "mode IN ('simulate', 'live')", "mode IN ('simulate', 'live', 'analyze')"
+    if old not in declared:
+        raise sqlite3.DatabaseError(f"runs table declared unexpectedly: {declared}")
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'runs'",
+        (declared.replace(old, new),),
+    )
+    conn.execute(f"PRAGMA schema_version = {version + 1}")
+    conn.execute("PRAGMA writable_schema = OFF")
+    conn.execute(
+        """
+        CREATE TABLE analyzed_files (
+            rowid           INTEGER PRIMARY KEY,
+            run_id          TEXT NOT NULL REFERENCES runs (run_id),
+            path            TEXT NOT NULL,
+            size            INTEGER NOT NULL,
+            mtime_ns        INTEGER NOT NULL,
+            model_sha256    TEXT NOT NULL,
+            settings_sha256 TEXT NOT NULL,
+            status          TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+            reason          TEXT,
+            clock_origin    TEXT,
+            audio_seconds   REAL NOT NULL DEFAULT 0,
+            windows         INTEGER NOT NULL DEFAULT 0,
+            detections      INTEGER NOT NULL DEFAULT 0,
+            finished_at     TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        "CREATE INDEX analyzed_files_key ON analyzed_files "
+        "(path, size, mtime_ns, model_sha256, settings_sha256)"
+    )
+
+
+MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [
+    _v1_initial,
+    _v2_gaps,
+    _v3_analyzed_files,
+]
 
 
 RUN_COLUMNS = (
@@ -147,6 +198,24 @@ GAP_COLUMNS = (
     "seconds",
     "reason",
 )
+
+
+FILE_COLUMNS = (
+    "run_id",
+    "path",
+    "size",
+    "mtime_ns",
+    "model_sha256",
+    "settings_sha256",
+    "status",
+    "reason",
+    "clock_origin",
+    "audio_seconds",
+    "windows",
+    "detections",
+    "finished_at",
+)
+FILE_KEY_COLUMNS = ("path", "size", "mtime_ns", "model_sha256", "settings_sha256")
 
 
 def insert_statement(table: str, columns: Sequence[str]) -> str:

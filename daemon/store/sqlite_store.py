@@ -11,11 +11,13 @@ import sqlite3
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from birdd.daemon.records import Detection, Gap, RunInfo, check_end_status, iso_utc
 from birdd.daemon.store.sqlite_schema import (
     DETECTION_COLUMNS,
+    FILE_COLUMNS,
+    FILE_KEY_COLUMNS,
     GAP_COLUMNS,
     MIGRATIONS,
     RUN_COLUMNS,
@@ -78,6 +80,51 @@ class SQLiteStore:
     def add_gap(self, run_id: str, gap: Gap) -> None:
         with self._transaction() as conn:
             conn.execute(insert_statement("gaps", GAP_COLUMNS), gap_row(run_id, gap))
+
+    def add_file(
+        self, run_id: str, file_row: Mapping[str, Any], detections: Sequence[Detection] = ()
+    ) -> None:
+        """Commit one analysed (or failed) file and its detections in one transaction, so a
+        file is in the store whole or not at all. A file analysed again under the same key
+        (``--force``) replaces the earlier analysis: its row and its detections go."""
+        rows = [detection_row(run_id, detection) for detection in detections]
+        key = {column: file_row[column] for column in FILE_KEY_COLUMNS}
+        same_key = " AND ".join(f"{column} = :{column}" for column in FILE_KEY_COLUMNS)
+        with self._transaction() as conn:
+            if file_row["status"] == "done":
+                conn.execute(
+                    "DELETE FROM detections WHERE source = :path AND run_id IN "
+                    f"(SELECT run_id FROM analyzed_files WHERE status = 'done' AND {same_key})",
+                    key,
+                )
+                conn.execute(
+                    f"DELETE FROM analyzed_files WHERE status = 'done' AND {same_key}", key
+                )
+            conn.executemany(insert_statement("detections", DETECTION_COLUMNS), rows)
+            conn.execute(
+                insert_statement("analyzed_files", FILE_COLUMNS), {"run_id": run_id, **file_row}
+            )
+
+    def analyzed(self, model_sha256: str, settings_sha256: str) -> Set[Tuple[str, int, int]]:
+        """(path, size, mtime_ns) of every file analysed to the end with this model and these
+        settings: what a resumed ``birdd analyze`` skips."""
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT path, size, mtime_ns FROM analyzed_files WHERE status = 'done' "
+                "AND model_sha256 = ? AND settings_sha256 = ?",
+                (model_sha256, settings_sha256),
+            ).fetchall()
+        return {(row["path"], row["size"], row["mtime_ns"]) for row in rows}
+
+    def files(self, run_id: Optional[str] = None) -> List[Dict[str, Any]]:
+        """The analyse jobs' file rows (of one run, or all), in the order they were stored."""
+        query = "SELECT * FROM analyzed_files"
+        params: Tuple[str, ...] = ()
+        if run_id is not None:
+            query, params = query + " WHERE run_id = ?", (run_id,)
+        with self._errors():
+            rows = self._conn.execute(query + " ORDER BY rowid", params).fetchall()
+        return [dict(row) for row in rows]
 
     def gaps(self) -> List[Dict[str, Any]]:
         """Every recorded source outage as a dict, oldest first."""
