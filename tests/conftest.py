@@ -10,6 +10,8 @@ its own mark. ``pytest -m "not system"`` is the fast tier for the edit loop; CI 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, List
 
@@ -17,6 +19,7 @@ import pytest
 from audio_servers import PulseServer, RtspServer
 from birdd_testing import SHARED_AUDIO, SHARED_AUDIO_MISSING, shared_audio_present
 from broker import Mosquitto
+from postgres import Postgres, available, make_template
 
 from birdd.engines.errors import ModelArtifactError
 from birdd.engines.models.install import install_demo_recording
@@ -32,6 +35,8 @@ SYSTEM_FIXTURES = {
     "broker_factory",
     "pulse",
     "rtsp_factory",
+    "postgres",
+    "postgres_factory",
 }
 
 
@@ -123,3 +128,37 @@ def rtsp_factory(tmp_path: Path) -> Iterator[Callable[..., RtspServer]]:
     yield make
     for server in made:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[Path]:
+    """An ``initdb``-ed PostgreSQL 15 cluster that each server copies; fails, naming what to
+    install, when PostgreSQL is not there (tests/install.sh installs it)."""
+    missing = available()
+    if missing:
+        pytest.fail(missing)
+    folder = Path(tempfile.mkdtemp(prefix="birdd-pg-template-"))
+    yield make_template(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_factory(postgres_template: Path) -> Iterator[Callable[..., Postgres]]:
+    """``postgres_factory(start=True)``: a PostgreSQL server of its own (see postgres.py); the
+    password is ``postgres.PASSWORD``. Every one made is removed when the test ends."""
+    made: List[Postgres] = []
+
+    def make(start: bool = True) -> Postgres:
+        server = Postgres(postgres_template)
+        made.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in made:
+        server.remove()
+
+
+@pytest.fixture
+def postgres(postgres_factory: Callable[..., Postgres]) -> Postgres:
+    """A started PostgreSQL 15 server on 127.0.0.1 with an empty ``birdd`` database."""
+    return postgres_factory()

@@ -1,0 +1,199 @@
+"""The hub's store, the same tests on SQLite (fast tier) and on a real PostgreSQL 15 (system):
+schema migrations, idempotent writes with the resend count, station health, the dashboard's
+queries, and one-line errors for a bad path or DSN."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from postgres import PASSWORD
+
+from birdd.hub.store import Batch, DetectionQuery, StoreError, StoreUnavailable, open_store
+from birdd.hub.store.base import NewDetection, NewRejected, NewStats, NewStatus, Store
+from birdd.hub.store.schema import LATEST
+
+HOUR = 3_600_000
+T0 = 1_715_752_800_000  # 2024-05-15T06:00:00Z
+
+
+def detection(
+    n: int, station: str = "garden", species: str = "Turdus merula", **extra
+) -> NewDetection:
+    start = T0 + n * 60_000
+    fields = dict(
+        id=f"{n:032x}",
+        station=station,
+        start_ms=start,
+        end_ms=start + 3000,
+        scientific=species,
+        common=species.split()[-1],
+        code=None,
+        is_bird=True,
+        confidence=0.5 + (n % 5) / 10,
+        source="mic",
+        channel="mix",
+        lat=47.0,
+        lon=8.0,
+        payload=json.dumps({"id": f"{n:032x}", "n": n}),
+        received_ms=start + 500,
+    )
+    fields.update(extra)
+    return NewDetection(**fields)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.system)])
+def store(request, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        opened = open_store(sqlite=tmp_path / "hub.sqlite")
+    else:
+        server = request.getfixturevalue("postgres")
+        opened = open_store(postgres=server.dsn, password=PASSWORD)
+    yield opened
+    opened.close()
+
+
+def test_migrations_run_once_and_reopening_keeps_the_data(store, tmp_path, request):
+    assert store.schema_version() == LATEST
+    store.write(Batch(detections=[detection(1)]))
+    store.reconnect()
+    assert store.schema_version() == LATEST
+    assert [row.id for row in store.detections(DetectionQuery())] == [f"{1:032x}"]
+
+
+def test_a_resent_detection_is_stored_once_and_counted(store):
+    first = [detection(n) for n in range(5)]
+    store.write(Batch(detections=first))
+    store.write(Batch(detections=[detection(2), detection(3), detection(9)]))
+    store.write(Batch(detections=[detection(2), detection(2)]))  # twice in one batch
+    rows = {row.id: row for row in store.detections(DetectionQuery(limit=50))}
+    assert len(rows) == 6
+    assert rows[f"{2:032x}"].resends == 3 and rows[f"{3:032x}"].resends == 1
+    assert rows[f"{0:032x}"].resends == 0
+    assert json.loads(rows[f"{4:032x}"].payload) == {"id": f"{4:032x}", "n": 4}
+
+
+def test_filters_pagination_and_counts(store):
+    batch = [detection(n, station=("a", "b")[n % 2]) for n in range(30)]
+    batch += [detection(100 + n, species="Parus major") for n in range(5)]
+    store.write(Batch(detections=batch))
+    newest = store.detections(DetectionQuery(limit=3))
+    assert [row.start_ms for row in newest] == sorted((r.start_ms for r in newest), reverse=True)
+    assert newest[0].scientific == "Parus major"
+    assert store.count_detections(DetectionQuery(station="a")) == 15
+    since, until = T0 + 10 * 60_000, T0 + 20 * 60_000
+    window = store.detections(DetectionQuery(station="b", since_ms=since, until_ms=until))
+    assert [row.id for row in window] == [f"{n:032x}" for n in (19, 17, 15, 13, 11)]
+    pages, cursor = [], None
+    while True:
+        page = store.detections(DetectionQuery(species="Turdus merula", limit=7, before=cursor))
+        if not page:
+            break
+        pages.append(page)
+        cursor = page[-1].cursor
+    ids = [row.id for page in pages for row in page]
+    assert len(pages) == 5 and ids == [f"{n:032x}" for n in range(29, -1, -1)]
+    confident = store.count_detections(DetectionQuery(min_confidence=0.85))
+    assert confident == sum(1 for d in batch if d.confidence >= 0.85)
+
+
+def test_species_summary_and_hourly_activity(store):
+    batch = [detection(n, station=("a", "b")[n % 2]) for n in range(0, 180, 3)]  # 3 h
+    batch += [detection(500 + n, station="a", species="Parus major") for n in range(4)]
+    store.write(Batch(detections=batch))
+    species = store.species()
+    assert [(s.scientific, s.detections, s.stations) for s in species] == [
+        ("Turdus merula", 60, 2),
+        ("Parus major", 4, 1),
+    ]
+    assert species[0].first_ms == T0 and species[0].last_ms == T0 + 177 * 60_000
+    only_a = store.species(station="a", since_ms=T0 + 8 * HOUR)
+    assert [(s.scientific, s.detections) for s in only_a] == [("Parus major", 4)]
+    hourly = store.activity(3600, species="Turdus merula")
+    assert [(b.start_ms, b.detections) for b in hourly] == [
+        (T0, 20),
+        (T0 + HOUR, 20),
+        (T0 + 2 * HOUR, 20),
+    ]
+    shifted = store.activity(3600, station="a", species="Turdus merula", offset_s=1800)
+    assert [b.start_ms for b in shifted] == [T0 - HOUR // 2 + k * HOUR for k in range(4)]
+    assert sum(b.detections for b in shifted) == 30
+
+
+def test_station_health_from_status_and_stats(store):
+    store.write(Batch(statuses=[NewStatus("garden", "online", True, T0)]))
+    store.write(Batch(detections=[detection(1, station="garden")]))
+    report = {"station": "garden", "outbox_backlog": 3, "realtime_factor": 12.5}
+    store.write(Batch(stats=[NewStats("garden", json.dumps(report), T0 + 1000)]))
+    store.write(Batch(statuses=[NewStatus("garden", "online", True, T0 + 2000)]))  # again
+    store.write(Batch(statuses=[NewStatus("garden", "offline", False, T0 + 9000)]))
+    (garden,) = store.stations()
+    assert garden.status == "offline" and garden.status_ms == T0 + 9000
+    assert garden.stats == report and garden.stats_ms == T0 + 1000
+    assert (garden.lat, garden.lon) == (47.0, 8.0)
+    assert garden.last_detection_ms == T0 + 60_000 + 500
+    assert garden.first_seen_ms == T0 and garden.last_seen_ms == T0 + 60_500
+    history = store.status_history("garden")
+    assert [(e.status, e.retained) for e in history] == [("offline", False), ("online", True)]
+    assert [s.stats for s in store.stats_history("garden")] == [report]
+    assert store.station("nowhere") is None
+
+
+def test_rejected_messages_are_kept_with_the_reason(store):
+    kept = NewRejected("birdd/x/detections", "not JSON", b"\x00\xff{", 3, T0)
+    big = NewRejected("birdd/x/detections", "too big", b"a" * 4096, 1_000_000, T0 + 1)
+    store.write(Batch(rejected=[kept, big]))
+    rows = store.rejected()
+    assert [(r.reason, r.size, r.payload[:3]) for r in rows] == [
+        ("too big", 1_000_000, b"aaa"),
+        ("not JSON", 3, b"\x00\xff{"),
+    ]
+    assert store.rejected(before_id=rows[0].id)[0].reason == "not JSON"
+
+
+def test_an_unwritable_sqlite_path_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
+    if os.geteuid() == 0:
+        target = Path("/proc/birdd-hub/hub.sqlite")  # root writes anywhere but here
+    else:
+        target = locked / "sub" / "hub.sqlite"
+    with pytest.raises(StoreError) as error:
+        open_store(sqlite=target)
+    assert "give a writable --db PATH" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_dsn_with_a_password_or_garbage_is_refused_before_connecting():
+    with pytest.raises(StoreError, match="put no password in the DSN"):
+        open_store(postgres="host=127.0.0.1 dbname=x password=hunter2")
+    with pytest.raises(StoreError, match="not a PostgreSQL DSN"):
+        open_store(postgres="host=127.0.0.1 dbname")
+
+
+@pytest.mark.system
+def test_postgres_down_is_unavailable_and_a_wrong_password_is_an_error(postgres_factory):
+    server = postgres_factory(start=False)
+    with pytest.raises(StoreUnavailable, match=r"PostgreSQL at 127\.0\.0\.1"):
+        open_store(postgres=server.dsn, password=PASSWORD)
+    server.start()
+    with pytest.raises(StoreError, match="password authentication failed") as error:
+        open_store(postgres=server.dsn, password="wrong")
+    assert not isinstance(error.value, StoreUnavailable)
+
+
+@pytest.mark.system
+def test_postgres_restart_makes_the_store_unavailable_until_it_reconnects(postgres):
+    store = open_store(postgres=postgres.dsn, password=PASSWORD)
+    store.write(Batch(detections=[detection(1)]))
+    postgres.restart()
+    with pytest.raises(StoreUnavailable):
+        store.write(Batch(detections=[detection(2)]))
+    store.reconnect()
+    store.write(Batch(detections=[detection(2)]))
+    assert store.count_detections(DetectionQuery()) == 2
+    store.close()
