@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages that tests drive for real (a broker, ffmpeg, PortAudio) are listed here.
 DEBIAN_PACKAGES=(mosquitto openssl pulseaudio pulseaudio-utils libasound2-plugins libportaudio2
   ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  systemd)
+  systemd postgresql)
 missing=()
 for package in ${DEBIAN_PACKAGES[@]+"${DEBIAN_PACKAGES[@]}"}; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
@@ -23,7 +23,7 @@ fi
 # The training extra needs torch: pin the CPU build first (here from the local wheel
 # directory), else resolving the extra pulls torch's multi-GB CUDA build.
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0
-python3 -m pip install -q --disable-pip-version-check -e '.[dev,training]'
+python3 -m pip install -q --disable-pip-version-check -e '.[dev,training,hub]'
 python3 -m birdd.daemon models install birdnet
 # The README's demo recording (opensoundscape's birds_10s.wav, MIT) from its PyPI wheel.
 python3 -m birdd.daemon models install demo
