@@ -16,19 +16,26 @@ from birdd.engines.head import HeadWeights, save_head_weights
 from birdd.engines.models.artifact import write_sidecar
 from birdd.engines.models.labels import Species
 
+TOY_WEIGHTS = np.array([10.0, 0.0])
 
-def write_gate(folder: Path, kind: str = "gate") -> Path:
-    """A gate on 2-d embeddings: bird probability sigmoid(10·e0 − 5), so e0 = 1 is bird
-    (0.99) and e0 = 0 is no bird (0.007)."""
-    weights = HeadWeights(
-        [(np.array([[10.0], [0.0]], np.float32), np.array([-5.0], np.float32))],
+
+def write_gate(folder: Path, kind: str = "gate", weights: np.ndarray = TOY_WEIGHTS) -> Path:
+    """A gate: bird probability sigmoid(e · weights − 5). The default is on 2-d embeddings:
+    sigmoid(10·e0 − 5), so e0 = 1 is bird (0.99) and e0 = 0 is no bird (0.007)."""
+    head_weights = HeadWeights(
+        [(weights.reshape(-1, 1).astype(np.float32), np.array([-5.0], np.float32))],
         np.array([-1]),
         np.zeros(1, np.float32),
     )
-    save_head_weights(folder / "gate.npz", weights)
+    save_head_weights(folder / "gate.npz", head_weights)
     model = folder / "gate.onnx"
     model.write_bytes(b"gate")  # the daemon applies gate.npz; the ONNX file is for others
-    head = {"base_model": "birdnet", "embedding_dim": 2, "weights": "gate.npz", "mode": "replace"}
+    head = {
+        "base_model": "birdnet",
+        "embedding_dim": weights.size,
+        "weights": "gate.npz",
+        "mode": "replace",
+    }
     meta = {"name": "gate", "version": "1", "kind": kind, "format": "onnx", "head": head}
     meta["activation"] = "sigmoid"
     write_sidecar(model, meta, [Species("Aves", "Bird", None, True)])

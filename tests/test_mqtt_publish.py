@@ -9,15 +9,19 @@ import sqlite3
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 from birdd_testing import REPO, THRUSH, recording, run_birdd
 from broker import Mosquitto, Subscriber
+from test_gate import write_gate
 
 from birdd.daemon.mqtt.payload import detection_payload
 
 pytestmark = pytest.mark.system  # a broker, the model, or birdd in a fresh process
 
 SCHEMA = json.loads((REPO / "docs" / "schema" / "detection.v1.json").read_text())
+STATS_SCHEMA = json.loads((REPO / "docs" / "schema" / "stats.v1.json").read_text())
+THRUSH_AT_04 = 18  # BirdNET's detections in the thrush recording per window at 0.4
 CONFIG = """
 station: {id: garden, lat: 42.48, lon: -76.45}
 mqtt:
@@ -93,7 +97,7 @@ def test_the_subscriber_gets_exactly_the_stored_rows_once_each(published):
     messages, _, db, _ = published
     received = on_topic(messages, "birdd/garden/detections")
     backlog, run = stored_rows(db)
-    assert len(run) == 18 and len(backlog) == 16  # per window at 0.4 and at 0.5
+    assert len(run) == THRUSH_AT_04 and len(backlog) == 16  # per window at 0.4 and at 0.5
     by_id = {json.loads(m.payload)["id"]: m for m in received}
     assert len(by_id) == len(received) == len(backlog) + len(run)
     for rows in (backlog, run):  # the earlier run's rows too; each run in order
@@ -123,7 +127,9 @@ def test_stats_at_start_periodically_and_at_the_end(published):
     messages, _, _, _ = published
     reports = [json.loads(m.payload) for m in on_topic(messages, "birdd/garden/stats")]
     assert len(reports) >= 3  # at connect, every second of a 3 s run, at the end
-    assert all(set(report) == STATS_FIELDS for report in reports)
+    assert all(set(report) == STATS_FIELDS for report in reports)  # no gate: no "gate"
+    for report in reports:
+        jsonschema.validate(report, STATS_SCHEMA)
     assert not any(m.retain for m in on_topic(messages, "birdd/garden/stats"))
     last = reports[-1]
     assert last["audio_seconds"] == pytest.approx(30.0, abs=0.1)
@@ -162,6 +168,30 @@ def test_home_assistant_discovery_names_topics_that_are_published(published):
         assert field in state
     assert state["last_species"] and 0.4 <= state["last_confidence"] <= 1
     assert state["detections_today"] >= 0
+
+
+def test_stats_carry_the_gates_counts_with_a_gate(broker, tmp_path):
+    """A gate that calls every BirdNET window no-bird (bird probability 0.007 whatever the
+    1024-d embedding): the stats count every window it judged and every bird score it dropped,
+    which are the detections the same run makes without it."""
+    gate = write_gate(tmp_path, weights=np.zeros(1024))
+    with Subscriber(broker, "birdd/garden/#") as station:
+        result = run_birdd(
+            "--simulate", str(recording(THRUSH)), "--min-conf", "0.4", "--per-window",
+            "--gate", str(gate), "--station", "garden", "--db", str(tmp_path / "db.sqlite"),
+            "--output", "/dev/null", "--mqtt", broker.url, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        station.wait_for(lambda ms: ms[-1].topic == "birdd/garden/status", timeout=10)
+        messages = station.messages
+    reports = [json.loads(m.payload) for m in on_topic(messages, "birdd/garden/stats")]
+    for report in reports:
+        jsonschema.validate(report, STATS_SCHEMA)
+        assert set(report) == STATS_FIELDS | {"gate"}
+    counts = {"windows": 10, "no_bird_windows": 10, "birds_dropped": THRUSH_AT_04}
+    assert reports[-1]["gate"] == counts
+    assert not on_topic(messages, "birdd/garden/detections")
+    assert f"dropped {THRUSH_AT_04} bird score(s)" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from birdd.daemon.pipeline.capture import SourceStage, Stream
@@ -166,8 +166,10 @@ class Pipeline:
         return self.stats
 
     def health(self) -> Dict[str, Any]:
-        """The pipeline's part of the ``…/stats`` message (read from any thread)."""
+        """The pipeline's part of the ``…/stats`` message (read from any thread); ``gate``
+        only with a bird / no-bird gate."""
         first = self.streams[0].level
+        gate = {} if self.stats.gate is None else {"gate": asdict(self.stats.gate)}
         return {
             "audio_seconds": round(self.stats.audio_seconds, 3),
             "realtime_factor": round(self.stats.realtime_factor, 2),
@@ -185,6 +187,7 @@ class Pipeline:
                 "count": len(self.stats.gaps),
                 "seconds": round(sum(gap.seconds for gap in self.stats.gaps), 3),
             },
+            **gate,
         }
 
     @staticmethod
