@@ -328,6 +328,8 @@ def build_parser() -> CommandLine:
         help=f"UTC start of the demo recording, ISO 8601 (default {DEMO_START}: the recording "
         "carries no time of its own)",
     )
+    hub = command("hub", help="the monitoring hub: birdd hub serve (birdd hub --help)")
+    hub.add_argument("hub_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     train = command("train", help="train a model on labelled recordings (birdd train --help)")
     train.add_argument("recipe_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
@@ -363,6 +365,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from birdd.training.cli import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["hub"]:  # the monitoring hub; psycopg and jsonschema are the hub extra
+        from birdd.hub.cli import main as hub_main
+
+        return hub_main(argv[1:])
     args = build_parser().parse_command_line(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter() if os.environ.get("JOURNAL_STREAM") else PLAIN)
