@@ -132,12 +132,18 @@ def wait_for_port(port: int, alive: Callable[[], bool], timeout_s: float) -> boo
 class Mosquitto:
     """One mosquitto process on 127.0.0.1:``port``; ``restart()`` keeps the port and config.
 
-    Persistence is off, so a restart loses sessions, queued and retained messages, as a
-    broker replaced after an outage would.
+    Persistence is off by default, so a restart loses sessions, queued and retained messages,
+    as a broker replaced after an outage would; ``persistent=True`` keeps them in the work
+    folder across a ``stop()`` / ``start()`` (saved at shutdown and every second), as a
+    production broker for a hub is set up.
     """
 
     def __init__(
-        self, workdir: Path, mode: str = "plain", require_certificate: bool = False
+        self,
+        workdir: Path,
+        mode: str = "plain",
+        require_certificate: bool = False,
+        persistent: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: one of {MODES}")
@@ -145,6 +151,7 @@ class Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.mode = mode
         self.require_certificate = require_certificate
+        self.persistent = persistent
         self.port = free_port()
         self.user: Optional[str] = None
         self.password: Optional[str] = None
@@ -163,7 +170,12 @@ class Mosquitto:
         return self._process is not None and self._process.poll() is None
 
     def _write_config(self) -> Path:
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr"]
+        lines = [f"listener {self.port} 127.0.0.1", "log_dest stderr"]
+        if self.persistent:
+            lines += ["persistence true", f"persistence_location {self.workdir}/"]
+            lines += ["autosave_interval 1", "max_queued_messages 100000"]
+        else:
+            lines.append("persistence false")
         lines += [f"log_type {kind}" for kind in LOG_TYPES]
         if os.geteuid() == 0:  # else mosquitto becomes user 'mosquitto', who can't read our files
             lines.append("user root")

@@ -85,12 +85,19 @@ def demo_recording() -> Path:
 
 @pytest.fixture
 def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """``broker_factory(mode="plain"|"password"|"tls", require_certificate=False, start=True)``
-    makes a broker in its own folder; every one made is stopped when the test ends."""
+    """``broker_factory(mode="plain"|"password"|"tls", require_certificate=False, start=True,
+    persistent=False)`` makes a broker in its own folder; every one made is stopped when the
+    test ends."""
     made: List[Mosquitto] = []
 
-    def make(mode: str = "plain", require_certificate: bool = False, start: bool = True):
-        broker = Mosquitto(tmp_path / f"broker-{len(made)}", mode, require_certificate)
+    def make(
+        mode: str = "plain",
+        require_certificate: bool = False,
+        start: bool = True,
+        persistent: bool = False,
+    ):
+        folder = tmp_path / f"broker-{len(made)}"
+        broker = Mosquitto(folder, mode, require_certificate, persistent)
         made.append(broker)
         return broker.start() if start else broker
 

@@ -1,0 +1,182 @@
+"""The hub's configuration: ``hub/hub.yaml`` is the documented reference (the station's
+``config.yaml`` style); ``birdd hub serve`` flags override it.
+
+Passwords never live in the YAML: the broker's comes from ``mqtt.password_env`` (default
+``BIRDD_MQTT_PASSWORD``) or ``mqtt.password_file``; PostgreSQL's from ``store.password_env``
+(default ``BIRDD_POSTGRES_PASSWORD``) or ``store.password_file`` (a systemd credential:
+``$CREDENTIALS_DIRECTORY/postgres-password``), or libpq's own ``PGPASSWORD`` / ``~/.pgpass``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from typing_extensions import Literal
+
+from birdd.daemon.mqtt.config import DEFAULT_PASSWORD_ENV, MqttConfig, TLSConfig
+from birdd.engines.models.modeldir import data_dir
+
+DEFAULT_HUB_CONFIG = Path("/etc/birdd/hub.yaml")
+POSTGRES_PASSWORD_ENV = "BIRDD_POSTGRES_PASSWORD"
+POSTGRES_CREDENTIAL = "postgres-password"
+DEFAULT_LISTEN = "127.0.0.1:8640"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HubMqttConfig(Strict):
+    host: str = Field("localhost", description="Broker host name or address.")
+    port: Optional[int] = Field(
+        None, ge=1, le=65535, description="Broker port; unset: 1883, or 8883 with TLS."
+    )
+    protocol: Literal["3.1.1", "5"] = Field(
+        "5",
+        description="MQTT protocol: 5 (session expiry below) or 3.1.1 (clean session off; the "
+        "broker's persistent_client_expiration applies).",
+    )
+    client_id: str = Field(
+        "birdd-hub",
+        min_length=1,
+        max_length=128,
+        description="Fixed client id: the broker keeps this session (subscriptions and the "
+        "messages queued for it) while the hub is away. Two hubs need two ids.",
+    )
+    topic_prefixes: List[str] = Field(
+        default_factory=lambda: ["birdd"],
+        min_length=1,
+        description="Subscribe to <prefix>/+/detections, …/status and …/stats for each.",
+    )
+    session_expiry_s: int = Field(
+        7 * 86400,
+        ge=60,
+        le=0xFFFFFFFE,
+        description="MQTT 5: how long the broker keeps the session while the hub is away.",
+    )
+    receive_maximum: int = Field(
+        1000,
+        ge=1,
+        le=65535,
+        description="MQTT 5: messages the broker may send before the hub acknowledges; a "
+        "message is acknowledged once its row is committed, so this bounds a batch.",
+    )
+    username: Optional[str] = Field(None, description="User name for the broker.")
+    password_env: str = Field(
+        DEFAULT_PASSWORD_ENV, description="Environment variable holding the password."
+    )
+    password_file: Optional[Path] = Field(None, description="File holding the password.")
+    tls: Optional[TLSConfig] = Field(None, description="TLS settings; mqtts:// turns it on.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval.")
+    reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay.")
+
+    @field_validator("topic_prefixes")
+    @classmethod
+    def _prefixes(cls, values: List[str]) -> List[str]:
+        for value in values:
+            if not value.strip("/") or any(c in value for c in "#+"):
+                raise ValueError("topic prefixes such as 'birdd': no '#', '+' or empty levels")
+        return [value.strip("/") for value in values]
+
+    def connection(self) -> MqttConfig:
+        """The station's MQTT settings type for what they share (credentials, TLS), so both
+        sides read passwords and certificates the same way."""
+        keys = ("host", "port", "protocol", "username", "password_env", "password_file", "tls")
+        return MqttConfig(enabled=True, **{key: getattr(self, key) for key in keys})
+
+
+class StoreConfig(Strict):
+    sqlite: Path = Field(
+        default_factory=lambda: data_dir() / "hub.sqlite",
+        description="The embedded database, used when no PostgreSQL DSN is set.",
+    )
+    postgres: Optional[str] = Field(
+        None,
+        description="PostgreSQL DSN without a password: 'host=db dbname=birdd user=hub' or "
+        "postgresql://hub@db:5432/birdd.",
+    )
+    password_env: str = Field(
+        POSTGRES_PASSWORD_ENV, description="Environment variable holding PostgreSQL's password."
+    )
+    password_file: Optional[Path] = Field(
+        None,
+        description="File holding PostgreSQL's password; unset: "
+        "$CREDENTIALS_DIRECTORY/postgres-password when it exists.",
+    )
+
+    @field_validator("sqlite")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def password(self) -> Optional[str]:
+        """From the environment, else the credential file; None: libpq's own (PGPASSWORD)."""
+        from_env = os.environ.get(self.password_env)
+        if from_env:
+            return from_env
+        path = self.password_file
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if path is None and credentials and (Path(credentials) / POSTGRES_CREDENTIAL).is_file():
+            path = Path(credentials) / POSTGRES_CREDENTIAL
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(
+                f"store.password_file {path}: cannot read it ({exc.strerror})"
+            ) from None
+
+
+class IngestConfig(Strict):
+    batch_max: int = Field(500, ge=1, le=100_000, description="Messages per transaction, at most.")
+    batch_wait_s: float = Field(
+        0.05,
+        ge=0,
+        le=10,
+        description="How long the first message of a batch waits for more before the commit.",
+    )
+
+
+class WebConfig(Strict):
+    listen: str = Field(
+        DEFAULT_LISTEN,
+        description="HOST:PORT of the dashboard and the HTTP API; localhost unless told.",
+    )
+
+
+class HubConfig(Strict):
+    mqtt: HubMqttConfig = Field(default_factory=HubMqttConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+
+
+def load_hub_config(path: Optional[Path], overrides: Dict[str, Any]) -> HubConfig:
+    """``path`` (None: defaults) with the dotted-key ``overrides``; ValueError in one line."""
+    data: Dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read the hub config ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the hub config is a mapping (mqtt:, store:, …)")
+        data = loaded or {}
+    for key, value in overrides.items():
+        section, name = key.split(".", 1)
+        data.setdefault(section, {})[name] = value
+    try:
+        return HubConfig(**data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        source = path or "the command line"
+        raise ValueError(f"{source}: {where}: {error['msg']}") from None
