@@ -123,6 +123,11 @@ def _student_flags(parser: argparse.ArgumentParser, distill: bool) -> None:
     )  # fmt: skip
     parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning after pruning")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
+    parser.add_argument(
+        "--tflite", choices=["auto", "yes", "no"], default="auto",
+        help="student_tflite.tflite and its int8 twin: auto where the TensorFlow conversion "
+        "environment exists (a warning otherwise), yes (creates it, ~1.6 GB), no",
+    )  # fmt: skip
     _loop_flags(parser, epochs=20, batch_size=32, lr=3e-3, patience=6, name="birdd_student")
 
 

@@ -1,5 +1,5 @@
-"""A trained student → ``student.tflite`` (FP32) and ``student_int8.tflite``, each with its
-sidecar, built by ``tflite_build.py`` in the TensorFlow conversion virtualenv.
+"""A trained student → ``student_tflite.tflite`` (FP32) and ``student_tflite_int8.tflite``,
+each with its sidecar, built by ``tflite_build.py`` in the TensorFlow conversion virtualenv.
 
 The torch side writes the layers (a small JSON) and their arrays (an .npz, batch norm folded
 into each convolution) to a temporary folder; the script rebuilds the network from TF ops and
@@ -9,12 +9,13 @@ converts it with ``tf.lite.TFLiteConverter``. Nothing of TensorFlow is imported 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +30,12 @@ from birdd.training.models.student import Student
 from birdd.training.verify import Parity, open_engine
 
 SCRIPT = Path(__file__).with_name("tflite_build.py")
-FP32_FILE, INT8_FILE = "student.tflite", "student_int8.tflite"
+# Not student.tflite: a sidecar is <stem>.json, and student.onnx owns student.json.
+FP32_FILE, INT8_FILE = "student_tflite.tflite", "student_tflite_int8.tflite"
+BUILT = {"student.tflite": FP32_FILE, "student_int8.tflite": INT8_FILE}
+TFLITE_MODES = ("auto", "yes", "no")
+
+log = logging.getLogger("birdd.training")
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
@@ -83,7 +89,7 @@ def fold_norm(norm: nn.BatchNorm2d) -> Tuple[np.ndarray, np.ndarray]:
     return scale, _array(norm.bias) - _array(norm.running_mean) * scale
 
 
-def converter_python(create: bool, log=print) -> Optional[Path]:
+def converter_python(create: bool, log: Callable[[str], None] = print) -> Optional[Path]:
     """The conversion virtualenv's Python; None when it is absent and ``create`` is False."""
     python = converter_venv() / "bin" / "python"
     if not create and not python.is_file():
@@ -108,7 +114,7 @@ def export_tflite(
     model: Student, out: Path, species: List[Species], name: str, samples: int, extra: Dict,
     python: Path, calibration: Optional[np.ndarray] = None,
 ) -> List[Path]:  # fmt: skip
-    """``student.tflite`` (and ``student_int8.tflite`` given calibration windows) in ``out``."""
+    """``FP32_FILE`` (and ``INT8_FILE`` given calibration windows) in ``out``."""
     model.eval()
     spec, arrays = student_arrays(model, samples)
     written = []
@@ -119,9 +125,9 @@ def export_tflite(
         if calibration is not None:
             np.save(work / "calibration.npy", calibration.astype(np.float32))
         for file, info in build(python, work).items():
-            target = out / file
+            target = out / BUILT[file]
             shutil.move(str(work / file), target)
-            suffix = "_int8" if file == INT8_FILE else ""
+            suffix = "_int8" if target.name == INT8_FILE else ""
             meta = sidecar_meta(model, f"{name}{suffix}", samples, extra)
             meta.update(format="tflite", outputs={"scores": info["output"]})
             write_sidecar(target, meta, species)
@@ -144,3 +150,28 @@ def engine_scores(path: Path, windows: np.ndarray) -> np.ndarray:
 def parity(path: Path, windows: np.ndarray, expected: np.ndarray) -> Parity:
     scores = engine_scores(path, windows)
     return Parity(path.name, "tflite", len(windows), float(np.abs(scores - expected).max()))
+
+
+def try_export_tflite(
+    model: Student, out: Path, species: List[Species], name: str, samples: int, extra: Dict,
+    calibration: np.ndarray, mode: str,
+) -> List[Path]:  # fmt: skip
+    """The TFLite files as ``--tflite`` asks: ``no`` none; ``auto`` where the conversion
+    virtualenv exists, a one-line warning where it does not or the build fails; ``yes``
+    creates the virtualenv if needed and lets a failure end the run."""
+    if mode == "no":
+        return []
+    try:
+        python = converter_python(create=mode == "yes", log=log.info)
+        if python is None:
+            log.warning(
+                "TFLite export skipped: no TensorFlow conversion environment at %s "
+                "(--tflite yes creates it, ~1.6 GB, once)", converter_venv(),
+            )  # fmt: skip
+            return []
+        return export_tflite(model, out, species, name, samples, extra, python, calibration)
+    except EngineError as exc:
+        if mode == "yes":
+            raise
+        log.warning("TFLite export skipped: %s", exc)
+        return []

@@ -14,6 +14,7 @@ import numpy as np
 
 from birdd.engines.base import Engine
 from birdd.training.datasets.records import Recording, audio_files
+from birdd.training.export import tflite_student
 from birdd.training.export.student import engine_scores, export_student, parity, quantise_int8
 from birdd.training.features.embeddings import FeatureCache
 from birdd.training.models.flops import onnx_macs
@@ -93,7 +94,7 @@ def _birdnet_logits(windows: WindowSet) -> np.ndarray:
 
 def train_export(
     recipe: str, data: DataOptions, options: StudentOptions, out: Path, engine: Engine,
-    unlabelled_dirs: Sequence[Path], name: str, verify_windows: int,
+    unlabelled_dirs: Sequence[Path], name: str, verify_windows: int, tflite: str = "auto",
 ) -> StudentRun:  # fmt: skip
     began = time.monotonic()
     run = StudentRun(recipe)
@@ -138,13 +139,26 @@ def train_export(
     fp32 = export_student(model, out / "student.onnx", species, name, samples, extra)
     check = test_windows[:verify_windows] if verify_windows else test_windows
     run.parity.append(parity(fp32, check, logits[: len(check)]))
+    calibration = calibration_windows(dataset, CALIBRATION_WINDOWS, options.loop.seed)
     int8 = quantise_int8(
-        fp32, out / "student_int8.onnx", model, species, f"{name}_int8",
-        calibration_windows(dataset, CALIBRATION_WINDOWS, options.loop.seed), extra,
-    )  # fmt: skip
-    run.evaluations.append(
-        evaluate(f"{recipe} int8 (ONNX Runtime)", test, engine_scores(int8, test_windows), truth)
+        fp32, out / "student_int8.onnx", model, species, f"{name}_int8", calibration, extra
     )
+    exported = run.evaluations[-1 if options.prune_keep < 1 else 0]
+    int8_runs = [("ONNX Runtime", int8, engine_scores)]
+    tflite_files = tflite_student.try_export_tflite(
+        model, out, species, name, samples, extra, calibration, tflite
+    )
+    if tflite_files:
+        run.parity.append(tflite_student.parity(tflite_files[0], check, logits[: len(check)]))
+        run.facts["tflite_fp32_bytes"] = tflite_files[0].stat().st_size
+        run.facts["tflite_int8_bytes"] = tflite_files[1].stat().st_size
+        int8_runs.append(("TFLite", tflite_files[1], tflite_student.engine_scores))
+    drops = {}
+    for runtime, path, scores in int8_runs:
+        quantised = evaluate(f"{recipe} int8 ({runtime})", test, scores(path, test_windows), truth)
+        run.evaluations.append(quantised)
+        drops[runtime] = exported.macro["ap"] - quantised.macro["ap"]
+    run.facts["int8_ap_drop"] = drops
     run.facts.update({
         "size": options.size, "widths": list(block_widths(model)),
         "parameters": parameter_count(model),

@@ -44,16 +44,19 @@ def run_student(args: argparse.Namespace) -> int:
     try:
         run = train_export(
             args.recipe, data, options, args.out, engine, getattr(args, "unlabelled", []),
-            args.name, args.verify_windows,
+            args.name, args.verify_windows, args.tflite,
         )  # fmt: skip
     finally:
         engine.close()
     student, birdnet = run.evaluations[0], run.evaluations[1]
+    int8 = {e.name: e.macro["ap"] for e in run.evaluations if " int8 (" in e.name}
     log.info(
-        "test macro AP %.3f (BirdNET %.3f, int8 %.3f); %d multiply-adds per window; "
-        "int8 %d bytes; parity max Δ %.1e; report %s",
-        student.macro["ap"], birdnet.macro["ap"], run.evaluations[-1].macro["ap"],
-        run.facts["macs_per_window"], run.facts["int8_bytes"], run.parity[0].max_abs_diff,
+        "test macro AP %.3f (BirdNET %.3f; %s); %d multiply-adds per window; "
+        "int8 %d bytes; parity max Δ %s; report %s",
+        student.macro["ap"], birdnet.macro["ap"],
+        ", ".join(f"{name} {ap:.3f}" for name, ap in int8.items()),
+        run.facts["macs_per_window"], run.facts["int8_bytes"],
+        ", ".join(f"{p.export} {p.max_abs_diff:.1e}" for p in run.parity),
         args.out / "report.md",
     )  # fmt: skip
     return 0 if all(p.ok for p in run.parity) else 1
