@@ -72,7 +72,7 @@ def serve(config: HubConfig, stop: threading.Event, web: bool = True) -> int:
         server.stop()
     store.close()
     log.info(
-        "hub: stored %d detection(s), kept %d rejected message(s) in %.0f s",
+        "hub: wrote %d detection message(s) (re-sends included), kept %d rejected in %.0f s",
         writer.stored,
         writer.rejected,
         time.monotonic() - began,
