@@ -37,6 +37,7 @@ SYSTEM_FIXTURES = {
     "rtsp_factory",
     "postgres",
     "postgres_factory",
+    "postgres_template",
 }
 
 

@@ -4,6 +4,7 @@ queries, and one-line errors for a bad path or DSN."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -11,12 +12,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from postgres import PASSWORD
+from broker import free_port
+from postgres import PASSWORD, Postgres
 
 from birdd.hub.store import Batch, DetectionQuery, StoreError, StoreUnavailable, open_store
 from birdd.hub.store.base import NewDetection, NewRejected, NewStats, NewStatus, Store
 from birdd.hub.store.schema import LATEST
 
+DATABASES = itertools.count()
 HOUR = 3_600_000
 T0 = 1_715_752_800_000  # 2024-05-15T06:00:00Z
 
@@ -46,13 +49,23 @@ def detection(
     return NewDetection(**fields)
 
 
+@pytest.fixture(scope="module")
+def pg_server(postgres_template: Path) -> Iterator[Postgres]:
+    """One server for this module's tests; each test gets a database of its own."""
+    server = Postgres(postgres_template).start()
+    yield server
+    server.remove()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.system)])
 def store(request, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         opened = open_store(sqlite=tmp_path / "hub.sqlite")
     else:
-        server = request.getfixturevalue("postgres")
-        opened = open_store(postgres=server.dsn, password=PASSWORD)
+        server = request.getfixturevalue("pg_server")
+        database = f"t{next(DATABASES)}"
+        server.psql(f"CREATE DATABASE {database}")
+        opened = open_store(postgres=f"{server.dsn} dbname={database}", password=PASSWORD)
     yield opened
     opened.close()
 
@@ -176,21 +189,21 @@ def test_a_dsn_with_a_password_or_garbage_is_refused_before_connecting():
 
 
 @pytest.mark.system
-def test_postgres_down_is_unavailable_and_a_wrong_password_is_an_error(postgres_factory):
-    server = postgres_factory(start=False)
+def test_postgres_down_is_unavailable_and_a_wrong_password_is_an_error(pg_server):
+    nobody = f"host=127.0.0.1 port={free_port()} dbname=birdd user=birdd"
     with pytest.raises(StoreUnavailable, match=r"PostgreSQL at 127\.0\.0\.1"):
-        open_store(postgres=server.dsn, password=PASSWORD)
-    server.start()
+        open_store(postgres=nobody, password=PASSWORD)
     with pytest.raises(StoreError, match="password authentication failed") as error:
-        open_store(postgres=server.dsn, password="wrong")
+        open_store(postgres=pg_server.dsn, password="wrong")
     assert not isinstance(error.value, StoreUnavailable)
 
 
 @pytest.mark.system
-def test_postgres_restart_makes_the_store_unavailable_until_it_reconnects(postgres):
-    store = open_store(postgres=postgres.dsn, password=PASSWORD)
+def test_postgres_restart_makes_the_store_unavailable_until_it_reconnects(pg_server):
+    pg_server.psql("CREATE DATABASE restarted")
+    store = open_store(postgres=f"{pg_server.dsn} dbname=restarted", password=PASSWORD)
     store.write(Batch(detections=[detection(1)]))
-    postgres.restart()
+    pg_server.restart()
     with pytest.raises(StoreUnavailable):
         store.write(Batch(detections=[detection(2)]))
     store.reconnect()
