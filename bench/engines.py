@@ -14,9 +14,13 @@ and the parent takes the median repeat and the process's peak RSS (``wait4``). P
 markdown table and rewrites the engines section of docs/benchmarks.md.
 
     python bench/engines.py [--windows 128] [--repeats 3] [--no-docs] [--model FILE…]
+                            [--models-only]
 
-``--model`` adds rows for other model files (a student from ``birdd train distill``) on ONNX
-Runtime at 1 and 2 threads, batch 1 and 8; BirdNET's best-engine summary leaves them out.
+``--model`` adds rows for other model files (a student from ``birdd train distill``, .onnx on
+ONNX Runtime, .tflite on TFLite) at 1 and 2 threads, batch 1 and 8; BirdNET's best-engine
+summary leaves them out. ``--models-only`` times just those files and BirdNET V2.4 at the same
+engines, threads and batches (no sweep, worker or reference rows; docs left alone): the
+quick side-by-side for a student.
 
 Recordings come from $BIRDD_TEST_AUDIO (default ../shared/audio relative to the repository).
 """
@@ -283,11 +287,27 @@ def worker_plans(engines: Engines, windows: int, repeats: int) -> List[Plan]:
 STUDENT_BATCHES = (1, 8)
 
 
+def model_engine(model: Path) -> str:
+    """The engine a model file's suffix names (as ``birdd --model FILE`` chooses it)."""
+    return "tflite" if model.suffix == ".tflite" else "onnx"
+
+
 def model_plans(models: Sequence[Path], windows: int, repeats: int) -> List[Plan]:
-    """Rows for other model files (``--model``) on ONNX Runtime."""
+    """Rows for other model files (``--model``) on the engine each one's suffix names."""
     return [
-        Plan("onnx", str(model), threads, batch, windows_for(batch, windows), repeats)
+        Plan(model_engine(model), str(model), threads, batch, windows_for(batch, windows), repeats)
         for model in models
+        for threads in THREADS
+        for batch in STUDENT_BATCHES
+    ]
+
+
+def birdnet_beside(models: Sequence[Path], windows: int, repeats: int) -> List[Plan]:
+    """BirdNET V2.4 at the engines, threads and batches of the ``--model`` rows."""
+    engines = sorted({model_engine(model) for model in models})
+    return [
+        Plan(engine, MODEL, threads, batch, windows_for(batch, windows), repeats)
+        for engine in engines
         for threads in THREADS
         for batch in STUDENT_BATCHES
     ]
@@ -568,12 +588,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument(
         "--model", nargs="+", type=Path, default=[], metavar="FILE",
-        help="also time these model files (with sidecars) on ONNX Runtime",
+        help="also time these model files: .onnx on ONNX Runtime, .tflite on TFLite",
+    )  # fmt: skip
+    parser.add_argument(
+        "--models-only", action="store_true",
+        help="only the --model files and BirdNET V2.4 at their engines, threads and batches",
     )  # fmt: skip
     parser.add_argument("--child", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.windows < 1 or args.repeats < 1:
         parser.error("--windows and --repeats must be at least 1")
+    if args.models_only and not args.model:
+        parser.error("--models-only times the --model files: name at least one")
     return args
 
 
@@ -586,9 +612,12 @@ def measure(args: argparse.Namespace) -> Results:
     engines = probe_engines()
     for name, why in engines.skipped.items():
         step(f"skipping {name}: {why}")
-    references, reference_note = reference_plans(engines, args.windows, args.repeats)
-    plans = sweep(engines, args.windows, args.repeats) + references
-    plans += worker_plans(engines, args.windows, args.repeats)
+    if args.models_only:
+        plans, reference_note = birdnet_beside(args.model, args.windows, args.repeats), ""
+    else:
+        references, reference_note = reference_plans(engines, args.windows, args.repeats)
+        plans = sweep(engines, args.windows, args.repeats) + references
+        plans += worker_plans(engines, args.windows, args.repeats)
     plans += model_plans(args.model, args.windows, args.repeats)
     rows = run_all(plans, windows)
     return Results(
@@ -612,7 +641,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("\n".join(table(results)))
     print()
     print(reading(results))
-    if not args.no_docs:
+    if not args.no_docs and not args.models_only:
         replace_section(ENGINES_START, ENGINES_END, engines_section(results), ENGINES_HEAD)
     return 0
 
