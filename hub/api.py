@@ -1,36 +1,34 @@
-"""The hub's HTTP API (JSON): ``GET /api/stations`` and ``GET /api/detections``.
+"""The hub's HTTP API as plain functions of the store and the query: what each ``/api/…`` path
+answers (JSON-ready dicts), kept apart from the web server (``hub.web``) so they are tested and
+reused without one.
 
-The answers are plain functions of the store and the query string (``stations_json``,
-``detections_json``), so a richer web server (the dashboard) can serve the same JSON; the
-server here is the standard library's, bound to localhost unless told otherwise.
-
-``GET /api/detections?station=&species=&since=&until=&limit=&before=``: ``since`` / ``until``
-are ISO 8601 times (``2024-05-15T06:00:00Z``) or epoch milliseconds; the answer carries each
-detection's ``id`` and a ``next`` cursor for the following page (pass it as ``before``).
+Times in the answers are ISO 8601 UTC (``2024-05-15T06:00:00.000Z``); ``since`` / ``until`` take
+ISO 8601 or epoch milliseconds. A *day* (``2024-05-15``) is a calendar day in the hub's local
+time zone; its answers carry ``utc_offset_s`` so a page shows hours as the hub counts them.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import threading
-from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Dict, Optional, Tuple
-from urllib.parse import parse_qs, urlsplit
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from birdd.hub.config import HubConfig
-from birdd.hub.store import DetectionQuery, DetectionRow, StationRow, Store, StoreError
-
-log = logging.getLogger("birdd")
+from birdd.hub.store import DetectionQuery, DetectionRow, SpeciesCount, StationRow, Store
+from birdd.hub.store.base import ActivityBucket, StationCount
 
 MAX_LIMIT = 1000
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_DAYS = 366
+CSV_MAX_ROWS = 1_000_000
 QUERY_KEYS = {"station", "species", "since", "until", "limit", "before", "min_confidence"}
+HOUR_MS, DAY_MS = 3_600_000, 86_400_000
 
 
 class BadRequest(ValueError):
     """A query parameter that does not parse; the text says which and how."""
+
+
+class NotFound(LookupError):
+    """A station or species the store has never heard of."""
 
 
 def iso(ms: Optional[int]) -> Optional[str]:
@@ -51,6 +49,48 @@ def parse_time(name: str, text: str) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return int(when.timestamp() * 1000)
+
+
+# -- days in the hub's time zone ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Day:
+    """One local calendar day: ``[since_ms, until_ms)`` and its UTC offset at midnight."""
+
+    day: date
+    since_ms: int
+    until_ms: int
+    offset_s: int
+
+
+def local_midnight(day: date) -> datetime:
+    return datetime.combine(day, time()).astimezone()
+
+
+def today() -> date:
+    return datetime.now().astimezone().date()
+
+
+def parse_day(text: Optional[str]) -> Day:
+    """``YYYY-MM-DD`` (None or empty: today) as a ``Day`` in the hub's time zone."""
+    if text:
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            raise BadRequest(f"day={text!r}: a date such as 2024-05-15") from None
+    else:
+        day = today()
+    start, end = local_midnight(day), local_midnight(day + timedelta(days=1))
+    offset = start.utcoffset() or timedelta(0)
+    return Day(day, _ms(start), _ms(end), int(offset.total_seconds()))
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+# -- rows as JSON ---------------------------------------------------------------------------
 
 
 def station_json(row: StationRow) -> Dict[str, Any]:
@@ -83,18 +123,52 @@ def detection_json(row: DetectionRow) -> Dict[str, Any]:
         "lon": row.lon,
         "received": iso(row.received_ms),
         "resends": row.resends,
+        "clip": row.message().get("clip"),
     }
+
+
+def species_count_json(row: SpeciesCount) -> Dict[str, Any]:
+    return {
+        "scientific": row.scientific,
+        "common": row.common,
+        "code": row.code,
+        "detections": row.detections,
+        "first": iso(row.first_ms),
+        "last": iso(row.last_ms),
+        "stations": row.stations,
+        "max_confidence": row.max_confidence,
+    }
+
+
+def station_count_json(row: StationCount) -> Dict[str, Any]:
+    return {
+        "station": row.station,
+        "detections": row.detections,
+        "first": iso(row.first_ms),
+        "last": iso(row.last_ms),
+        "max_confidence": row.max_confidence,
+    }
+
+
+# -- the answers ----------------------------------------------------------------------------
 
 
 def stations_json(store: Store) -> Dict[str, Any]:
     return {"stations": [station_json(row) for row in store.stations()]}
 
 
+def one_station_json(store: Store, station: str) -> Dict[str, Any]:
+    row = store.station(station)
+    if row is None:
+        raise NotFound(f"no station {station!r} has reported to this hub")
+    return station_json(row)
+
+
 def detection_query(params: Dict[str, str]) -> DetectionQuery:
     unknown = set(params) - QUERY_KEYS
     if unknown:
         raise BadRequest(f"unknown parameter {sorted(unknown)[0]!r}; known: {sorted(QUERY_KEYS)}")
-    limit = _int("limit", params.get("limit", "100"))
+    limit = _int("limit", params.get("limit") or "100")
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit={limit}: from 1 to {MAX_LIMIT}")
     before: Optional[Tuple[int, str]] = None
@@ -124,6 +198,127 @@ def detections_json(store: Store, params: Dict[str, str]) -> Dict[str, Any]:
     }
 
 
+CSV_COLUMNS = ("id", "station", "start", "end", "scientific", "common", "confidence", "source")
+CSV_COLUMNS += ("channel", "lat", "lon", "received", "resends")
+
+
+def detections_csv(store: Store, params: Dict[str, str]) -> Iterator[List[Any]]:
+    """The header, then every matching row (newest first), read page by page on the keyset
+    so memory stays flat; ``limit`` here is the page size, not a cap."""
+    params = {**params, "limit": str(MAX_LIMIT)}
+    query = detection_query(params)
+    yield list(CSV_COLUMNS)
+    sent = 0
+    while sent < CSV_MAX_ROWS:
+        rows = store.detections(query)
+        yield from (_csv_row(r) for r in rows)
+        if len(rows) < query.limit:
+            return
+        sent += len(rows)
+        query = DetectionQuery(**{**query.__dict__, "before": rows[-1].cursor})
+
+
+def _csv_row(r: DetectionRow) -> List[Any]:
+    start, end, received = iso(r.start_ms), iso(r.end_ms), iso(r.received_ms)
+    species = [r.scientific, r.common, r.confidence]
+    return [
+        r.id,
+        r.station,
+        start,
+        end,
+        *species,
+        r.source,
+        r.channel,
+        r.lat,
+        r.lon,
+        received,
+        r.resends,
+    ]
+
+
+def species_json(store: Store, station: Optional[str], since: str, until: str) -> Dict[str, Any]:
+    rows = store.species(
+        station=station or None,
+        since_ms=parse_time("since", since) if since else None,
+        until_ms=parse_time("until", until) if until else None,
+    )
+    return {"species": [species_count_json(row) for row in rows]}
+
+
+def station_day_json(store: Store, station: str, day_text: Optional[str]) -> Dict[str, Any]:
+    """A station's day: each species with its count and first / last heard, and the hourly
+    activity per species (the station page)."""
+    one_station_json(store, station)
+    day = parse_day(day_text)
+    rows = store.species(station=station, since_ms=day.since_ms, until_ms=day.until_ms)
+    buckets = store.activity(
+        3600, station=station, since_ms=day.since_ms, until_ms=day.until_ms, offset_s=day.offset_s
+    )
+    return {
+        "station": station,
+        "day": day.day.isoformat(),
+        "utc_offset_s": day.offset_s,
+        "species": [species_count_json(row) for row in rows],
+        "hourly": series_json(buckets, rows, day.since_ms, day.until_ms, HOUR_MS),
+    }
+
+
+def species_page_json(store: Store, scientific: str, days_text: str) -> Dict[str, Any]:
+    """Where and when one species was heard: per station over the last ``days`` local days,
+    and its daily counts across all stations."""
+    days = _int("days", days_text or "30")
+    if not 1 <= days <= MAX_DAYS:
+        raise BadRequest(f"days={days}: from 1 to {MAX_DAYS}")
+    last = parse_day(None)
+    first = parse_day((last.day - timedelta(days=days - 1)).isoformat())
+    since, until = first.since_ms, last.until_ms
+    summary = store.species(since_ms=since, until_ms=until)
+    found = [row for row in summary if row.scientific == scientific]
+    if not found and not store.species_stations(scientific):
+        raise NotFound(f"no detection of {scientific!r} (give the scientific name)")
+    buckets = store.activity(
+        86400, species=scientific, since_ms=since, until_ms=until, offset_s=first.offset_s
+    )
+    return {
+        "scientific": scientific,
+        "common": found[0].common if found else None,
+        "since": iso(since),
+        "until": iso(until),
+        "utc_offset_s": first.offset_s,
+        "stations": [
+            station_count_json(row) for row in store.species_stations(scientific, since, until)
+        ],
+        "daily": series_json(buckets, found, since, until, DAY_MS),
+    }
+
+
+def series_json(
+    buckets: List[ActivityBucket],
+    species: List[SpeciesCount],
+    since_ms: int,
+    until_ms: int,
+    width_ms: int,
+) -> Dict[str, Any]:
+    """Buckets as a chart wants them: the bucket starts, and one count per bucket for each
+    species (in the order of ``species``, most detected first)."""
+    starts = list(range(since_ms, until_ms, width_ms))
+    index = {start: i for i, start in enumerate(starts)}
+    counts: Dict[str, List[int]] = {row.scientific: [0] * len(starts) for row in species}
+    for bucket in buckets:
+        slot = index.get(bucket.start_ms)
+        if slot is None:  # a bucket edge moved by a daylight-saving change that day
+            slot = min(len(starts) - 1, max(0, (bucket.start_ms - since_ms) // width_ms))
+        counts.setdefault(bucket.scientific, [0] * len(starts))[slot] += bucket.detections
+    names = {row.scientific: row.common for row in species}
+    return {
+        "starts": [iso(start) for start in starts],
+        "series": [
+            {"scientific": name, "common": names.get(name, name), "counts": values}
+            for name, values in counts.items()
+        ],
+    }
+
+
 def _int(name: str, text: str) -> int:
     try:
         return int(text)
@@ -136,77 +331,3 @@ def _float(name: str, text: str) -> float:
         return float(text)
     except ValueError:
         raise BadRequest(f"{name}={text!r}: a number") from None
-
-
-ROUTES: Dict[str, Callable[[Store, Dict[str, str]], Dict[str, Any]]] = {
-    "/api/stations": lambda store, params: stations_json(store),
-    "/api/detections": detections_json,
-}
-
-
-def _handler(store: Store) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            route = ROUTES.get(parts.path.rstrip("/"))
-            if route is None:
-                self._send(404, {"error": f"no such path; try one of {sorted(ROUTES)}"})
-                return
-            params = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-            try:
-                self._send(200, route(store, params))
-            except BadRequest as exc:
-                self._send(400, {"error": str(exc)})
-            except StoreError as exc:
-                self._send(503, {"error": str(exc)})
-
-        def _send(self, code: int, body: Dict[str, Any]) -> None:
-            data = json.dumps(body).encode("utf-8")
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: one line per request would drown the ingest's messages."""
-
-    return Handler
-
-
-class WebServer:
-    def __init__(self, config: HubConfig, store: Store) -> None:
-        host, _, port = config.web.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(
-                f"--listen {config.web.listen!r}: give HOST:PORT, e.g. {host or '127.0.0.1'}:8640"
-            )
-        if host.strip("[]") not in LOOPBACK:
-            raise ValueError(
-                f"--listen {config.web.listen}: the API has no authentication yet, so it binds "
-                "to localhost only (127.0.0.1:PORT); publish it through a proxy with auth"
-            )
-        self.store = store
-        try:
-            self.server = ThreadingHTTPServer((host.strip("[]"), int(port)), _handler(store))
-        except OSError as exc:
-            raise ValueError(f"--listen {config.web.listen}: {exc.strerror}") from None
-        self.address = f"http://{host}:{self.server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="hub web", daemon=True
-        )
-
-    def start(self) -> WebServer:
-        self._thread.start()
-        log.info("hub: the API answers at %s/api/stations", self.address)
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.store.close()
-
-
-def start_web(config: HubConfig, opener: Callable[[], Store]) -> WebServer:
-    """The web server on ``config.web.listen`` with its own store connection."""
-    return WebServer(config, opener()).start()

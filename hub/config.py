@@ -24,6 +24,8 @@ DEFAULT_HUB_CONFIG = Path("/etc/birdd/hub.yaml")
 POSTGRES_PASSWORD_ENV = "BIRDD_POSTGRES_PASSWORD"
 POSTGRES_CREDENTIAL = "postgres-password"
 DEFAULT_LISTEN = "127.0.0.1:8640"
+HUB_TOKEN_ENV = "BIRDD_HUB_TOKEN"
+HUB_TOKEN_CREDENTIAL = "hub-token"
 
 
 class Strict(BaseModel):
@@ -146,8 +148,43 @@ class IngestConfig(Strict):
 class WebConfig(Strict):
     listen: str = Field(
         DEFAULT_LISTEN,
-        description="HOST:PORT of the dashboard and the HTTP API; localhost unless told.",
+        description="HOST:PORT of the dashboard and the HTTP API; localhost unless told. "
+        "Any other address needs a token (token_env or token_file).",
     )
+    token_env: str = Field(
+        HUB_TOKEN_ENV,
+        description="Environment variable holding the access token: with one set, every "
+        "request needs 'Authorization: Bearer TOKEN' or basic auth with TOKEN as password.",
+    )
+    token_file: Optional[Path] = Field(
+        None,
+        description="File holding the access token; unset: $CREDENTIALS_DIRECTORY/hub-token "
+        "when it exists.",
+    )
+    refresh_s: float = Field(
+        5.0, gt=0, le=3600, description="How often an open page fetches new data."
+    )
+
+    def token(self) -> Optional[str]:
+        """The access token from the environment, else the credential file; None: none."""
+        return _secret(self.token_env, self.token_file, HUB_TOKEN_CREDENTIAL, "web.token_file")
+
+
+def _secret(env: str, path: Optional[Path], credential: str, setting: str) -> Optional[str]:
+    """A secret from the environment variable ``env``, else the file ``path``, else the
+    systemd credential ``credential``; None when none is set."""
+    from_env = os.environ.get(env)
+    if from_env:
+        return from_env
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and credentials and (Path(credentials) / credential).is_file():
+        path = Path(credentials) / credential
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise ValueError(f"{setting} {path}: cannot read it ({exc.strerror})") from None
 
 
 class HubConfig(Strict):

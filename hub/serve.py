@@ -1,7 +1,7 @@
 """``birdd hub serve``: the store, the ingest and (when there is one) the web server, together.
 
-The web server plugs in through ``WebServer``: ``hub.api.start_web(config, store)`` returns one
-(or None, without the web dependencies); it reads the same store through its own connection.
+The web server (``hub.web.server.start_web``: the dashboard and the HTTP API) reads the same
+store through its own connection.
 """
 
 from __future__ import annotations
@@ -81,6 +81,6 @@ def serve(config: HubConfig, stop: threading.Event, web: bool = True) -> int:
 
 
 def _start_web(config: HubConfig, opener: Callable[[], Store]):  # type: ignore[no-untyped-def]
-    from birdd.hub.api import start_web
+    from birdd.hub.web.server import start_web
 
     return start_web(config, opener)

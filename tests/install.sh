@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages that tests drive for real (a broker, ffmpeg, PortAudio) are listed here.
+# Debian packages that tests drive for real (a broker, ffmpeg, PortAudio, the browser the hub's
+# dashboard tests run: Playwright drives /usr/bin/chromium, no 'playwright install') are listed here.
 DEBIAN_PACKAGES=(mosquitto openssl pulseaudio pulseaudio-utils libasound2-plugins libportaudio2
   ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  systemd postgresql)
+  systemd postgresql chromium)
 missing=()
 for package in ${DEBIAN_PACKAGES[@]+"${DEBIAN_PACKAGES[@]}"}; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MAPPED = {"daemon": "birdd.daemon", "engines": "birdd.engines", "training": "birdd.training"}
+MAPPED = {
+    "daemon": "birdd.daemon",
+    "engines": "birdd.engines",
+    "training": "birdd.training",
+    "hub": "birdd.hub",
+}
 
 
 def listed_packages():

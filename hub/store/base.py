@@ -181,6 +181,17 @@ class SpeciesCount:
 
 
 @dataclass(frozen=True)
+class StationCount:
+    """One station's share of a species' detections (the species page: where it was heard)."""
+
+    station: str
+    detections: int
+    first_ms: int
+    last_ms: int
+    max_confidence: float
+
+
+@dataclass(frozen=True)
 class ActivityBucket:
     start_ms: int
     """The bucket's start (UTC, shifted by the query's ``offset_s``)."""
@@ -249,6 +260,12 @@ class Store(ABC):
     ) -> List[SpeciesCount]:
         """Each species detected in the range (at ``station`` or anywhere), most detected first,
         with first / last heard and the number of stations."""
+
+    @abstractmethod
+    def species_stations(
+        self, scientific: str, since_ms: Optional[int] = None, until_ms: Optional[int] = None
+    ) -> List[StationCount]:
+        """Where ``scientific`` was detected in the range: per station, most detections first."""
 
     @abstractmethod
     def activity(

@@ -24,6 +24,7 @@ from birdd.hub.store.base import (
     NewDetection,
     RejectedRow,
     SpeciesCount,
+    StationCount,
     StationRow,
     StatsReport,
     StatusEvent,
@@ -258,6 +259,17 @@ class SqlStore(Store):
             SpeciesCount(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), float(r[7]))
             for r in rows
         ]
+
+    def species_stations(
+        self, scientific: str, since_ms: Optional[int] = None, until_ms: Optional[int] = None
+    ) -> List[StationCount]:
+        where, params = _where(species=scientific, since_ms=since_ms, until_ms=until_ms)
+        statement = (
+            "SELECT station, COUNT(*), MIN(start_ms), MAX(start_ms), MAX(confidence) "
+            f"FROM detections{where} GROUP BY station ORDER BY COUNT(*) DESC, station"
+        )
+        rows = self._run(False, lambda c: self._rows(c, statement, params))
+        return [StationCount(r[0], int(r[1]), int(r[2]), int(r[3]), float(r[4])) for r in rows]
 
     def activity(
         self,
