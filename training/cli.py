@@ -101,6 +101,39 @@ def _head_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="warm-up epochs")
 
 
+def _crop_range(text: str) -> List[float]:
+    parts = [float(part) for part in text.split(",")]
+    if len(parts) != 2 or not 0 < parts[0] <= parts[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN,MAX seconds with 0 < MIN <= MAX")
+    return parts
+
+
+def _gate_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--unlabelled", nargs="+", type=Path, default=[], metavar="DIR",
+        help="bird audio without labels (soundscapes, clips): windows where BirdNET's top "
+        "bird reaches --weak-min train as bird (training split only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--weak-min", type=float, default=0.5,
+        help="BirdNET's top bird score that makes a window of bird audio a bird window",
+    )  # fmt: skip
+    parser.add_argument(
+        "--crops", type=int, default=1,
+        help="padded crops per window: a random piece at the start of a zeroed window, as a "
+        "file shorter than a window is padded (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--crop-seconds", type=_crop_range, default=[0.25, 3.0], metavar="MIN,MAX",
+        help="length range of the padded crops (default 0.25,3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--recall", type=float, default=0.995,
+        help="the threshold keeps this share of the validation bird windows (at most 0.5; "
+        "folded into the gate so it says bird at 0.5)",
+    )  # fmt: skip
+
+
 def _student_flags(parser: argparse.ArgumentParser, distill: bool) -> None:
     parser.add_argument("--size", choices=["small", "tiny"], default="small")
     if distill:
@@ -152,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_flags(gate)
     _head_flags(gate)
+    _gate_flags(gate)
     gate.set_defaults(name="birdd_gate")
     for recipe, text in STUDENT_RECIPES.items():
         student = recipes.add_parser(recipe, help=text)

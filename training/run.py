@@ -11,12 +11,15 @@ import torch
 
 from birdd.engines.errors import EngineError, ModelArtifactError
 from birdd.training.datasets.records import DatasetError
+from birdd.training.features.embeddings import FeatureCache
 from birdd.training.loop import LoopConfig
-from birdd.training.prepare import DataOptions, prepare
-from birdd.training.recipes.gate import run_gate_recipe
+from birdd.training.prepare import DataOptions, default_cache, prepare
+from birdd.training.recipes.gate import GateOptions, run_gate_recipe
+from birdd.training.recipes.gate_data import GateData, unlabelled_recordings
 from birdd.training.recipes.head import HeadOptions
 from birdd.training.recipes.head_run import export_and_verify, train_and_evaluate
 from birdd.training.report.markdown import write_report
+from birdd.training.verify import open_engine
 
 log = logging.getLogger("birdd.training")
 
@@ -56,6 +59,17 @@ def head_options(args: argparse.Namespace) -> HeadOptions:
     )
 
 
+def gate_options(args: argparse.Namespace) -> GateOptions:
+    data = GateData(
+        teacher_min=args.teacher_min,
+        weak_min=args.weak_min,
+        crops=args.crops,
+        crop_min_s=args.crop_seconds[0],
+        crop_max_s=args.crop_seconds[1],
+    )
+    return GateOptions(head=head_options(args), data=data, recall=args.recall)
+
+
 def run_head(args: argparse.Namespace) -> int:
     began = time.monotonic()
     out = args.out
@@ -91,8 +105,16 @@ def run_gate(args: argparse.Namespace) -> int:
         print("birdd: error: birdd train gate needs --negatives DIR…: recordings with no "
               "bird", file=sys.stderr)  # fmt: skip
         return 2
-    prepared = prepare(data_options(args), out)
-    run_gate_recipe(prepared, head_options(args), out, args.base_model, args.name)
+    options = data_options(args)
+    engine = open_engine(options.engine, options.base_model, options.batch)
+    try:
+        prepared = prepare(options, out, engine)
+        cache = FeatureCache(engine, options.cache or default_cache(), options.hop_s)
+        unlabelled = unlabelled_recordings(args.unlabelled)
+        run_gate_recipe(prepared, cache, gate_options(args), unlabelled, out, args.base_model,
+                        args.name)  # fmt: skip
+    finally:
+        engine.close()
     return 0
 
 

@@ -13,14 +13,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from birdd.engines.base import Engine
 from birdd.engines.models.artifact import file_sha256
 from birdd.training.datasets.records import Recording
-from birdd.training.features.audio import AudioError, read_mono, recording_windows
+from birdd.training.features.audio import AudioError, read_mono, recording_windows, segment_audio
 from birdd.training.progress import Progress
 
 log = logging.getLogger("birdd.training")
@@ -107,6 +107,28 @@ class FeatureCache:
         computed = score_windows(self.engine, windows)
         self._save(entry, computed)
         # What is returned went through float16 like what a later run reads from the cache.
+        return self._load(entry) or computed
+
+    def derived(
+        self,
+        recording: Recording,
+        tag: str,
+        make: Callable[[np.ndarray], np.ndarray],
+        audio: Optional[np.ndarray] = None,
+    ) -> Features:
+        """Features of the windows ``make`` derives from the recording's audio (or segment) at
+        the model's rate, e.g. padded crops; cached under the recording's key and ``tag``,
+        which must name everything ``make`` depends on."""
+        digest = hashlib.sha256(f"{self.key(recording)}|{tag}".encode()).hexdigest()[:32]
+        entry = self.folder / f"{digest}.npz"
+        cached = self._load(entry) if entry.is_file() else None
+        if cached is not None:
+            return cached
+        if audio is None:
+            audio = read_mono(str(recording.path), self.rate)
+        windows = make(segment_audio(audio, recording, self.window, self.rate))
+        computed = score_windows(self.engine, windows)
+        self._save(entry, computed)
         return self._load(entry) or computed
 
     def extract(self, recordings: Sequence[Recording], label: str = "features") -> Extraction:
