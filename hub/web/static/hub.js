@@ -137,7 +137,7 @@
         { class: "clip", title: "clip playback: once stations send clips" });
       return row([hubTime(d.start, true), stationLink(d.station),
         speciesLink(d.species.scientific, d.species.common), d.species.scientific,
-        d.confidence.toFixed(3), d.source, clip],
+        d.confidence.toFixed(3), el("span", d.source.split("/").pop(), { title: d.source }), clip],
         { "data-id": d.id, class: fresh ? "new" : "" });
     }
     async function load(reset) {
