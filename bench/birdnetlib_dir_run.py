@@ -19,9 +19,9 @@ def main(folder: str, processes: str, result_path: str) -> int:
 
     files, detections = [0], [0]
 
-    def on_done(recording) -> None:
-        files[0] += 1
-        detections[0] += len(recording.detections)
+    def on_done(recordings) -> None:
+        files[0] = len(recordings)
+        detections[0] = sum(len(recording.detections) for recording in recordings)
 
     batch = DirectoryMultiProcessingAnalyzer(
         folder,
@@ -30,7 +30,7 @@ def main(folder: str, processes: str, result_path: str) -> int:
         min_conf=MIN_CONF,
         processes=int(processes),
     )
-    batch.on_analyze_complete = on_done
+    batch.on_analyze_directory_complete = on_done
     batch.process()
     result = {"wall_s": time.perf_counter() - began, "files": files[0], "detections": detections[0]}
     Path(result_path).write_text(json.dumps(result), encoding="utf-8")
