@@ -251,6 +251,7 @@ def station_day_json(store: Store, station: str, day_text: Optional[str]) -> Dic
     one_station_json(store, station)
     day = parse_day(day_text)
     rows = store.species(station=station, since_ms=day.since_ms, until_ms=day.until_ms)
+    day_span = (day.since_ms, day.until_ms)
     buckets = store.activity(
         3600, station=station, since_ms=day.since_ms, until_ms=day.until_ms, offset_s=day.offset_s
     )
@@ -259,7 +260,9 @@ def station_day_json(store: Store, station: str, day_text: Optional[str]) -> Dic
         "day": day.day.isoformat(),
         "utc_offset_s": day.offset_s,
         "species": [species_count_json(row) for row in rows],
-        "hourly": series_json(buckets, rows, day.since_ms, day.until_ms, HOUR_MS),
+        "hourly": series_json(
+            buckets, {row.scientific: row.common for row in rows}, *day_span, HOUR_MS
+        ),
     }
 
 
@@ -272,44 +275,42 @@ def species_page_json(store: Store, scientific: str, days_text: str) -> Dict[str
     last = parse_day(None)
     first = parse_day((last.day - timedelta(days=days - 1)).isoformat())
     since, until = first.since_ms, last.until_ms
-    summary = store.species(since_ms=since, until_ms=until)
-    found = [row for row in summary if row.scientific == scientific]
-    if not found and not store.species_stations(scientific):
+    newest = store.detections(DetectionQuery(species=scientific, limit=1))
+    if not newest:
         raise NotFound(f"no detection of {scientific!r} (give the scientific name)")
     buckets = store.activity(
         86400, species=scientific, since_ms=since, until_ms=until, offset_s=first.offset_s
     )
     return {
         "scientific": scientific,
-        "common": found[0].common if found else None,
+        "common": newest[0].common,
         "since": iso(since),
         "until": iso(until),
         "utc_offset_s": first.offset_s,
         "stations": [
             station_count_json(row) for row in store.species_stations(scientific, since, until)
         ],
-        "daily": series_json(buckets, found, since, until, DAY_MS),
+        "daily": series_json(buckets, {scientific: newest[0].common}, since, until, DAY_MS),
     }
 
 
 def series_json(
     buckets: List[ActivityBucket],
-    species: List[SpeciesCount],
+    names: Dict[str, str],
     since_ms: int,
     until_ms: int,
     width_ms: int,
 ) -> Dict[str, Any]:
     """Buckets as a chart wants them: the bucket starts, and one count per bucket for each
-    species (in the order of ``species``, most detected first)."""
+    species (``names``: scientific → common, in the order to draw them)."""
     starts = list(range(since_ms, until_ms, width_ms))
     index = {start: i for i, start in enumerate(starts)}
-    counts: Dict[str, List[int]] = {row.scientific: [0] * len(starts) for row in species}
+    counts: Dict[str, List[int]] = {name: [0] * len(starts) for name in names}
     for bucket in buckets:
         slot = index.get(bucket.start_ms)
         if slot is None:  # a bucket edge moved by a daylight-saving change that day
             slot = min(len(starts) - 1, max(0, (bucket.start_ms - since_ms) // width_ms))
         counts.setdefault(bucket.scientific, [0] * len(starts))[slot] += bucket.detections
-    names = {row.scientific: row.common for row in species}
     return {
         "starts": [iso(start) for start in starts],
         "series": [
