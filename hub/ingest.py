@@ -31,11 +31,8 @@ from dataclasses import dataclass
 from typing import Any, List, Tuple
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from birdd.daemon.mqtt.client import apply_credentials
+from birdd.daemon.mqtt.client import apply_credentials, persistent_client, resume_session
 from birdd.daemon.mqtt.messages import SchemaCheck
 from birdd.daemon.retry import Backoff
 from birdd.hub.config import HubConfig, IngestConfig
@@ -92,14 +89,7 @@ class Session:
 
     def _make_client(self) -> paho.Client:
         mqtt = self.config
-        v5 = mqtt.protocol == "5"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=mqtt.client_id,
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            clean_session=None if v5 else False,
-            manual_ack=True,
-        )
+        client = persistent_client(mqtt.client_id, mqtt.protocol)
         try:
             apply_credentials(client, mqtt.connection())
         except OSError as exc:  # ssl.SSLError included
@@ -115,15 +105,8 @@ class Session:
         mqtt = self.config
         port = mqtt.connection().resolved_port()
         self.client.reconnect_delay_set(mqtt.reconnect_min_s, mqtt.reconnect_min_s)  # type: ignore[arg-type]
-        if mqtt.protocol == "5":
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = mqtt.session_expiry_s
-            properties.ReceiveMaximum = mqtt.receive_maximum
-            self.client.connect_async(
-                mqtt.host, port, mqtt.keepalive_s, clean_start=False, properties=properties
-            )
-        else:
-            self.client.connect_async(mqtt.host, port, mqtt.keepalive_s)
+        resume = resume_session(mqtt.protocol, mqtt.session_expiry_s, mqtt.receive_maximum)
+        self.client.connect_async(mqtt.host, port, mqtt.keepalive_s, **resume)
         self.client.loop_start()
 
     def stop(self) -> None:

@@ -17,10 +17,12 @@ import re
 import ssl
 import sys
 import threading
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from birdd.daemon.mqtt.config import MqttConfig
 from birdd.daemon.mqtt.topics import Topics
@@ -220,6 +222,37 @@ def apply_credentials(client: paho.Client, config: MqttConfig) -> None:
     )
     if tls.insecure:
         client.tls_insecure_set(True)
+
+
+def persistent_client(client_id: str, protocol: str) -> paho.Client:
+    """A subscriber whose session the broker keeps while it is away (its subscriptions and
+    the QoS 1 messages for them), for the hub and ``birdd listen --client-id``.
+
+    MQTT 3.1.1: clean session off. MQTT 5: clean start off and a session expiry, given at
+    each connect by ``resume_session``. ``manual_ack``: the caller acknowledges a message
+    (``client.ack``) once it has handled it, so one it never handled is sent again.
+    """
+    v5 = protocol == "5"
+    return paho.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else False,
+        manual_ack=True,
+    )
+
+
+def resume_session(protocol: str, expiry_s: int, receive_maximum: int) -> Dict[str, Any]:
+    """``connect`` / ``connect_async`` keyword arguments that resume a ``persistent_client``'s
+    session: MQTT 5's clean start off, session expiry and receive maximum (how many messages
+    the broker sends before an acknowledgement); nothing for 3.1.1, whose clean-session flag
+    is the client's."""
+    if protocol != "5":
+        return {}
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = expiry_s
+    properties.ReceiveMaximum = receive_maximum
+    return {"clean_start": False, "properties": properties}
 
 
 def _reconnect_after(client: paho.Client, delay_s: float) -> None:
