@@ -138,10 +138,11 @@ class StoreConfig(Strict):
 class IngestConfig(Strict):
     batch_max: int = Field(500, ge=1, le=100_000, description="Messages per transaction, at most.")
     batch_wait_s: float = Field(
-        0.05,
+        0.0,
         ge=0,
         le=10,
-        description="How long the first message of a batch waits for more before the commit.",
+        description="How long the first message of a batch waits for more before the commit; "
+        "0: commit what has arrived (batches grow by themselves while a commit is under way).",
     )
 
 

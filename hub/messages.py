@@ -55,7 +55,7 @@ def _kind(topic: str) -> tuple:
 
 def _detection(payload: bytes, received_ms: int, check: SchemaCheck) -> NewDetection:
     message = decode_detection(payload, check)
-    if _has_nul(message):
+    if b"\\u0000" in payload and _has_nul(message):  # JSON text spells a NUL only so
         raise Rejected("a text field holds a NUL character (U+0000)")
     species, channel = message["species"], message["channel"]
     lat, lon = message.get("lat"), message.get("lon")
@@ -79,8 +79,10 @@ def _detection(payload: bytes, received_ms: int, check: SchemaCheck) -> NewDetec
 
 
 def _epoch_ms(text: str, field: str) -> int:
+    """The schema's pattern fixed the form (``2024-05-02T04:00:15.000Z``); this finds the
+    impossible dates. ``fromisoformat``: strptime took a tenth of the ingest's time."""
     try:
-        when = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        when = datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
     except ValueError:
         raise Rejected(f"/{field}: {printable(text, 40)} is not a date and time") from None
     return int(when.timestamp() * 1000)

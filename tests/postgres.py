@@ -68,7 +68,10 @@ def make_template(folder: Path) -> Path:
 class Postgres:
     """One PostgreSQL server on 127.0.0.1:``port``; ``restart()`` keeps its port and data."""
 
-    def __init__(self, template: Path, workdir: Optional[Path] = None) -> None:
+    def __init__(self, template: Path, workdir: Optional[Path] = None, fsync: bool = False) -> None:
+        """``fsync``: commits reach the disk, as in production (the tests leave it off: they
+        test behaviour, not speed; bench/hub.py turns it on)."""
+        self.fsync = fsync
         # The server user must reach the folder: pytest's tmp_path is root's own (0700).
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="birdd-pg-"))
         self.data = self.workdir / "data"
@@ -104,7 +107,9 @@ class Postgres:
             "-c",
             f"unix_socket_directories={self.socket_dir}",
         ]
-        command += ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=40"]
+        durable = "on" if self.fsync else "off"
+        command += ["-c", f"fsync={durable}", "-c", f"full_page_writes={durable}"]
+        command += ["-c", "max_connections=40"]
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 command,

@@ -22,13 +22,27 @@ class Skipped(Exception):
 
 def load_schema_check() -> SchemaCheck:
     """``check(message)``: None when the message fits the schema, else where and why not.
-    Raises ImportError without jsonschema (an extra: the stations never need it)."""
+    Raises ImportError without jsonschema or fastjsonschema (the hub extra: the stations never
+    need them).
+
+    Two validators. fastjsonschema's generated code (draft-07 keywords, all this schema uses)
+    passes a valid message ~10x faster than jsonschema, which at ~0.7 ms a message capped the
+    hub's ingest near 1,000 messages/s. A message it refuses goes to jsonschema, whose verdict
+    and words count: the reasons stay the ones the tests and the rejected table know."""
+    import fastjsonschema
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    validator = Draft202012Validator(schema)
+    fast = fastjsonschema.compile(schema)
 
     def check(message: Any) -> Optional[str]:
+        try:
+            fast(message)
+            return None
+        except fastjsonschema.JsonSchemaException:
+            pass
         error = best_match(validator.iter_errors(message))
         if error is None:
             return None
