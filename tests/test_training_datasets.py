@@ -16,7 +16,9 @@ from birdd.training.datasets.load import build_dataset, read_data, read_negative
 from birdd.training.datasets.records import DatasetError
 from birdd.training.datasets.split import (
     assign_groups,
+    fold_split,
     read_split,
+    recordist_folds,
     split_recordings,
     write_split,
 )
@@ -175,6 +177,23 @@ def test_recordist_split_has_no_leak_and_round_trips(tmp_path):
     assert assign_groups(dataset.recordings, (0.6, 0.2, 0.2), 3) == assign_groups(
         dataset.recordings, (0.6, 0.2, 0.2), 3
     )
+
+
+def test_recordist_folds_partition_the_recordists(tmp_path):
+    dataset = build_dataset([_synthetic_recordings(tmp_path)], [], BIRDNET)
+    folds = recordist_folds(dataset.recordings, 3, seed=1)
+    assert sorted(rec.key for fold in folds for rec in fold) == sorted(
+        rec.key for rec in dataset.recordings
+    )
+    assert [len(fold) for fold in folds] == [16, 16, 16]  # ties go to the smaller fold
+    groups = [{rec.group for rec in fold} for fold in folds]
+    assert all(groups) and not (
+        groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2]
+    )
+    roles = fold_split(folds, 2)
+    assert roles["test"] == folds[2] and roles["val"] == folds[0] and roles["train"] == folds[1]
+    with pytest.raises(DatasetError, match="at least 3"):
+        recordist_folds(dataset.recordings, 2)
 
 
 @pytest.mark.skipif(not (SHARED_AUDIO / "training").is_dir(), reason=SHARED_AUDIO_MISSING)

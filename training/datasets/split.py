@@ -39,6 +39,19 @@ def assign_groups(
     """Group → split name. Deterministic for a seed; ties broken by the seeded shuffle."""
     if len(fractions) != len(SPLITS) or abs(sum(fractions) - 1) > 1e-6:
         raise DatasetError(f"split fractions {list(fractions)} must be three numbers summing to 1")
+    return _assign(recordings, SPLITS, fractions, seed)
+
+
+def _assign(
+    recordings: Sequence[Recording],
+    bins: Sequence[str],
+    fractions: Sequence[float],
+    seed: int,
+    balance: bool = False,
+) -> Dict[str, str]:
+    """Group → bin, each group where its classes are most lacking (see the module's text).
+    Ties go to the bin of the larger fraction or, with ``balance`` (equal folds), to the bin
+    holding fewer recordings."""
     groups = _group_counts(recordings)
     totals: Counter = Counter()
     for counts in groups.values():
@@ -46,27 +59,52 @@ def assign_groups(
     names = sorted(groups)
     random.Random(seed).shuffle(names)
     # Rarest class first, then larger groups first: the hard placements are made while the
-    # splits are still empty.
+    # bins are still empty.
     names.sort(key=lambda g: (min(totals[c] for c in groups[g]), -sum(groups[g].values())))
-    current = {split: Counter() for split in SPLITS}
+    current = {name: Counter() for name in bins}
     assignment = {}
     for name in names:
         counts = groups[name]
 
         def need(index: int, counts: Counter = counts) -> float:
-            """How much of its target share of this group's classes the split still lacks,
-            relative to that share: an empty split lacks all of it (1.0), so the first three
-            groups of a class go to three different splits."""
-            split = SPLITS[index]
+            """How much of its target share of this group's classes the bin still lacks,
+            relative to that share: an empty bin lacks all of it (1.0), so the first groups
+            of a class go to different bins."""
+            target = bins[index]
             return sum(
-                n * (1 - current[split][c] / (fractions[index] * totals[c]))
+                n * (1 - current[target][c] / (fractions[index] * totals[c]))
                 for c, n in counts.items()
             )
 
-        best = max(range(len(SPLITS)), key=lambda i: (need(i), fractions[i]))
-        assignment[name] = SPLITS[best]
-        current[SPLITS[best]].update(counts)
+        def tie(index: int) -> float:
+            return -sum(current[bins[index]].values()) if balance else fractions[index]
+
+        best = max(range(len(bins)), key=lambda i: (need(i), tie(i)))
+        assignment[name] = bins[best]
+        current[bins[best]].update(counts)
     return assignment
+
+
+def recordist_folds(
+    recordings: Sequence[Recording], folds: int, seed: int = 0
+) -> List[List[Recording]]:
+    """``folds`` disjoint sets of whole groups (recordists), stratified as the split is: for
+    cross-validation, each fold is the test set once."""
+    if folds < 3:
+        raise DatasetError(f"{folds} folds: cross-validation needs at least 3 (train, val, test)")
+    names = [str(index) for index in range(folds)]
+    assignment = _assign(recordings, names, [1.0 / folds] * folds, seed, balance=True)
+    result: List[List[Recording]] = [[] for _ in range(folds)]
+    for recording in recordings:
+        result[int(assignment[recording.group or recording.key])].append(recording)
+    return result
+
+
+def fold_split(folds: Sequence[List[Recording]], index: int) -> Dict[str, List[Recording]]:
+    """Fold ``index`` as the test set, the next one as validation, the rest as training."""
+    val = (index + 1) % len(folds)
+    train = [rec for i, fold in enumerate(folds) if i not in (index, val) for rec in fold]
+    return {"train": train, "val": list(folds[val]), "test": list(folds[index])}
 
 
 def split_recordings(
