@@ -210,3 +210,124 @@ def test_postgres_restart_makes_the_store_unavailable_until_it_reconnects(pg_ser
     store.write(Batch(detections=[detection(2)]))
     assert store.count_detections(DetectionQuery()) == 2
     store.close()
+
+
+# -- detection_hours: the aggregates from the rollup equal those of the raw rows ---------------
+
+
+def _rollup_batches() -> list:
+    """Detections over ~5 hours off the hour, 3 stations, a species with two common names and
+    codes, resends within a batch and across batches."""
+    rows = [
+        detection(n * 7, station=("a", "b", "c")[n % 3], confidence=0.5 + (n * 37 % 50) / 100)
+        for n in range(45)
+    ]
+    rows += [
+        detection(
+            1000 + n,
+            species="Parus major",
+            station="b",
+            start_ms=T0 + n * 1_234_567,
+            common=("Kohlmeise", "Great tit")[n % 2],
+            code=(None, "grtit1")[n % 3 == 0],
+        )
+        for n in range(14)
+    ]
+    return [rows[:30], rows[20:40] + rows[25:27], rows[35:], rows[50:55]]
+
+
+def _raw_rows(store) -> list:
+    return store.detections(DetectionQuery(limit=10_000))
+
+
+def _raw_species(rows, key, station=None, species=None, since=None, until=None) -> list:
+    """What the old GROUP BY over ``detections`` answered, computed from the rows."""
+    groups: dict = {}
+    for r in rows:
+        if (station and r.station != station) or (species and r.scientific != species):
+            continue
+        if (since is not None and r.start_ms < since) or (
+            until is not None and r.start_ms >= until
+        ):
+            continue
+        groups.setdefault(getattr(r, key), []).append(r)
+    answers = []
+    for name, members in groups.items():
+        codes = [m.code for m in members if m.code is not None]
+        answers.append(
+            (
+                name,
+                min(m.common for m in members),
+                min(codes) if codes else None,
+                len(members),
+                min(m.start_ms for m in members),
+                max(m.start_ms for m in members),
+                len({m.station for m in members}),
+                max(m.confidence for m in members),
+            )
+        )
+    return sorted(answers, key=lambda a: (-a[3], a[0]))
+
+
+def _raw_activity(rows, bucket_s, offset_s, station=None, since=None, until=None) -> list:
+    width, offset = bucket_s * 1000, offset_s * 1000
+    counts: dict = {}
+    for r in rows:
+        if (station and r.station != station) or (since is not None and r.start_ms < since):
+            continue
+        if until is not None and r.start_ms >= until:
+            continue
+        key = ((r.start_ms + offset) // width * width - offset, r.scientific)
+        counts[key] = counts.get(key, 0) + 1
+    return sorted((start, name, n) for (start, name), n in counts.items())
+
+
+RANGES = [
+    (None, None),
+    (T0, T0 + 3 * HOUR),  # whole hours
+    (T0 + 1234, T0 + 2 * HOUR + 999),  # partial hours at both edges
+    (T0 - 10 * HOUR, T0 + HOUR // 2),
+    (T0 + HOUR + 5, T0 + HOUR + 1_800_000),  # inside one hour
+    (T0 + 2 * HOUR, T0 + 2 * HOUR),  # empty
+    (T0 + 90 * 60_000, None),
+]
+
+
+def _assert_rollup_answers_equal_raw(store) -> None:
+    rows = _raw_rows(store)
+    for since, until in RANGES:
+        for station in (None, "b"):
+            got = [tuple(vars(s).values()) for s in store.species(station, since, until)]
+            assert got == _raw_species(rows, "scientific", station, None, since, until)
+            for bucket_s, offset_s in ((3600, 0), (3600, 7200), (86400, 3600), (3600, 1800)):
+                got = [
+                    (b.start_ms, b.scientific, b.detections)
+                    for b in store.activity(bucket_s, station, None, since, until, offset_s)
+                ]
+                assert got == _raw_activity(rows, bucket_s, offset_s, station, since, until)
+        for species in ("Turdus merula", "Parus major"):
+            got = [tuple(vars(s).values()) for s in store.species_stations(species, since, until)]
+            want = _raw_species(rows, "station", None, species, since, until)
+            assert got == [(w[0], *w[3:6], w[7]) for w in want]
+
+
+def _reopen(store) -> Store:
+    if getattr(store, "path", None) is not None:
+        return open_store(sqlite=store.path)
+    return open_store(postgres=store.dsn, password=store.password)
+
+
+def test_rollup_answers_equal_the_raw_rows_after_resends_and_after_a_backfill(store):
+    for batch in _rollup_batches():
+        store.write(Batch(detections=batch))
+    assert sum(r.resends for r in _raw_rows(store)) == 10 + 2 + 5 + 5
+    _assert_rollup_answers_equal_raw(store)
+    # the migration's backfill builds the same table from the rows a version-1 hub stored
+    store._run(True, lambda c: store._execute(c, "DROP TABLE detection_hours"))
+    store._run(True, lambda c: store._execute(c, "DELETE FROM schema_migrations WHERE version = 2"))
+    backfilled = _reopen(store)
+    try:
+        assert backfilled.schema_version() == LATEST
+        _assert_rollup_answers_equal_raw(backfilled)
+    finally:
+        backfilled.close()

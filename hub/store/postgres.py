@@ -9,7 +9,7 @@ environment or a credentials file (``hub.config.StoreConfig.password``), or libp
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
 from birdd.hub.store.base import StoreError, StoreUnavailable
 from birdd.hub.store.sql import SqlStore
@@ -79,6 +79,12 @@ class PostgresStore(SqlStore):
     def _transaction(self, write: bool) -> Iterator[None]:
         with self._conn.transaction():
             yield
+
+    def _inserted(self, conn: Any, statement: str, params: List[Tuple]) -> List[bool]:
+        # one pipelined round trip for the batch; a row that went in returns its id
+        cursor = conn.cursor()
+        cursor.executemany(self._sql(statement), params, returning=True)
+        return [cursor.fetchone() is not None for _ in cursor.results()]
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+from birdd.hub.store import rollup
+
 TYPES: Dict[str, Dict[str, str]] = {
     "sqlite": {"id": "INTEGER PRIMARY KEY", "bytes": "BLOB"},
     "postgres": {"id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "bytes": "BYTEA"},
@@ -83,6 +85,11 @@ MIGRATIONS: List[Tuple[int, str, List[str]]] = [
                 received_ms BIGINT NOT NULL
             )""",
         ],
+    ),
+    (
+        2,
+        "detection_hours: detections per station, species and hour, backfilled",
+        rollup.MIGRATION,
     ),
 ]
 

@@ -12,10 +12,9 @@ import json
 import threading
 import time
 from abc import abstractmethod
-from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
-from birdd.hub.store import schema
+from birdd.hub.store import rollup, schema, writes
 from birdd.hub.store.base import (
     ActivityBucket,
     Batch,
@@ -32,34 +31,6 @@ from birdd.hub.store.base import (
 )
 
 T = TypeVar("T")
-
-INSERT_DETECTION = """INSERT INTO detections (id, station, start_ms, end_ms, scientific, common,
-    code, is_bird, confidence, source, channel, lat, lon, received_ms, resends, payload)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
-    ON CONFLICT (id) DO UPDATE SET resends = detections.resends + 1"""
-
-LATER = "CASE WHEN excluded.{0} > stations.{0} THEN excluded.{0} ELSE stations.{0} END"
-TOUCH_STATION = f"""INSERT INTO stations (id, first_seen_ms, last_seen_ms, lat, lon,
-    last_detection_ms) VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (id) DO UPDATE SET
-    last_seen_ms = {LATER.format("last_seen_ms")},
-    lat = COALESCE(excluded.lat, stations.lat),
-    lon = COALESCE(excluded.lon, stations.lon),
-    last_detection_ms = COALESCE({LATER.format("last_detection_ms")},
-        excluded.last_detection_ms)"""
-
-STATUS_CHANGE = """INSERT INTO station_status (station, status, retained, received_ms)
-    SELECT ?, ?, ?, ? WHERE NOT EXISTS
-    (SELECT 1 FROM stations WHERE id = ? AND status = ?)"""
-SET_STATUS = """UPDATE stations SET
-    status_ms = CASE WHEN COALESCE(status, '') <> ? THEN ? ELSE status_ms END,
-    status = ? WHERE id = ?"""
-
-INSERT_STATS = "INSERT INTO station_stats (station, received_ms, stats) VALUES (?, ?, ?)"
-SET_STATS = "UPDATE stations SET stats = ?, stats_ms = ? WHERE id = ?"
-
-INSERT_REJECTED = """INSERT INTO rejected (topic, reason, size, payload, received_ms)
-    VALUES (?, ?, ?, ?, ?)"""
 
 STATION_COLUMNS = """id, first_seen_ms, last_seen_ms, status, status_ms, lat, lon, stats,
     stats_ms, last_detection_ms"""
@@ -132,11 +103,23 @@ class SqlStore(Store):
         return list(conn.execute(self._sql(statement), tuple(params)).fetchall())
 
     def _execute(self, conn: Any, statement: str, params: Sequence[Any] = ()) -> None:
-        conn.execute(self._sql(statement), tuple(params))
+        if params:
+            conn.execute(self._sql(statement), tuple(params))
+        else:  # DDL: psycopg reads % as a placeholder only when parameters are given
+            conn.execute(self._sql(statement))
 
     def _executemany(self, conn: Any, statement: str, params: List[Tuple]) -> None:
         if params:
             conn.cursor().executemany(self._sql(statement), params)
+
+    def _inserted(self, conn: Any, statement: str, params: List[Tuple]) -> List[bool]:
+        """Run an ``INSERT … ON CONFLICT DO NOTHING RETURNING`` per row: whether each row
+        went in (returned a row)."""
+        cursor = conn.cursor()
+        went_in = []
+        for row in params:
+            went_in.append(cursor.execute(self._sql(statement), row).fetchone() is not None)
+        return went_in
 
     def close(self) -> None:
         # a connection that already broke has nothing to close
@@ -186,24 +169,36 @@ class SqlStore(Store):
             self._run(True, lambda conn: self._write(conn, batch))
 
     def _write(self, conn: Any, batch: Batch) -> None:
-        self._executemany(conn, INSERT_DETECTION, [_detection_params(d) for d in batch.detections])
-        self._executemany(conn, TOUCH_STATION, _station_touches(batch))
+        self._write_detections(conn, batch.detections)
+        self._executemany(conn, writes.TOUCH_STATION, writes.station_touches(batch))
         for status in batch.statuses:
             station, value = status.station, status.status
             self._execute(
                 conn,
-                STATUS_CHANGE,
+                writes.STATUS_CHANGE,
                 (station, value, status.retained, status.received_ms, station, value),
             )
-            self._execute(conn, SET_STATUS, (value, status.received_ms, value, station))
+            self._execute(conn, writes.SET_STATUS, (value, status.received_ms, value, station))
         for stats in batch.stats:
-            self._execute(conn, INSERT_STATS, (stats.station, stats.received_ms, stats.stats))
-            self._execute(conn, SET_STATS, (stats.stats, stats.received_ms, stats.station))
+            self._execute(
+                conn, writes.INSERT_STATS, (stats.station, stats.received_ms, stats.stats)
+            )
+            self._execute(conn, writes.SET_STATS, (stats.stats, stats.received_ms, stats.station))
         self._executemany(
             conn,
-            INSERT_REJECTED,
+            writes.INSERT_REJECTED,
             [(r.topic, r.reason, r.size, r.payload, r.received_ms) for r in batch.rejected],
         )
+
+    def _write_detections(self, conn: Any, detections: List[NewDetection]) -> None:
+        """Insert the new ones and count them in ``detection_hours``; a detection id already
+        stored (earlier, or before in this batch) only grows its ``resends``."""
+        params = [writes.detection_params(d) for d in detections]
+        went_in = self._inserted(conn, writes.INSERT_DETECTION, params) if params else []
+        inserted = [d for d, new in zip(detections, went_in) if new]
+        resent = [(d.id,) for d, new in zip(detections, went_in) if not new]
+        self._executemany(conn, writes.RESENT, resent)
+        self._executemany(conn, rollup.ADD, rollup.hour_rows(inserted))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -248,12 +243,17 @@ class SqlStore(Store):
         since_ms: Optional[int] = None,
         until_ms: Optional[int] = None,
     ) -> List[SpeciesCount]:
-        where, params = _where(station=station, since_ms=since_ms, until_ms=until_ms)
-        statement = (
-            "SELECT scientific, MIN(common), MIN(code), COUNT(*), MIN(start_ms), MAX(start_ms), "
-            f"COUNT(DISTINCT station), MAX(confidence) FROM detections{where} "
-            "GROUP BY scientific ORDER BY COUNT(*) DESC, scientific"
+        parts, params = rollup.union(
+            rollup.SPECIES_HOURS,
+            rollup.SPECIES_RAW,
+            rollup.split(since_ms, until_ms),
+            station=station,
         )
+        if not parts:
+            return []
+        statement = f"""SELECT scientific, MIN(common), MIN(code), SUM(n), MIN(first_ms),
+            MAX(last_ms), COUNT(DISTINCT station), MAX(confidence) FROM ({parts}) AS parts
+            GROUP BY scientific ORDER BY SUM(n) DESC, scientific"""
         rows = self._run(False, lambda c: self._rows(c, statement, params))
         return [
             SpeciesCount(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), float(r[7]))
@@ -263,11 +263,16 @@ class SqlStore(Store):
     def species_stations(
         self, scientific: str, since_ms: Optional[int] = None, until_ms: Optional[int] = None
     ) -> List[StationCount]:
-        where, params = _where(species=scientific, since_ms=since_ms, until_ms=until_ms)
-        statement = (
-            "SELECT station, COUNT(*), MIN(start_ms), MAX(start_ms), MAX(confidence) "
-            f"FROM detections{where} GROUP BY station ORDER BY COUNT(*) DESC, station"
+        parts, params = rollup.union(
+            rollup.SPECIES_HOURS,
+            rollup.SPECIES_RAW,
+            rollup.split(since_ms, until_ms),
+            species=scientific,
         )
+        if not parts:
+            return []
+        statement = f"""SELECT station, SUM(n), MIN(first_ms), MAX(last_ms), MAX(confidence)
+            FROM ({parts}) AS parts GROUP BY station ORDER BY SUM(n) DESC, station"""
         rows = self._run(False, lambda c: self._rows(c, statement, params))
         return [StationCount(r[0], int(r[1]), int(r[2]), int(r[3]), float(r[4])) for r in rows]
 
@@ -282,17 +287,24 @@ class SqlStore(Store):
     ) -> List[ActivityBucket]:
         if bucket_s <= 0:
             raise ValueError(f"bucket_s {bucket_s}: give a number of seconds above 0")
-        where, params = _where(
-            station=station, species=species, since_ms=since_ms, until_ms=until_ms
-        )
         width, offset = bucket_s * 1000, offset_s * 1000
-        statement = (
-            f"SELECT ((start_ms + ?) / ?) * ? - ?, scientific, COUNT(*) FROM detections{where} "
-            "GROUP BY 1, 2 ORDER BY 1, 2"
+        if rollup.hourly(width, offset, since_ms):
+            part = rollup.split(since_ms, until_ms)
+        else:  # buckets that cut hours, or times before 1970 (SQL's / rounds towards zero)
+            part = rollup.Split(None, [(since_ms, until_ms)])
+        parts, params = rollup.union(
+            rollup.ACTIVITY_HOURS,
+            rollup.ACTIVITY_RAW,
+            part,
+            station=station,
+            species=species,
+            select_params=(offset, width, width, offset),
         )
-        rows = self._run(
-            False, lambda c: self._rows(c, statement, [offset, width, width, offset, *params])
-        )
+        if not parts:
+            return []
+        statement = f"""SELECT bucket, scientific, SUM(n) FROM ({parts}) AS parts
+            GROUP BY bucket, scientific ORDER BY bucket, scientific"""
+        rows = self._run(False, lambda c: self._rows(c, statement, params))
         return [ActivityBucket(int(r[0]), r[1], int(r[2])) for r in rows]
 
     def status_history(
@@ -325,48 +337,6 @@ class SqlStore(Store):
         params = (before_id if before_id is not None else 2**62, limit)
         rows = self._run(False, lambda c: self._rows(c, statement, params))
         return [RejectedRow(int(r[0]), r[1], r[2], int(r[3]), bytes(r[4]), int(r[5])) for r in rows]
-
-
-def _detection_params(d: NewDetection) -> Tuple:
-    return (
-        d.id,
-        d.station,
-        d.start_ms,
-        d.end_ms,
-        d.scientific,
-        d.common,
-        d.code,
-        d.is_bird,
-        d.confidence,
-        d.source,
-        d.channel,
-        d.lat,
-        d.lon,
-        d.received_ms,
-        d.payload,
-    )
-
-
-def _station_touches(batch: Batch) -> List[Tuple]:
-    """One row per station the batch heard from: (id, first seen, last seen, lat, lon, last
-    detection)."""
-    seen: Dict[str, List[Any]] = OrderedDict()
-
-    def touch(station: str, at_ms: int) -> List[Any]:
-        row = seen.setdefault(station, [station, at_ms, at_ms, None, None, None])
-        row[1], row[2] = min(row[1], at_ms), max(row[2], at_ms)
-        return row
-
-    for d in batch.detections:
-        row = touch(d.station, d.received_ms)
-        if d.lat is not None and d.lon is not None:
-            row[3], row[4] = d.lat, d.lon
-        row[5] = max(row[5] or 0, d.received_ms)
-    for status in batch.statuses:
-        touch(status.station, status.received_ms)
-    for stats in batch.stats:
-        touch(stats.station, stats.received_ms)
-    return [tuple(row) for row in seen.values()]
 
 
 def _station(r: Tuple) -> StationRow:
