@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -204,8 +205,8 @@ def update_doc(text: str) -> None:
     doc = common.DOC.read_text(encoding="utf-8")
     if SECTION in doc:
         head, _, tail = doc.partition(SECTION)
-        rest = tail.split("\n## ", 1)
-        doc = head + text + ("\n## " + rest[1] if len(rest) > 1 else "")
+        rest = re.split(r"\n(?=## |<!-- )", tail, maxsplit=1)  # up to the next section or marker
+        doc = head + text + ("\n" + rest[1] if len(rest) > 1 else "")
     else:
         doc = doc.rstrip("\n") + "\n\n" + text
     common.DOC.write_text(doc, encoding="utf-8")
