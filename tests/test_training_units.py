@@ -16,10 +16,16 @@ from birdd.engines.errors import ModelArtifactError  # noqa: E402
 from birdd.engines.head import apply_head, load_head_weights  # noqa: E402
 from birdd.engines.models.artifact import load_artifact  # noqa: E402
 from birdd.engines.models.labels import Species  # noqa: E402
+from birdd.training.datasets.records import Recording  # noqa: E402
 from birdd.training.features.audio import cut_windows  # noqa: E402
 from birdd.training.loop import lr_factor  # noqa: E402
-from birdd.training.recipes.head import HeadModel  # noqa: E402
-from birdd.training.recipes.targets import keep_windows  # noqa: E402
+from birdd.training.recipes.head import (  # noqa: E402
+    HeadModel,
+    fall_back_to_birdnet,
+    predict_logits,
+    recording_scores,
+)
+from birdd.training.recipes.targets import WindowSet, keep_windows  # noqa: E402
 from birdd.training.report.metrics import (  # noqa: E402
     at_threshold,
     average_precision,
@@ -179,3 +185,31 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, monkeypatc
     assert resumed_history.train_loss == pytest.approx(history.train_loss)
     for name, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def _validation_windows() -> WindowSet:
+    """Six one-window recordings: 0–2 of class A, 3–5 negatives; class B has no positive.
+    BirdNET ranks negative 3 above A's recording 2 (its logits for A and B)."""
+    labels = ["A a_A", "B b_B"]
+    recordings = [Recording(Path(f"r{i}.wav"), (labels[0],) if i < 3 else ()) for i in range(6)]
+    embeddings = np.eye(6, 4, dtype=np.float32)  # recording 2 and 3 differ in dimension 2, 3
+    teacher = np.array([[5, 0], [4, 0], [1, 0], [2, 0], [0, 0], [-1, 0]], dtype=np.float32)
+    targets = np.array([[1, 0]] * 3 + [[0, 0]] * 3, dtype=np.float32)
+    return WindowSet(embeddings, teacher, targets, np.arange(6), recordings, labels)
+
+
+def test_a_class_keeps_birdnets_ranking_unless_the_head_ranks_validation_better():
+    val = _validation_windows()
+    model = HeadModel(4, 2, 0, 0.0, 1.0, prior_mask=[1, 1]).eval()
+    with torch.no_grad():
+        model.out.weight[0, 2] = 3.0  # lifts A's recording 2 above negative 3: better
+        model.out.weight[1, 3] = 3.0  # B has no validation positive: no evidence
+        model.out.bias.fill_(-1.0)
+    assert fall_back_to_birdnet(model, val) == [1]
+    assert model.out.weight[0, 2] == 3.0 and model.out.bias[0] == -1.0
+    assert not model.out.weight[1].any() and model.out.bias[1] == 0.0
+    with torch.no_grad():
+        model.out.weight[0, 2] = -3.0  # now the head ranks recording 2 lower still: worse
+    assert fall_back_to_birdnet(model, val) == [0, 1]
+    logits = recording_scores(predict_logits(model, val.embeddings, val.teacher), val)
+    assert np.array_equal(logits, val.teacher)  # BirdNET's logits exactly

@@ -178,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _data_flags(head)
     _head_flags(head)
+    head.add_argument(
+        "--no-fallback", action="store_true",
+        help="train every class's correction and keep it (default: a class scores as "
+        "BirdNET does unless the head ranks the validation recordings better)",
+    )  # fmt: skip
+    head.add_argument(
+        "--folds", type=int, default=0, metavar="K",
+        help="recordist-fold cross-validation instead of one split: K folds, each the test "
+        "set once; head and BirdNET per fold in OUT/cv.md (nothing exported)",
+    )  # fmt: skip
     gate = recipes.add_parser(
         "gate",
         help="a bird / no-bird gate on BirdNET's embeddings (gate.onnx, used with --gate or "

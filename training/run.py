@@ -17,6 +17,7 @@ from birdd.training.prepare import DataOptions, default_cache, prepare
 from birdd.training.recipes.gate import GateOptions, run_gate_recipe
 from birdd.training.recipes.gate_data import GateData, unlabelled_recordings
 from birdd.training.recipes.head import HeadOptions
+from birdd.training.recipes.head_cv import cross_validate, cv_mean
 from birdd.training.recipes.head_run import export_and_verify, train_and_evaluate
 from birdd.training.report.markdown import write_report
 from birdd.training.verify import open_engine
@@ -47,6 +48,7 @@ def head_options(args: argparse.Namespace) -> HeadOptions:
         class_weights=not args.no_class_weights,
         label_smoothing=args.label_smoothing,
         teacher_min=args.teacher_min,
+        fallback=not getattr(args, "no_fallback", False),
         loop=LoopConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -77,6 +79,12 @@ def run_head(args: argparse.Namespace) -> int:
     if checkpoint.exists() and not args.resume:
         checkpoint.unlink()  # a fresh run; --resume continues the last one
     prepared = prepare(data_options(args), out)
+    if args.folds:
+        results = cross_validate(prepared, head_options(args), args.folds, out)
+        head, birdnet = cv_mean(results, "head"), cv_mean(results, "birdnet")
+        log.info("%d folds: macro AP head %s, BirdNET %s; %s", len(results), head, birdnet,
+                 out / "cv.md")  # fmt: skip
+        return 0
     features_s = time.monotonic() - began
     run = train_and_evaluate(prepared, head_options(args), out)
     run.seconds = {"features": features_s, **run.seconds}

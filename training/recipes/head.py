@@ -40,6 +40,7 @@ class HeadOptions:
     label_smoothing: float = 0.0
     teacher_min: float = 0.1  # 0 turns teacher filtering off
     birdnet_prior: bool = True  # add a learned multiple of BirdNET's logit per shared class
+    fallback: bool = True  # per class, keep the embedding part only where it beats BirdNET
     loop: LoopConfig = field(default_factory=LoopConfig)
 
 
@@ -158,6 +159,33 @@ def predict_logits(model: HeadModel, embeddings: np.ndarray, prior: np.ndarray) 
     with torch.no_grad():
         x = torch.as_tensor(embeddings, dtype=torch.float32)
         return model(x, torch.as_tensor(prior, dtype=torch.float32)).numpy()
+
+
+def fall_back_to_birdnet(model: HeadModel, val: WindowSet) -> List[int]:
+    """Per class BirdNET has, keep the head only where it ranks ``val``'s recordings better
+    than BirdNET does (a higher AP); elsewhere the class's score becomes BirdNET's logit
+    exactly (dense row and bias zero, multiple 1). Returns the classes that fell back.
+
+    Why: on recordists it was not trained on, the dense part (1,024 weights a class, learned
+    from a few dozen recordists) more often moved a recording's rank the wrong way than the
+    right way (recordist-fold cross-validation, docs/training.md); a class moves from BirdNET
+    only where validation recordings say it should. Works for MLP heads too (the last layer's
+    row of a class is zeroed). ``val`` should hold every window (no teacher filter).
+    """
+    truth = evaluation_targets(val)
+    head = recording_scores(predict_logits(model, val.embeddings, prior_input(val)), val)
+    birdnet = recording_scores(np.nan_to_num(val.teacher, nan=-60.0), val)
+    fell_back = []
+    with torch.no_grad():
+        for k in np.flatnonzero(model.prior_mask.numpy() > 0):
+            better = average_precision(truth[:, k], head[:, k]) > average_precision(
+                truth[:, k], birdnet[:, k]
+            )
+            if better:  # False too where validation has no positive (NaN)
+                continue
+            model.out.weight[k], model.out.bias[k], model.prior_scale[k] = 0.0, 0.0, 1.0
+            fell_back.append(int(k))
+    return fell_back
 
 
 def train_head(

@@ -22,6 +22,7 @@ from birdd.training.recipes.head import (
     HeadModel,
     HeadOptions,
     evaluation_targets,
+    fall_back_to_birdnet,
     predict_logits,
     prior_input,
     recording_scores,
@@ -38,6 +39,7 @@ log = logging.getLogger("birdd.training")
 ABLATIONS = {
     "head, no teacher filter": {"teacher_min": 0.0},
     "head, no BirdNET prior": {"birdnet_prior": False},
+    "head, no fallback to BirdNET": {"fallback": False},
 }
 
 
@@ -101,7 +103,7 @@ def negatives_fired(windows: WindowSet, probabilities: np.ndarray, thresholds) -
     return int((fired & negative).sum())
 
 
-def _windows(prepared: Prepared, name: str, teacher_min: float) -> WindowSet:
+def split_windows(prepared: Prepared, name: str, teacher_min: float) -> WindowSet:
     return window_set(
         prepared.split[name],
         prepared.extraction.features,
@@ -111,11 +113,15 @@ def _windows(prepared: Prepared, name: str, teacher_min: float) -> WindowSet:
     )
 
 
-def _train(prepared: Prepared, options: HeadOptions, checkpoint: Optional[Path]):
-    train = _windows(prepared, "train", options.teacher_min)
-    val = _windows(prepared, "val", options.teacher_min)
+def train_on_split(prepared: Prepared, options: HeadOptions, checkpoint: Optional[Path]):
+    train = split_windows(prepared, "train", options.teacher_min)
+    val = split_windows(prepared, "val", options.teacher_min)
     log.info("training on %d windows, validating on %d", len(train), len(val))
     model, history = train_head(train, val, options, checkpoint)
+    if options.fallback and options.birdnet_prior:
+        kept = fall_back_to_birdnet(model, split_windows(prepared, "val", 0.0))
+        log.info("%d of %d classes keep BirdNET's ranking (no gain on validation)",
+                 len(kept), len(prepared.dataset.labels))  # fmt: skip
     return model, history, val
 
 
@@ -127,24 +133,24 @@ def birdnet_truth(truth: np.ndarray, prepared: Prepared) -> np.ndarray:
     return restricted
 
 
-def _birdnet_logits(windows: WindowSet) -> np.ndarray:
+def birdnet_logits(windows: WindowSet) -> np.ndarray:
     """The teacher's logits; a class BirdNET lacks scores nothing."""
     return np.nan_to_num(windows.teacher, nan=-60.0)
 
 
 def train_and_evaluate(prepared: Prepared, options: HeadOptions, out: Path) -> HeadRun:
     began = time.monotonic()
-    model, history, val = _train(prepared, options, out / "checkpoint.pt")
+    model, history, val = train_on_split(prepared, options, out / "checkpoint.pt")
     trained = time.monotonic()
-    test = _windows(prepared, "test", 0.0)  # every window: no teacher in the test
+    test = split_windows(prepared, "test", 0.0)  # every window: no teacher in the test
     truth = evaluation_targets(test)
     labels = prepared.dataset.labels
     thresholds = suggest_thresholds(model, val, labels)
     head = evaluate("head", test, head_logits(model, test), truth)
-    birdnet = evaluate("BirdNET", test, _birdnet_logits(test), birdnet_truth(truth, prepared))
+    birdnet = evaluate("BirdNET", test, birdnet_logits(test), birdnet_truth(truth, prepared))
     evaluations = [head, birdnet]
     for name, change in ABLATIONS.items():
-        other, _, _ = _train(prepared, dataclasses.replace(options, **change), None)
+        other, _, _ = train_on_split(prepared, dataclasses.replace(options, **change), None)
         evaluations.append(evaluate(name, test, head_logits(other, test), truth))
     run = HeadRun(
         options, labels, prepared, history, truth, evaluations, thresholds,
@@ -191,9 +197,9 @@ def export_and_verify(
 
     columns = run.prepared.columns
 
-    def reference(embeddings: np.ndarray, birdnet_logits: np.ndarray) -> np.ndarray:
+    def reference(embeddings: np.ndarray, base_logits: np.ndarray) -> np.ndarray:
         prior = np.stack(
-            [birdnet_logits[:, c] if c is not None else np.zeros(len(embeddings)) for c in columns],
+            [base_logits[:, c] if c is not None else np.zeros(len(embeddings)) for c in columns],
             axis=1,
         )
         return predict_logits(model, embeddings, prior)
