@@ -134,8 +134,10 @@ def write_report(run: HeadRun, folder: Path) -> Path:
         "The rows after BirdNET are the same head trained without one of its parts: without "
         "teacher filtering (every window of a labelled recording a positive; the filter keeps "
         f"windows where BirdNET gives the labelled species ≥ {run.options.teacher_min}, plus "
-        "each recording's best window), and without the BirdNET prior (the head adds a learned "
-        "multiple of BirdNET's own logit for each species BirdNET knows).",
+        "each recording's best window), without the BirdNET prior (the head adds a learned "
+        "multiple of BirdNET's own logit for each species BirdNET knows), and without the "
+        "fallback (a species keeps the head only where it ranks the validation recordings "
+        "better than BirdNET, else it scores BirdNET's logit).",
         "",
         f"Negatives in the test split: {negatives}; with a positive: head at its suggested "
         f"thresholds {run.negatives['head']}, BirdNET at 0.5 {run.negatives['BirdNET']}.",
