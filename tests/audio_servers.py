@@ -226,11 +226,14 @@ class PulseServer(ChildServer):
     def play_samples(self, samples: np.ndarray, connect_s: float = 1.0) -> float:
         """Play mono float32 samples at 48 kHz through ``paplay --raw`` from a pipe and return
         when (``time.time()``) the first byte was written. paplay is started and connected
-        first, so the start is known to its buffering (tens of ms), not to a process launch
-        (which can take hundreds under load). Blocks until the samples are played."""
+        first, so the start is known to its buffering, not to a process launch (which can take
+        hundreds of ms under load). Its buffer is 300 ms: a constant delay, which the tests
+        estimate from the timestamps, where a 20 ms buffer ran dry on a loaded CI machine and
+        PulseAudio's inserted silence shifted the rest of the recording against the windows.
+        Blocks until the samples are played."""
         command = [PAPLAY, "--raw", "--format=float32le", f"--rate={RATE}", "--channels=1"]
         player = subprocess.Popen(
-            [*command, f"--device={SINK}", "--latency-msec=20"],
+            [*command, f"--device={SINK}", "--latency-msec=300"],
             env=self.env,
             stdin=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
