@@ -39,7 +39,8 @@ from birdd.daemon.app.simulate import new_postprocessor
 from birdd.daemon.config import BirddConfig
 from birdd.daemon.records import RunInfo, iso_utc
 from birdd.daemon.sinks.sqlite import Retention, SQLiteSink
-from birdd.daemon.store.sqlite_store import SQLiteStore, check_path
+from birdd.daemon.store.sqlite_health import recover_damaged
+from birdd.daemon.store.sqlite_store import SQLiteStore
 from birdd.engines.base import Engine
 from birdd.engines.errors import EngineError
 from birdd.engines.registry import create_engine
@@ -99,7 +100,7 @@ def analyze(config: BirddConfig, options: JobOptions) -> int:
         )
     files = expand_paths(options.paths)
     outputs = TextOutputs(options.fmt, options.output, options.combined)
-    check_path(config.storage.db)
+    recover_damaged(config.storage.db)
     engine = create_engine(config.engine.for_mode(live=False))
     new_postprocessor(config, engine)  # refuses unknown species, a missing location model
     key = analysis_key(config, engine.artifact.identity())

@@ -330,6 +330,8 @@ def build_parser() -> CommandLine:
     )
     hub = command("hub", help="the monitoring hub: birdd hub serve (birdd hub --help)")
     hub.add_argument("hub_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    db = command("db", help="check or back up the database: birdd db check|backup (--help)")
+    db.add_argument("db_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     train = command("train", help="train a model on labelled recordings (birdd train --help)")
     train.add_argument("recipe_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
@@ -369,6 +371,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from birdd.hub.cli import main as hub_main
 
         return hub_main(argv[1:])
+    if argv[:1] == ["db"]:
+        from birdd.daemon.app.db import main as db_main
+
+        return db_main(argv[1:])
     args = build_parser().parse_command_line(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter() if os.environ.get("JOURNAL_STREAM") else PLAIN)

@@ -17,7 +17,7 @@ from birdd.daemon.records import RunInfo, new_detection_id
 from birdd.daemon.sinks.fanout import SinkFanout
 from birdd.daemon.sinks.files import make_output_sink
 from birdd.daemon.sinks.sqlite import Retention, SQLiteSink
-from birdd.daemon.store.sqlite_store import check_path
+from birdd.daemon.store.sqlite_health import recover_damaged
 from birdd.engines.base import Engine
 
 log = logging.getLogger("birdd")
@@ -25,8 +25,9 @@ log = logging.getLogger("birdd")
 
 def open_sinks(config: BirddConfig) -> Tuple[SinkFanout, Optional[MqttPublisher]]:
     """SQLite (the source of truth), the text output, and the MQTT publisher when enabled; a
-    database path that cannot be one is refused here, before the run is announced."""
-    check_path(config.storage.db)
+    database path that cannot be one is refused here, before the run is announced, and a
+    damaged database is moved aside (kept) for a new one."""
+    recover_damaged(config.storage.db)
     publisher = MqttPublisher(config) if config.mqtt.enabled else None
     sqlite = SQLiteSink(
         config.storage.db,

@@ -3,7 +3,8 @@
 Published on every connect (so once at start), every ``mqtt.stats_interval_s`` while connected,
 and once at a clean stop. Nothing is queued while the broker is away: stale health is noise.
 The message's JSON Schema is ``docs/schema/stats.v1.json``; a field that only some stations
-have (``gate``, with a bird / no-bird gate) is optional there, so older messages stay valid.
+have (``gate``, with a bird / no-bird gate; ``db_recovered_from``, after a damaged database was
+moved aside) is optional there, so older messages stay valid.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import IO, Any, Callable, List, Mapping, Optional, Sequence, Union
 
 from birdd.daemon.records import Detection, Gap, RunInfo
 from birdd.daemon.sinks.base import Sink
-from birdd.daemon.store.sqlite_store import SQLiteStore, StoreError
+from birdd.daemon.store.sqlite_store import SQLiteStore, StoreError, lock_path
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class _WriterLock:
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        self.path = db_path.with_name(db_path.name + ".lock")
+        self.path = lock_path(db_path)
         self._file: Optional[IO[str]] = None
 
     def acquire(self) -> None:

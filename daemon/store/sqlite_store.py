@@ -225,6 +225,22 @@ class SQLiteStore:
 
 def check_path(path: Path) -> None:
     """Refuse a directory or a non-SQLite file before SQLite writes anything."""
+    check_location(path)
+    if _is_foreign_file(path):
+        raise DatabasePathError(
+            f"{path} exists and is not an SQLite database (left unchanged); "
+            "move it away or choose another database path"
+        )
+
+
+def lock_path(path: Path) -> Path:
+    """``<db>.lock``: held by the one process writing runs; its presence shows birdd wrote
+    this database."""
+    return path.with_name(path.name + ".lock")
+
+
+def check_location(path: Path) -> None:
+    """Refuse a directory, or a path whose folder cannot be made, as the database."""
     if path.is_dir():
         raise DatabasePathError(
             f"{path} is a directory; give a database file such as {path / 'birdd.db'}"
@@ -236,11 +252,6 @@ def check_path(path: Path) -> None:
         raise DatabasePathError(
             f"cannot use {path}: {reason}; check the path and permissions"
         ) from exc
-    if _is_foreign_file(path):
-        raise DatabasePathError(
-            f"{path} exists and is not an SQLite database (left unchanged); "
-            "move it away or choose another database path"
-        )
 
 
 def _is_foreign_file(path: Path) -> bool:
