@@ -19,7 +19,12 @@ from db_writer import ROWS, detection
 
 from birdd.daemon.records import RunInfo
 from birdd.daemon.sinks.sqlite import SQLiteSink
-from birdd.daemon.store.sqlite_health import damaged_copies, integrity_findings, recover_damaged
+from birdd.daemon.store.sqlite_health import (
+    _damage_error,
+    damaged_copies,
+    integrity_findings,
+    recover_damaged,
+)
 from birdd.daemon.store.sqlite_store import DatabasePathError, SQLiteStore
 
 PAGE = 4096
@@ -143,6 +148,22 @@ def test_a_damaged_database_another_writer_holds_is_left_alone(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize(
+    "message, damage",
+    [
+        ("database disk image is malformed", True),
+        ("file is not a database", True),
+        ("database is locked", False),
+        ("unable to open database file", False),
+    ],
+)
+def test_damage_is_told_by_its_text_where_python_gives_no_error_code(message, damage):
+    """Python before 3.11 (Raspberry Pi OS bullseye, JetPack 5) has no ``sqlite_errorcode``."""
+    error = sqlite3.DatabaseError(message)
+    assert getattr(error, "sqlite_errorcode", None) is None
+    assert _damage_error(error) is damage
 
 
 HOLD_LOCK = """

@@ -13,9 +13,16 @@ import jsonschema
 import pytest
 from birdd_testing import REPO, THRUSH, birdd_command, recording, run_birdd
 from broker import Subscriber
-from test_db_health import crashed_copy, overwrite_middle, snapshot, stored_ids
+from test_db_health import (
+    PAGE,
+    crashed_copy,
+    overwrite_middle,
+    snapshot,
+    stored_ids,
+    write_database,
+)
 
-from birdd.daemon.store.sqlite_health import integrity_findings
+from birdd.daemon.store.sqlite_health import damaged_copies, integrity_findings
 
 pytestmark = pytest.mark.system
 STATS_SCHEMA = json.loads((REPO / "docs" / "schema" / "stats.v1.json").read_text())
@@ -86,3 +93,26 @@ def _wait_for_rows(db, process) -> set:
                     return ids
         time.sleep(0.1)
     raise AssertionError(f"no detection committed: {process.stderr.read()}")
+
+
+def test_birdd_analyze_moves_a_damaged_database_aside_too(birdnet_model, tmp_path):
+    db = tmp_path / "birdd.sqlite"
+    write_database(db)
+    db.write_bytes(b"\x00" * (4 * PAGE))  # the whole file zeroed: no header left
+    result = run_birdd(
+        "analyze",
+        str(recording(THRUSH)),
+        "--db",
+        str(db),
+        "--workers",
+        "1",
+        "--output",
+        str(tmp_path / "tables"),
+    )
+    assert result.returncode == 0, result.stderr
+    copy = damaged_copies(db)
+    assert len(copy) == 1 and copy[0].read_bytes() == b"\x00" * (4 * PAGE)
+    warnings = [line for line in result.stderr.splitlines() if "damaged database" in line]
+    assert len(warnings) == 1 and "file is not a database" in warnings[0]
+    with contextlib.closing(sqlite3.connect(str(db))) as conn:
+        assert conn.execute("SELECT mode, status FROM runs").fetchall() == [("analyze", "complete")]

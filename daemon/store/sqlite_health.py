@@ -25,7 +25,10 @@ from birdd.daemon.store.sqlite_store import DatabasePathError, check_location, l
 log = logging.getLogger("birdd")
 
 SQLITE_HEADER = b"SQLite format 3\x00"
-DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+DAMAGE_CODES = {11, 26}
+"""SQLITE_CORRUPT and SQLITE_NOTADB (Python names them only from 3.11)."""
+DAMAGE_WORDS = ("malformed", "not a database")
+"""The same errors by their text, where Python (before 3.11) gives no error code."""
 SIDECARS = ("-wal", "-shm", "-journal")
 """Files SQLite keeps beside a database; a damaged one's go with it (its -wal holds pages)."""
 COPY_MARK = ".corrupt-"
@@ -52,7 +55,9 @@ def integrity_findings(path: Path, pragma: str = "integrity_check") -> List[str]
 
 def _damage_error(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in DAMAGE_CODES
+    if code is None:
+        return any(words in str(exc) for words in DAMAGE_WORDS)
+    return code & 0xFF in DAMAGE_CODES
 
 
 @dataclass(frozen=True)
