@@ -6,7 +6,8 @@ Layout: N worker processes (``--workers``, default one per core), each with its 
 through the simulate pipeline; the parent is the single writer of SQLite and the outputs. One
 worker runs in this process, with no pool. Exit status: 0 when every file was analysed (or
 had been before), 1 when some failed or the job was stopped, 2 on bad input (raised as
-ValueError, EngineError, ... before anything is written).
+ValueError, EngineError, ... before anything is written). With ``--ray`` the files run on a
+Ray cluster's actors instead of the local pool (``ray_job.py``); the rest is the same.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import logging
 import multiprocessing
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import soundfile
 
 from birdd.daemon.analyze.outputs import TextOutputs
 from birdd.daemon.analyze.paths import AudioFile, expand_paths
 from birdd.daemon.analyze.progress import JobProgress
+from birdd.daemon.analyze.ray_job import RayCluster, import_ray, model_bundle
 from birdd.daemon.analyze.resume import AnalysisKey, FileId, analysis_key, file_id
 from birdd.daemon.analyze.worker import (
     FileAnalyser,
@@ -59,6 +61,9 @@ class JobOptions:
     output: Optional[Path] = None
     combined: bool = False
     quiet: bool = False
+    ray: Optional[str] = None
+    """A Ray cluster's address ("": a local one) to run on instead of the local pool;
+    ``workers`` 0 then means one per cluster CPU."""
 
 
 @dataclass
@@ -98,6 +103,8 @@ def analyze(config: BirddConfig, options: JobOptions) -> int:
             "analyze does not publish to MQTT: leave --mqtt and mqtt.enabled off, then send the "
             "stored detections with 'birdd publish --mqtt URL --db DB'"
         )
+    if options.ray is not None:
+        import_ray()  # without the extra: one line naming it, before any work
     files = expand_paths(options.paths)
     outputs = TextOutputs(options.fmt, options.output, options.combined)
     recover_damaged(config.storage.db)
@@ -114,16 +121,34 @@ def analyze(config: BirddConfig, options: JobOptions) -> int:
             file=summary_stream,
         )
         return 0
+    cluster = None
+    if options.ray is not None:
+        bundle = model_bundle(config, engine)  # refuses what an actor could not load alone
+        cluster = RayCluster(options.ray, options.workers, _threads(config))
+        options = replace(options, workers=cluster.workers)
     source = " ".join(options.paths)
     run = run_info(config, engine, "analyze", source[:1000], CLOCK_ORIGIN)
     log.info(
-        "analysing %d file(s), %.2f h of audio, on %d worker(s)%s",
+        "analysing %d file(s), %.2f h of audio, on %d worker(s)%s%s",
         len(plan.todo),
         plan.audio_s / 3600,
         options.workers,
+        f" of the Ray cluster at {options.ray or 'a local ray.init()'}" if cluster else "",
         f"; {plan.skipped} done before are skipped" if plan.skipped else "",
     )
-    tally, status, wall_s = execute(config, engine, run, plan, options, outputs, key)
+    if cluster is not None:
+        engine.close()  # the actors load their own
+        ids = [identity[2] for identity in plan.ids]
+        results = cluster.results(config, run, bundle, [f.path for f in plan.todo], ids)
+
+        def release() -> None:
+            results.close()
+            cluster.close()
+
+        source_of = _Results(results, lambda: None, release)
+    else:
+        source_of = _local_results(config, engine, run, plan, options)
+    tally, status, wall_s = execute(config, run, plan, options, outputs, key, source_of)
     print(summary(plan, tally, status, wall_s, run, config.storage.db), file=summary_stream)
     for path, reason in tally.failures:
         print(f"failed: {path}: {reason}", file=summary_stream)
@@ -164,56 +189,74 @@ def _duration_s(path: Path) -> float:
         return 0.0
 
 
-def execute(
-    config: BirddConfig,
-    engine: Engine,
-    run: RunInfo,
-    plan: Plan,
-    options: JobOptions,
-    outputs: TextOutputs,
-    key: AnalysisKey,
-) -> Tuple[Tally, str, float]:
-    """Analyse the planned files; return the tally, the run's status and the wall time."""
+@dataclass
+class _Results:
+    """Where the files' results come from, how to stop the file in flight (Ctrl-C), and
+    what to release at the end."""
+
+    results: Iterable[FileResult]
+    stop: Callable[[], None]
+    release: Callable[[], None]
+
+
+def _local_results(
+    config: BirddConfig, engine: Engine, run: RunInfo, plan: Plan, options: JobOptions
+) -> _Results:
+    """The local pool (``--workers`` > 1), or one worker in this process."""
     tasks = [FileTask(index, item.path) for index, item in enumerate(plan.todo)]
-    pool = None
-    analyser: Optional[FileAnalyser] = None
     if options.workers > 1:
         engine.close()  # each worker loads its own; fork before any thread or database
         context = multiprocessing.get_context("fork")
         pool = context.Pool(
             min(options.workers, len(tasks)), init_worker, (config, run, os.getpid())
         )
-        results: Iterable[FileResult] = pool.imap_unordered(analyse_in_worker, tasks)
-    else:
-        analyser = FileAnalyser(config, engine, run)
-        results = map(analyser.analyse, tasks)
+
+        def release() -> None:
+            pool.terminate()
+            pool.join()
+
+        return _Results(pool.imap_unordered(analyse_in_worker, tasks), lambda: None, release)
+    analyser = FileAnalyser(config, engine, run)
+    return _Results(map(analyser.analyse, tasks), analyser.stop, engine.close)
+
+
+def _threads(config: BirddConfig) -> int:
+    return int(getattr(config.engine, "threads", 1) or 1)
+
+
+def execute(
+    config: BirddConfig,
+    run: RunInfo,
+    plan: Plan,
+    options: JobOptions,
+    outputs: TextOutputs,
+    key: AnalysisKey,
+    source_of: _Results,
+) -> Tuple[Tally, str, float]:
+    """Record the planned files' results as they come; return the tally, the run's status
+    and the wall time."""
     sqlite = SQLiteSink(config.storage.db, retention=_retention(config))
     tally, status = Tally(), "failed"
-    progress = JobProgress(len(tasks), plan.audio_s, quiet=options.quiet)
+    progress = JobProgress(len(plan.todo), plan.audio_s, quiet=options.quiet)
     try:
         sqlite.open(run)
         outputs.open(run)
         with StopOnSignals(_interrupt, "stopping; the files in flight are left for the next run"):
             try:
-                for result in results:
+                for result in source_of.results:
                     _record(result, plan, key, sqlite, outputs, tally)
                     progress.file_done(result.path, result.audio_seconds, result.error)
                 status = "complete"
             except KeyboardInterrupt:
                 status = "interrupted"
-                if analyser is not None:
-                    analyser.stop()
+                source_of.stop()
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        source_of.release()
         progress.finish()
         try:
             outputs.close(status)
         finally:
             sqlite.close(status)
-        if pool is None:
-            engine.close()
     return tally, status, progress.wall_s
 
 

@@ -36,6 +36,10 @@ class FileTask:
     index: int
     """The file's place in the job (combined outputs follow it)."""
     path: Path
+    data: Optional[bytes] = None
+    """The file's bytes when they were read on another machine (``--ray``), else None."""
+    mtime_ns: Optional[int] = None
+    """Its modification time there (the start time of a file without a recorder stamp)."""
 
 
 @dataclass
@@ -83,7 +87,7 @@ class FileAnalyser:
     def analyse(self, task: FileTask) -> FileResult:
         result = FileResult(task.index, str(task.path))
         try:
-            recording = open_recording(self.config, task.path, None)
+            recording = open_recording(self.config, task.path, None, task.data, task.mtime_ns)
         except (SourceError, OSError, ValueError) as exc:
             result.error = str(exc)
             return result

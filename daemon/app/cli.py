@@ -182,6 +182,14 @@ def add_analyze_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one output for all files (--output FILE, else stdout) instead of one per file",
     )
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on a Ray cluster (HOST:PORT or auto; no ADDRESS: a local one) instead of "
+        "local workers; needs pip install 'birdd[ray]' (docs/analyze.md)",
+    )
     add_analysis_flags(
         parser,
         output_help="folder for one table per recording (Raven selection tables unless "

@@ -33,13 +33,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from birdd.daemon.analyze.job import JobOptions, analyze, cores, with_threads
 
-    workers = args.workers or cores()
+    on_ray = args.ray is not None  # workers 0: one per cluster CPU, one thread each
+    workers = args.workers or (0 if on_ray else cores())
     config = config_from(args)
     if args.threads is None:
-        config = with_threads(config, max(1, cores() // workers))
+        config = with_threads(config, 1 if on_ray else max(1, cores() // workers))
     output = Path(args.output) if args.output else None
     options = JobOptions(
-        args.paths, workers, args.force, args.format, output, args.combined, args.quiet
+        args.paths, workers, args.force, args.format, output, args.combined, args.quiet, args.ray
     )
     return analyze(config, options)
 

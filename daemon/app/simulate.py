@@ -30,13 +30,18 @@ log = logging.getLogger("birdd")
 
 
 def open_recording(
-    config: BirddConfig, path: Path, start_time: Optional[str]
+    config: BirddConfig,
+    path: Path,
+    start_time: Optional[str],
+    data: Optional[bytes] = None,
+    mtime_ns: Optional[int] = None,
 ) -> Tuple[FileSource, datetime, str]:
-    """The file as a source (its channel checked), its start time and where that came from."""
-    source = FileSource(path, config.audio.block_s)
+    """The file as a source (its channel checked), its start time and where that came from.
+    ``data`` and ``mtime_ns``: the file's bytes and modification time, read elsewhere."""
+    source = FileSource(path, config.audio.block_s, data)
     try:
         check_channel(config.audio.channels, source.channels, str(path))
-        start, origin = recording_start(path, start_time, source.duration_s)
+        start, origin = recording_start(path, start_time, source.duration_s, mtime_ns)
     except BaseException:
         source.close()
         raise

@@ -25,8 +25,11 @@ def time_from_filename(name: str) -> Optional[datetime]:
     return None
 
 
-def recording_start(path: Path, explicit: Optional[str], duration_s: float) -> Tuple[datetime, str]:
-    """Return the start time and its origin: --start-time, the file name, else the mtime.
+def recording_start(
+    path: Path, explicit: Optional[str], duration_s: float, mtime_ns: Optional[int] = None
+) -> Tuple[datetime, str]:
+    """Return the start time and its origin: --start-time, the file name, else the mtime
+    (``mtime_ns`` when given: the file is on another machine; else the file's own).
 
     A recorder closes its file when it stops recording, so the modification time marks the
     end of the recording: the start is the mtime minus the duration.
@@ -41,5 +44,6 @@ def recording_start(path: Path, explicit: Optional[str], duration_s: float) -> T
     stamped = time_from_filename(path.name)
     if stamped is not None:
         return stamped, "file name (read as UTC)"
-    mtime = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+    seconds = path.stat().st_mtime if mtime_ns is None else mtime_ns / 1e9
+    mtime = datetime.fromtimestamp(seconds, tz=timezone.utc)
     return mtime - timedelta(seconds=duration_s), "file modification time minus duration"
