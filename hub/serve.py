@@ -58,7 +58,7 @@ def serve(config: HubConfig, stop: threading.Event, web: bool = True) -> int:
     if store is None:
         return 0
     log.info("hub: storing into %s", config.store.postgres or config.store.sqlite)
-    inbox: queue.Queue[Received] = queue.Queue()
+    inbox: queue.SimpleQueue[Received] = queue.SimpleQueue()
     session = Session(config, inbox)
     writer = Writer(store, session, inbox, check, config.ingest)
     server = _start_web(config, opener) if web else None

@@ -47,9 +47,7 @@ _SMALLER = (
 _LARGER = (
     "CASE WHEN excluded.{0} > detection_hours.{0} THEN excluded.{0} ELSE detection_hours.{0} END"
 )
-ADD = f"""INSERT INTO detection_hours (station, hour_ms, scientific, detections, first_ms,
-    last_ms, max_confidence, common, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (station, hour_ms, scientific) DO UPDATE SET
+_UPDATE = f"""ON CONFLICT (station, hour_ms, scientific) DO UPDATE SET
     detections = detection_hours.detections + excluded.detections,
     first_ms = {_SMALLER.format("first_ms")},
     last_ms = {_LARGER.format("last_ms")},
@@ -57,6 +55,20 @@ ADD = f"""INSERT INTO detection_hours (station, hour_ms, scientific, detections,
     common = {_SMALLER.format("common")},
     code = CASE WHEN detection_hours.code IS NULL OR excluded.code < detection_hours.code
         THEN excluded.code ELSE detection_hours.code END"""
+ADD = f"""INSERT INTO detection_hours (station, hour_ms, scientific, detections, first_ms,
+    last_ms, max_confidence, common, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    {_UPDATE}"""
+# PostgreSQL: every row of ``hour_rows`` in one statement; the rows of one bucket (another
+# common name or code) are merged first, since one statement may not update a row twice
+ADD_ALL = f"""INSERT INTO detection_hours (station, hour_ms, scientific, detections, first_ms,
+    last_ms, max_confidence, common, code)
+    SELECT station, hour_ms, scientific, SUM(n), MIN(first_ms), MAX(last_ms), MAX(confidence),
+    MIN(common), MIN(code)
+    FROM unnest(?::text[], ?::bigint[], ?::text[], ?::bigint[], ?::bigint[], ?::bigint[],
+    ?::double precision[], ?::text[], ?::text[]) AS hours (station, hour_ms, scientific, n,
+    first_ms, last_ms, confidence, common, code)
+    GROUP BY station, hour_ms, scientific ORDER BY station, hour_ms, scientific
+    {_UPDATE}"""
 
 
 def hour_rows(inserted: List[NewDetection]) -> List[Tuple]:

@@ -112,14 +112,17 @@ class SqlStore(Store):
         if params:
             conn.cursor().executemany(self._sql(statement), params)
 
-    def _inserted(self, conn: Any, statement: str, params: List[Tuple]) -> List[bool]:
-        """Run an ``INSERT … ON CONFLICT DO NOTHING RETURNING`` per row: whether each row
-        went in (returned a row)."""
+    def _insert_detections(self, conn: Any, params: List[Tuple]) -> List[bool]:
+        """Insert the rows of ``writes.detection_params`` (``ON CONFLICT DO NOTHING``): whether
+        each went in. Here one ``INSERT … RETURNING`` per row (SQLite runs in this process:
+        a statement costs no round trip); PostgreSQL sends the whole batch as one."""
         cursor = conn.cursor()
-        went_in = []
-        for row in params:
-            went_in.append(cursor.execute(self._sql(statement), row).fetchone() is not None)
-        return went_in
+        statement = self._sql(writes.INSERT_DETECTION)
+        return [cursor.execute(statement, row).fetchone() is not None for row in params]
+
+    def _add_hours(self, conn: Any, rows: List[Tuple]) -> None:
+        """Add ``rollup.hour_rows`` to ``detection_hours`` (PostgreSQL: in one statement)."""
+        self._executemany(conn, rollup.ADD, rows)
 
     def close(self) -> None:
         # a connection that already broke has nothing to close
@@ -193,12 +196,13 @@ class SqlStore(Store):
     def _write_detections(self, conn: Any, detections: List[NewDetection]) -> None:
         """Insert the new ones and count them in ``detection_hours``; a detection id already
         stored (earlier, or before in this batch) only grows its ``resends``."""
-        params = [writes.detection_params(d) for d in detections]
-        went_in = self._inserted(conn, writes.INSERT_DETECTION, params) if params else []
+        if not detections:
+            return
+        went_in = self._insert_detections(conn, [writes.detection_params(d) for d in detections])
         inserted = [d for d, new in zip(detections, went_in) if new]
         resent = [(d.id,) for d, new in zip(detections, went_in) if not new]
         self._executemany(conn, writes.RESENT, resent)
-        self._executemany(conn, rollup.ADD, rollup.hour_rows(inserted))
+        self._add_hours(conn, rollup.hour_rows(inserted))
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Set, Tuple
 
 from birdd.hub.store.base import Batch, NewDetection
 
 INSERT_DETECTION = """INSERT INTO detections (id, station, start_ms, end_ms, scientific, common,
     code, is_bird, confidence, source, channel, lat, lon, received_ms, resends, payload)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+    ON CONFLICT (id) DO NOTHING RETURNING id"""
+# PostgreSQL: the whole batch in one statement, one array per column, inserted in the batch's
+# order (so of two copies of an id in one batch the first goes in, as row by row)
+INSERT_DETECTIONS = """INSERT INTO detections (id, station, start_ms, end_ms, scientific, common,
+    code, is_bird, confidence, source, channel, lat, lon, received_ms, resends, payload)
+    SELECT id, station, start_ms, end_ms, scientific, common, code, is_bird, confidence, source,
+    channel, lat, lon, received_ms, 0, payload
+    FROM unnest(?::text[], ?::text[], ?::bigint[], ?::bigint[], ?::text[], ?::text[], ?::text[],
+    ?::boolean[], ?::double precision[], ?::text[], ?::text[], ?::double precision[],
+    ?::double precision[], ?::bigint[], ?::text[]) WITH ORDINALITY AS new (id, station,
+    start_ms, end_ms, scientific, common, code, is_bird, confidence, source, channel, lat, lon,
+    received_ms, payload, n)
+    ORDER BY n
     ON CONFLICT (id) DO NOTHING RETURNING id"""
 RESENT = "UPDATE detections SET resends = resends + 1 WHERE id = ?"
 
@@ -55,6 +68,17 @@ def detection_params(d: NewDetection) -> Tuple:
         d.received_ms,
         d.payload,
     )
+
+
+def went_in(ids: List[str], returned: Set[str]) -> List[bool]:
+    """Per detection of a batch, whether it was inserted, from the ids the insert returned: the
+    first copy of a returned id; a later copy in the same batch is a resend."""
+    left = set(returned)
+    flags = []
+    for id_ in ids:
+        flags.append(id_ in left)
+        left.discard(id_)
+    return flags
 
 
 def station_touches(batch: Batch) -> List[Tuple]:
