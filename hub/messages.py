@@ -8,7 +8,7 @@ its (schema-checked) payload, a status's or a report's is the topic level before
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta
 from typing import Any, Union
 
 from birdd.daemon.mqtt.messages import SchemaCheck, Skipped, decode_detection, printable
@@ -21,6 +21,7 @@ from birdd.hub.store.base import (
 )
 
 KINDS = ("detections", "status", "stats")
+EPOCH, ONE_MS = datetime(1970, 1, 1), timedelta(milliseconds=1)  # UTC, as the "Z" says
 MAX_STATS_BYTES = 64 * 1024
 Decoded = Union[NewDetection, NewStatus, NewStats, NewRejected]
 
@@ -80,12 +81,13 @@ def _detection(payload: bytes, received_ms: int, check: SchemaCheck) -> NewDetec
 
 def _epoch_ms(text: str, field: str) -> int:
     """The schema's pattern fixed the form (``2024-05-02T04:00:15.000Z``); this finds the
-    impossible dates. ``fromisoformat``: strptime took a tenth of the ingest's time."""
+    impossible dates. ``fromisoformat``: strptime took a tenth of the ingest's time; integer
+    milliseconds from the epoch, exact (``timestamp() * 1000`` is a float) and faster."""
     try:
-        when = datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
+        when = datetime.fromisoformat(text[:-1])
     except ValueError:
         raise Rejected(f"/{field}: {printable(text, 40)} is not a date and time") from None
-    return int(when.timestamp() * 1000)
+    return (when - EPOCH) // ONE_MS
 
 
 def _has_nul(value: Any) -> bool:

@@ -61,11 +61,18 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+# one decoder for every message: ``json.loads`` with an option builds a new one each call
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def decode_detection(payload: bytes, check: SchemaCheck) -> Dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise Skipped(f"{len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")
     try:
-        message = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+        text = payload.decode("utf-8")
+        if text.startswith("\ufeff"):  # what json.loads says
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        message = _DECODER.decode(text)
     except UnicodeDecodeError:
         raise Skipped("not UTF-8 text") from None
     except (ValueError, RecursionError) as exc:

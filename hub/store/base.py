@@ -28,9 +28,10 @@ class StoreUnavailable(StoreError):
 # -- what the ingest writes ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass
 class NewDetection:
-    """One detection message that passed ``detection.v1.json``."""
+    """One detection message that passed ``detection.v1.json``. Not frozen: the ingest makes
+    thousands a second, and a frozen dataclass's ``__init__`` costs six times as much."""
 
     id: str
     station: str

@@ -112,13 +112,10 @@ class SqlStore(Store):
         if params:
             conn.cursor().executemany(self._sql(statement), params)
 
+    @abstractmethod
     def _insert_detections(self, conn: Any, params: List[Tuple]) -> List[bool]:
-        """Insert the rows of ``writes.detection_params`` (``ON CONFLICT DO NOTHING``): whether
-        each went in. Here one ``INSERT … RETURNING`` per row (SQLite runs in this process:
-        a statement costs no round trip); PostgreSQL sends the whole batch as one."""
-        cursor = conn.cursor()
-        statement = self._sql(writes.INSERT_DETECTION)
-        return [cursor.execute(statement, row).fetchone() is not None for row in params]
+        """Insert the rows of ``writes.detection_params`` but no id already stored: whether
+        each went in. Of two copies of an id in one batch, the first."""
 
     def _add_hours(self, conn: Any, rows: List[Tuple]) -> None:
         """Add ``rollup.hour_rows`` to ``detection_hours`` (PostgreSQL: in one statement)."""

@@ -10,7 +10,9 @@ from birdd.hub.store.base import Batch, NewDetection
 INSERT_DETECTION = """INSERT INTO detections (id, station, start_ms, end_ms, scientific, common,
     code, is_bird, confidence, source, channel, lat, lon, received_ms, resends, payload)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
-    ON CONFLICT (id) DO NOTHING RETURNING id"""
+    ON CONFLICT (id) DO NOTHING"""
+# SQLite: which of a batch's ids (a JSON array) are stored already
+STORED_IDS = "SELECT id FROM detections WHERE id IN (SELECT value FROM json_each(?))"
 # PostgreSQL: the whole batch in one statement, one array per column, inserted in the batch's
 # order (so of two copies of an id in one batch the first goes in, as row by row)
 INSERT_DETECTIONS = """INSERT INTO detections (id, station, start_ms, end_ms, scientific, common,
