@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from birdd.daemon import __version__
 from birdd.daemon.app.settings import DEFAULT_CONFIG
+from birdd.daemon.app.subcommands import add_own_parsers, own_main
 from birdd.daemon.config import OUTPUT_FORMATS, ConfigError
 from birdd.daemon.mqtt.config import DEFAULT_PASSWORD_ENV
 from birdd.daemon.postprocess import PostprocessError
@@ -336,12 +337,7 @@ def build_parser() -> CommandLine:
         help=f"UTC start of the demo recording, ISO 8601 (default {DEMO_START}: the recording "
         "carries no time of its own)",
     )
-    hub = command("hub", help="the monitoring hub: birdd hub serve (birdd hub --help)")
-    hub.add_argument("hub_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    db = command("db", help="check or back up the database: birdd db check|backup (--help)")
-    db.add_argument("db_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    train = command("train", help="train a model on labelled recordings (birdd train --help)")
-    train.add_argument("recipe_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    add_own_parsers(command)  # hub, db, doctor, train
     return parser
 
 
@@ -371,18 +367,9 @@ def normalise_argv(argv: Sequence[str]) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = normalise_argv(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:  # parsed by birdd.training, whose torch is an optional extra
-        from birdd.training.cli import main as train_main
-
-        return train_main(argv[1:])
-    if argv[:1] == ["hub"]:  # the monitoring hub; psycopg and jsonschema are the hub extra
-        from birdd.hub.cli import main as hub_main
-
-        return hub_main(argv[1:])
-    if argv[:1] == ["db"]:
-        from birdd.daemon.app.db import main as db_main
-
-        return db_main(argv[1:])
+    own = own_main(argv)  # a command that parses its own arguments (subcommands.py)
+    if own is not None:
+        return own(argv[1:])
     args = build_parser().parse_command_line(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JournalFormatter() if os.environ.get("JOURNAL_STREAM") else PLAIN)

@@ -1,0 +1,1 @@
+"""``birdd doctor``: checks a station's setup once and says what to fix (see ``cli``)."""
