@@ -14,6 +14,7 @@ import numpy as np
 from birdd.daemon.app.doctor.base import Context, Result, fail, ok, warn
 from birdd.daemon.app.doctor.engine import split_fix
 from birdd.daemon.sources.base import SourceError
+from birdd.daemon.sources.device import MIX_CHANNELS, find_device, import_sounddevice
 from birdd.daemon.sources.ffmpeg import is_url, redacted
 
 DEAD_DBFS = -80.0
@@ -121,8 +122,6 @@ def _ffmpeg(url: str) -> Result:
 
 
 def _device(spec: Union[str, int], ctx: Context) -> List[Result]:
-    from birdd.daemon.sources.device import find_device, import_sounddevice
-
     try:
         sd = import_sounddevice()
         device = find_device(sd, spec)
@@ -138,7 +137,13 @@ def _level(sd: Any, device: dict, spec: Union[str, int], ctx: Context) -> Result
     assert ctx.config is not None
     rate = ctx.config.audio.sample_rate or device["default_rate"]
     wanted = _channel_indices(ctx.config.audio.channels)
-    channels = max(wanted) + 1 if wanted else device["channels"]
+    channels = max(wanted) + 1 if wanted else min(device["channels"], MIX_CHANNELS)
+    if channels > device["channels"]:
+        return fail(
+            "audio level",
+            f"{spec!r} has {device['channels']} input channel(s), audio.channels needs {channels}",
+            "correct audio.channels (0 is the first channel) or use another device",
+        )
     settle = int(SETTLE_S * rate)
     try:
         data = sd.rec(

@@ -32,7 +32,7 @@ def check_broker(ctx: Context) -> List[Result]:
 def connect(config: MqttConfig, timeout_s: float) -> Result:
     """Connect once, wait for the CONNACK, disconnect. The client id is the doctor's own: the
     station's would push a running birdd off the broker."""
-    address = f"{config.host}:{config.resolved_port()}"
+    address = f"{config.host}:{config.resolved_port()} (MQTT {config.protocol})"
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"birdd-doctor-{os.getpid()}",
@@ -49,15 +49,22 @@ def connect(config: MqttConfig, timeout_s: float) -> Result:
     client.on_connect = lambda c, userdata, flags, reason, properties: answer.update(r=reason)
     try:
         client.connect(config.host, config.resolved_port(), keepalive=config.keepalive_s)
-        return _wait_for_connack(client, answer, f"{address} (MQTT {config.protocol})", timeout_s)
+        return _wait_for_connack(client, answer, address, timeout_s, _missing_password(config))
     except (OSError, ssl.SSLError) as exc:
         return _connect_error(exc, address, timeout_s)
     finally:
         client.disconnect()
 
 
+def _missing_password(config: MqttConfig) -> str:
+    """What a refused login may be down to: a user name and no password found."""
+    if config.username and not config.password():
+        return f": no password for {config.username} in ${config.password_env} or a file"
+    return ""
+
+
 def _wait_for_connack(
-    client: paho.Client, answer: Dict[str, Any], address: str, timeout_s: float
+    client: paho.Client, answer: Dict[str, Any], address: str, timeout_s: float, no_password: str
 ) -> Result:
     deadline = time.monotonic() + timeout_s
     while "r" not in answer and time.monotonic() < deadline:
@@ -73,7 +80,7 @@ def _wait_for_connack(
     if not reason.is_failure:
         return ok("broker", f"{address}: connected and accepted")
     if reason.value in AUTH_REFUSALS:
-        return fail("broker", f"{address}: login refused ({reason})", CREDENTIALS_FIX)
+        return fail("broker", f"{address}: login refused ({reason}){no_password}", CREDENTIALS_FIX)
     return fail(
         "broker", f"{address}: connection refused by the broker ({reason})", "see the broker's log"
     )
@@ -81,7 +88,11 @@ def _wait_for_connack(
 
 def _connect_error(exc: OSError, address: str, timeout_s: float) -> Result:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return fail("broker", f"{address}: TLS error: {exc.verify_message}", TLS_FIX)
+        return fail(
+            "broker",
+            f"{address}: TLS error: certificate verify failed: {exc.verify_message}",
+            TLS_FIX,
+        )
     if isinstance(exc, ssl.SSLError):
         return fail("broker", f"{address}: TLS error: {exc.reason or exc}", TLS_FIX)
     if isinstance(exc, ConnectionRefusedError):
