@@ -19,7 +19,7 @@ from birdd.daemon.sources.ffmpeg import is_url, redacted
 
 DEAD_DBFS = -80.0
 """Below this RMS an input carries no sound: an unplugged, muted or unpowered microphone (a
-quiet night in the field still reads -70 to -50 dBFS with a working one)."""
+working one's self-noise and the ambience stay above it even on a still night)."""
 FULL_SCALE = 0.999
 """A sample at or above this magnitude (-0.01 dBFS) is at full scale."""
 CLIPPED_FRACTION = 0.001
