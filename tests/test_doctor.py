@@ -15,7 +15,7 @@ import pytest
 import soundfile
 from birdd_testing import THRUSH, recording
 
-from birdd.daemon.app.doctor import audio, system
+from birdd.daemon.app.doctor import audio, engine, system
 from birdd.daemon.app.doctor.base import (
     FAIL,
     OK,
@@ -201,3 +201,15 @@ def test_bad_flags_exit_2(capsys):
         main(["--skip", "nothing"])
     assert raised.value.code == 2
     assert "invalid choice: 'nothing'" in capsys.readouterr().err
+
+
+def test_a_jetson_is_named_by_its_l4t_release(tmp_path, monkeypatch):
+    release = tmp_path / "nv_tegra_release"
+    release.write_text(
+        "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
+        "DATE: Tue Aug  1 19:57:35 UTC 2023\n"
+    )
+    monkeypatch.setattr(engine, "TEGRA_RELEASE", release)
+    assert engine._tegra() == "Jetson (L4T R35.4.1)"
+    monkeypatch.setattr(engine, "TEGRA_RELEASE", tmp_path / "absent")
+    assert engine._tegra() is None

@@ -7,7 +7,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
@@ -133,7 +133,7 @@ def _device(spec: Union[str, int], ctx: Context) -> List[Result]:
     return [found, _level(sd, device, spec, ctx)]
 
 
-def _level(sd: Any, device: dict, spec: Union[str, int], ctx: Context) -> Result:
+def _level(sd: Any, device: Dict[str, Any], spec: Union[str, int], ctx: Context) -> Result:
     assert ctx.config is not None
     rate = ctx.config.audio.sample_rate or device["default_rate"]
     wanted = _channel_indices(ctx.config.audio.channels)

@@ -3,6 +3,7 @@ sidecar, its sha256, and one window of silence scored by the configured engine).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -18,6 +19,8 @@ from birdd.engines.models.artifact import ModelArtifact, file_sha256, load_artif
 from birdd.engines.registry import create_engine, engine_classes, model_formats, resolve_any
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+L4T_RELEASE = re.compile(r"# R(\d+) \(release\), REVISION: ([\d.]+)")
+"""Its first line: ``# R35 (release), REVISION: 4.1, GCID: …`` is L4T 35.4.1 (JetPack 5.1.2)."""
 REINSTALL = (
     "reinstall it: birdd models install NAME --force, or copy the model and its sidecar again"
 )
@@ -79,8 +82,8 @@ def _nvidia_smi() -> Optional[str]:
 def _tegra() -> Optional[str]:
     if not TEGRA_RELEASE.is_file():
         return None
-    first = TEGRA_RELEASE.read_text(errors="replace").splitlines()[:1]
-    return f"Jetson ({first[0].lstrip('# ').split(',')[0]})" if first else "Jetson"
+    found = L4T_RELEASE.search(TEGRA_RELEASE.read_text(errors="replace"))
+    return f"Jetson (L4T R{found[1]}.{found[2]})" if found else "Jetson"
 
 
 def _device_nodes() -> Optional[str]:
