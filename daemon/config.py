@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import CoreSchema
 from typing_extensions import Annotated
 
+from birdd.daemon.clips.config import ClipsConfig
 from birdd.daemon.mqtt.config import MqttConfig
 from birdd.daemon.postprocess import PostprocessConfig
 from birdd.engines.base import EngineConfig
@@ -196,6 +197,7 @@ class BirddConfig(Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    clips: ClipsConfig = Field(default_factory=ClipsConfig)
 
 
 class ConfigError(ValueError):

@@ -85,6 +85,18 @@ class ScoredWindow:
 
 
 @dataclass(frozen=True)
+class ClipInfo:
+    """The saved audio of one detection (``clips``): where, how long, and its file's SHA-256."""
+
+    path: str
+    duration_s: float
+    sha256: str
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"path": self.path, "duration_s": self.duration_s, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class Detection:
     """One species heard over ``[offset_start, offset_end)`` seconds of a stream."""
 
@@ -101,10 +113,12 @@ class Detection:
     station: str
     model: Dict[str, str]
     windows: int = 1
+    clip: Optional[ClipInfo] = None
 
     def to_record(self) -> Dict[str, Any]:
-        """The JSON record printed as jsonl, stored in SQLite and published over MQTT."""
-        return {
+        """The JSON record printed as jsonl, stored in SQLite and published over MQTT;
+        ``clip`` only when one was saved."""
+        record: Dict[str, Any] = {
             "id": self.id,
             "station": self.station,
             "source": self.source,
@@ -123,6 +137,9 @@ class Detection:
             "windows": self.windows,
             "model": dict(self.model),
         }
+        if self.clip is not None:
+            record["clip"] = self.clip.to_json()
+        return record
 
 
 def new_detection_id() -> str:

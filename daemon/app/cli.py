@@ -115,6 +115,12 @@ def add_analysis_flags(
     )
     parser.add_argument("--format", help=f"output format: {', '.join(OUTPUT_FORMATS)}")
     parser.add_argument("--output", help=output_help)
+    parser.add_argument(
+        "--clips",
+        metavar="DIR",
+        help="save each detection's audio (FLAC, with clips.pre_s / post_s around it) here; "
+        "clips in which the model hears people are not kept",
+    )
 
 
 def add_build_flags(parser: argparse.ArgumentParser) -> None:

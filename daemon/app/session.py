@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 from birdd.daemon.app.signals import StopOnSignals
+from birdd.daemon.clips.stage import ClipSettings
 from birdd.daemon.config import BirddConfig
 from birdd.daemon.mqtt.service import MqttPublisher
 from birdd.daemon.pipeline.chain import Pipeline, PipelineSettings, PipelineStats
@@ -62,7 +63,16 @@ def pipeline_settings(config: BirddConfig, realtime: Optional[float] = None) -> 
         ring_buffer_s=config.audio.ring_buffer_s,
         realtime_factor=realtime,
         silence_warn_s=config.audio.silence_warn_s,
+        clips=clip_settings(config),
     )
+
+
+def clip_settings(config: BirddConfig) -> Optional[ClipSettings]:
+    """Clips, or only the privacy guard's detection drops, or neither (None)."""
+    clips = config.clips
+    if not clips.enabled and clips.privacy.drop_detections_within_s is None:
+        return None
+    return ClipSettings(clips, config.postprocess.max_event_s, config.postprocess.sensitivity)
 
 
 def _retention(config: BirddConfig) -> Optional[Retention]:
@@ -150,5 +160,17 @@ def _summary(stats: PipelineStats, status: str, run_id: str, db: Path) -> str:
     return (
         f"{status}: {stats.audio_seconds:,.1f} s of audio in {stats.wall_seconds:,.1f} s "
         f"({stats.realtime_factor:,.0f}x real time), {stats.windows} windows{unscored}{gated}, "
-        f"{stats.detections} detection(s); run {run_id} in {db}"
+        f"{stats.detections} detection(s){_clips(stats)}; run {run_id} in {db}"
+    )
+
+
+def _clips(stats: PipelineStats) -> str:
+    counts = stats.clips
+    if counts is None:
+        return ""
+    near = counts.detections_dropped_privacy
+    dropped = f", {near} dropped near speech" if near else ""
+    return (
+        f"{dropped}, clips: {counts.written} written, {counts.dropped_privacy} not kept "
+        f"(speech), {counts.dropped_backlog} dropped (backlog), {counts.failed} failed"
     )

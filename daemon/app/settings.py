@@ -54,6 +54,9 @@ def overrides_from(args: argparse.Namespace) -> Dict[str, Any]:
     inputs = (getattr(args, "device", None) or []) + (getattr(args, "input", None) or [])
     if inputs:
         overrides["audio.inputs"] = inputs
+    clips = getattr(args, "clips", None)
+    if clips is not None:
+        overrides["clips.dir"], overrides["clips.enabled"] = clips, True
     url = getattr(args, "mqtt", None)
     if url is not None:
         for key, value in parse_mqtt_url(url).items():

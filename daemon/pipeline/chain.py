@@ -16,13 +16,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from birdd.daemon.clips.stage import ClipSettings, ClipStage, build_clip_stage, ring_seconds
+from birdd.daemon.clips.writer import ClipCounts
 from birdd.daemon.pipeline.capture import SourceStage, Stream
 from birdd.daemon.pipeline.clock import LiveClock
 from birdd.daemon.pipeline.inference import END_OF_STREAM, InferenceStage, QueuedWindow
 from birdd.daemon.pipeline.windower import hop_samples
 from birdd.daemon.postprocess import PostProcessor
 from birdd.daemon.postprocess.gate import GateCounts
-from birdd.daemon.records import Channel, Clock, Gap, ScoredWindow, Window
+from birdd.daemon.records import Channel, Clock, Detection, Gap, ScoredWindow, Window
 from birdd.daemon.sinks.fanout import SinkFanout
 from birdd.daemon.sources.base import AudioSource
 from birdd.engines.base import Engine
@@ -43,6 +45,8 @@ class PipelineSettings:
     realtime_factor: Optional[float] = None
     """Pace a file source at this multiple of real time (simulate --realtime); None = flat out."""
     silence_warn_s: float = DEFAULT_SILENCE_WARN_S
+    clips: Optional[ClipSettings] = None
+    """Detection clips and the privacy guard (None: neither)."""
 
 
 @dataclass
@@ -56,6 +60,8 @@ class PipelineStats:
     detections: int = 0
     gate: Optional[GateCounts] = None
     """What the bird / no-bird gate did (None: no gate)."""
+    clips: Optional[ClipCounts] = None
+    """What became of the clips (None: no clip stage)."""
     engine_seconds: float = 0.0
     wall_seconds: float = 0.0
     gaps: List[Gap] = field(default_factory=list)
@@ -100,6 +106,9 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.live = any(item.source.paced for item in sources)
         hop = hop_samples(spec.window_samples, spec.sample_rate, settings.overlap_s)
+        ring_s = ring_seconds(
+            settings.clips, settings.ring_buffer_s, spec.sample_rate, spec.window_samples, hop
+        )
         self.stages = [
             SourceStage(
                 item.source,
@@ -110,7 +119,7 @@ class Pipeline:
                         item.clock,
                         spec.window_samples,
                         hop,
-                        settings.ring_buffer_s,
+                        ring_s,
                     )
                     for channel in settings.channels
                 ],
@@ -126,7 +135,20 @@ class Pipeline:
             engine, self._on_scored, self._on_unscored, postprocessor.needs_embeddings
         )
         self.windows: queue.Queue = queue.Queue(WINDOW_QUEUE_SIZE)
-        self.stats = PipelineStats(spec.sample_rate, gate=postprocessor.gate_counts)
+        self._publish_lock = threading.Lock()
+        self.clips: Optional[ClipStage] = build_clip_stage(
+            settings.clips,
+            engine.artifact,
+            {(stream.source_name, stream.channel): stream.ring for stream in self.streams},
+            spec.window_samples,
+            self._publish,
+            self.live,
+        )
+        self.stats = PipelineStats(
+            spec.sample_rate,
+            gate=postprocessor.gate_counts,
+            clips=self.clips.counts if self.clips else None,
+        )
         self._errors: List[BaseException] = []
         self._windowers_left = len(self.streams)
         self._windowers_lock = threading.Lock()
@@ -148,6 +170,8 @@ class Pipeline:
             for stream in self.streams
         ]
         targets.append(("inference", self._score, ()))
+        if self.clips is not None and self.clips.writer is not None:
+            targets.append(("clips", self.clips.writer.run, ()))
         threads = [
             threading.Thread(target=self._guard, args=(target, args), name=name, daemon=True)
             for name, target, args in targets
@@ -188,6 +212,7 @@ class Pipeline:
                 "seconds": round(sum(gap.seconds for gap in self.stats.gaps), 3),
             },
             **gate,
+            **(self.clips.stats() if self.clips else {}),
         }
 
     @staticmethod
@@ -258,13 +283,25 @@ class Pipeline:
             self.stats.windows_dropped += 1
 
     def _score(self) -> None:
-        self.inference.run(self.windows)
-        self._publish(self.postprocessor.flush())
+        try:
+            self.inference.run(self.windows)
+            flushed = self.postprocessor.flush()
+            if self.clips is not None:
+                self.clips.flush(flushed)
+            else:
+                self._publish(flushed)
+        finally:
+            if self.clips is not None:
+                self.clips.close()
 
     def _on_scored(self, scored: List[ScoredWindow]) -> None:
         detections = []
         for item in scored:
-            detections.extend(self.postprocessor.process(item))
+            closed = self.postprocessor.process(item)
+            if self.clips is not None:
+                self.clips.process(item, closed)
+            else:
+                detections.extend(closed)
         self._publish(detections)
 
     def _on_unscored(self, windows: List[Window], failure: BatchFailed) -> None:
@@ -288,9 +325,11 @@ class Pipeline:
             )
             self._on_gap(gap)
 
-    def _publish(self, detections: list) -> None:
+    def _publish(self, detections: Sequence[Detection]) -> None:
+        """To the sinks: from the inference thread, and from the clip writer's."""
         if detections:
-            self.stats.detections += len(detections)
+            with self._publish_lock:
+                self.stats.detections += len(detections)
             self.fanout.publish(detections)
 
 

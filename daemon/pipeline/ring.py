@@ -5,6 +5,10 @@ Samples (frames, when ``channels`` is given) carry a monotonic index from the st
 stream. The writer either waits for room (simulate: nothing is lost) or overwrites the oldest
 unread audio and counts it (live: freshness matters more than completeness). In the overwriting
 mode ``write`` never waits and allocates nothing, so a PortAudio callback may call it.
+
+A second reader (the clip writer) may ``hold`` audio it still needs: a waiting writer then also
+keeps every sample from the held index on. An overwriting writer ignores the hold: that reader
+sees from ``read_span`` what it lost.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class RingBuffer:
         """Samples before this index are no longer needed by the reader."""
         self.overwritten = 0
         """Unread samples lost to overwriting (live mode only)."""
+        self.held: Optional[int] = None
+        """A second reader still needs the samples from this index on (None: nothing held)."""
         self.closed = False
 
     def write(self, samples: np.ndarray) -> None:
@@ -47,9 +53,12 @@ class RingBuffer:
     def _wait_for_room(self) -> int:
         if self.drop_oldest:
             return self.capacity
-        while not self.closed and self.written - self.released >= self.capacity:
+        while not self.closed and self.written - self._kept_from() >= self.capacity:
             self._cond.wait()
-        return self.capacity - (self.written - self.released)
+        return self.capacity - (self.written - self._kept_from())
+
+    def _kept_from(self) -> int:
+        return self.released if self.held is None else min(self.released, self.held)
 
     def _copy_in(self, chunk: np.ndarray) -> None:
         start = self.written % self.capacity
@@ -66,6 +75,13 @@ class RingBuffer:
         """Copy samples ``[start, start + len(out))`` into ``out`` once they are all written, or
         what there is once the stream is closed; return how many samples were copied. Samples
         already overwritten are left as zeros in ``out``."""
+        _, end = self.read_span(start, out)
+        return max(0, end - start)
+
+    def read_span(self, start: int, out: np.ndarray) -> Tuple[int, int]:
+        """``read``, returning the stream indices ``(first, end)`` that were copied: ``first``
+        > ``start`` when the samples before it were already overwritten, ``end`` < ``start +
+        len(out)`` when the stream closed before them."""
         with self._cond:
             while not self.closed and self.written < start + len(out):
                 self._cond.wait()
@@ -77,7 +93,14 @@ class RingBuffer:
                 head = min(count, self.capacity - ring_at)
                 out[first - start : first - start + head] = self._data[ring_at : ring_at + head]
                 out[first - start + head : end - start] = self._data[: count - head]
-            return max(0, end - start)
+            return first, end
+
+    def hold(self, upto: Optional[int]) -> None:
+        """A second reader needs the samples from ``upto`` on (None: none any more); a
+        waiting writer keeps them, an overwriting one does not."""
+        with self._cond:
+            self.held = upto
+            self._cond.notify_all()
 
     def read_available(self, start: int, out: np.ndarray, timeout: float) -> Tuple[int, int]:
         """Copy what has been written from ``start`` on (at most ``len(out)``) into ``out``,

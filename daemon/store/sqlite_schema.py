@@ -144,10 +144,18 @@ def _v3_analyzed_files(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v4_clips(conn: sqlite3.Connection) -> None:
+    """Detection clips (``clips``): the saved file and its length, NULL where no clip was
+    kept (clips off, speech heard, a backlog) and in every row written before."""
+    conn.execute("ALTER TABLE detections ADD COLUMN clip_path TEXT")
+    conn.execute("ALTER TABLE detections ADD COLUMN clip_duration_s REAL")
+
+
 MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
     _v2_gaps,
     _v3_analyzed_files,
+    _v4_clips,
 ]
 
 
@@ -185,6 +193,8 @@ DETECTION_COLUMNS = (
     "model_version",
     "model_sha256",
     "record_json",
+    "clip_path",
+    "clip_duration_s",
 )
 
 
@@ -265,6 +275,8 @@ def detection_row(run_id: str, detection: Detection) -> Dict[str, object]:
         "model_version": detection.model.get("version"),
         "model_sha256": detection.model.get("sha256"),
         "record_json": json.dumps(record),
+        "clip_path": detection.clip.path if detection.clip else None,
+        "clip_duration_s": detection.clip.duration_s if detection.clip else None,
     }
 
 

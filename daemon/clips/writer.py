@@ -1,0 +1,188 @@
+"""The clip writer: its own thread, fed through a bounded queue, cuts each clip from the capture
+ring, writes it and passes the detection on with its clip.
+
+Live, a full queue refuses the clip (counted) and the detection goes on without one, so a slow
+disk never holds up inference; in simulate mode the queue waits (nothing is dropped). A clip
+whose audio the ring already overwrote is dropped and counted the same way."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from collections import Counter
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+import numpy as np
+import soundfile
+
+from birdd.daemon.clips.spans import ClipSpan, clip_name
+from birdd.daemon.pipeline.ring import RingBuffer
+from birdd.daemon.records import ClipInfo, Detection
+
+log = logging.getLogger("birdd")
+
+QUEUE_SIZE = 16
+FORMATS = {"flac": "FLAC", "wav": "WAV"}
+Publish = Callable[[Sequence[Detection]], None]
+
+
+@dataclass
+class ClipCounts:
+    """What became of the clips (and, with ``drop_detections_within_s``, of detections)."""
+
+    written: int = 0
+    dropped_privacy: int = 0
+    dropped_backlog: int = 0
+    failed: int = 0
+    detections_dropped_privacy: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, name: str) -> None:
+        """Count one (from the inference thread or the writer's)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def to_stats(self, clips: bool) -> Dict[str, int]:
+        """The ``…/stats`` fields: ``detections_dropped_privacy``, and with ``clips`` on
+        ``clips_written``, ``clips_dropped_privacy``, …"""
+        named = {item.name: getattr(self, item.name) for item in fields(self)}
+        near = named.pop("detections_dropped_privacy")
+        counted = {f"clips_{name}": value for name, value in named.items()} if clips else {}
+        return {**counted, "detections_dropped_privacy": near}
+
+
+class RingHold:
+    """Keeps one stream's ring from overwriting audio that a clip still needs: the oldest
+    start of a clip not yet cut, or, for clips of events still to come, a floor that follows
+    the analysis."""
+
+    def __init__(self, ring: RingBuffer) -> None:
+        self.ring = ring
+        self._lock = threading.Lock()
+        self._starts: Counter = Counter()
+        self._floor = 0
+        ring.hold(0)
+
+    def keep(self, start: int) -> None:
+        with self._lock:
+            self._starts[start] += 1
+            self._apply()
+
+    def done(self, start: int) -> None:
+        with self._lock:
+            self._starts[start] -= 1
+            if self._starts[start] <= 0:
+                del self._starts[start]
+            self._apply()
+
+    def advance(self, floor: int) -> None:
+        with self._lock:
+            if floor > self._floor:
+                self._floor = floor
+                self._apply()
+
+    def _apply(self) -> None:
+        self.ring.hold(min([self._floor, *self._starts]))
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """A detection to pass on, with the clip to cut first (None: pass it on as it is)."""
+
+    detection: Detection
+    span: Optional[ClipSpan] = None
+    hold: Optional[RingHold] = None
+
+
+class ClipWriter:
+    def __init__(
+        self, folder: Path, fmt: str, rate: int, publish: Publish, live: bool, counts: ClipCounts
+    ) -> None:
+        self.folder = folder
+        self.fmt = fmt
+        self.rate = rate
+        self.live = live
+        self.counts = counts
+        self._publish = publish
+        self._jobs: queue.Queue = queue.Queue(QUEUE_SIZE)
+        self._ended = threading.Event()
+
+    def submit(self, job: ClipJob) -> bool:
+        """Queue a job; False when it was not: live, at once when the queue is full; in
+        simulate mode (which waits) only once the writer has ended."""
+        return self._put(job, wait=not self.live)
+
+    def close(self) -> None:
+        """No more jobs: the thread writes those queued and returns."""
+        self._put(None, wait=True)
+
+    def run(self) -> None:
+        """The writer thread's loop, until ``close``."""
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                self._publish([self._done(job)])
+        finally:
+            self._ended.set()
+
+    def _put(self, job: Optional[ClipJob], wait: bool) -> bool:
+        while not self._ended.is_set():
+            try:
+                self._jobs.put(job, timeout=0.2 if wait else None, block=wait)
+                return True
+            except queue.Full:
+                if not wait:
+                    return False
+        return False
+
+    def _done(self, job: ClipJob) -> Detection:
+        if job.span is None or job.hold is None:
+            return job.detection
+        try:
+            audio = self._cut(job.span, job.hold)
+        finally:
+            job.hold.done(job.span.start)
+        if audio is None:
+            self.counts.add("dropped_backlog")
+            return job.detection
+        try:
+            clip = self._write(job.detection, job.span, audio)
+        except (OSError, RuntimeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            self.counts.add("failed")
+            log.warning("clip of detection %s not saved: %s", job.detection.id, exc)
+            return job.detection
+        self.counts.add("written")
+        return replace(job.detection, clip=clip)
+
+    def _cut(self, span: ClipSpan, hold: RingHold) -> Optional[np.ndarray]:
+        """The clip's samples (fewer where the stream ended); None when the ring overwrote
+        some before they were cut."""
+        audio = np.zeros(span.end - span.start, dtype=np.float32)
+        first, end = hold.ring.read_span(span.start, audio)
+        if first > span.start:
+            log.debug("clip at sample %d: overwritten up to %d", span.start, first)
+            return None
+        return audio[: max(0, end - span.start)]
+
+    def _write(self, detection: Detection, span: ClipSpan, audio: np.ndarray) -> ClipInfo:
+        """Write through a temporary name and rename, so no half-written clip is ever seen."""
+        path = (self.folder / clip_name(detection, span, self.rate, self.fmt)).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        try:
+            soundfile.write(
+                str(partial), audio, self.rate, subtype="PCM_16", format=FORMATS[self.fmt]
+            )
+            digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return ClipInfo(str(path), round(len(audio) / self.rate, 6), digest)
