@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -24,6 +25,8 @@ FULL_SCALE = 0.999
 """A sample at or above this magnitude (-0.01 dBFS) is at full scale."""
 CLIPPED_FRACTION = 0.001
 """One sample in a thousand at full scale is clipping, not a single loud click."""
+STALL_S = 3.0
+"""Waited beyond the recording's length before a device that delivers nothing is given up."""
 SETTLE_S = 0.25
 """Recorded first and dropped: some devices open with a click or a burst of zeros."""
 DEAD_FIX = (
@@ -146,14 +149,7 @@ def _level(sd: Any, device: Dict[str, Any], spec: Union[str, int], ctx: Context)
         )
     settle = int(SETTLE_S * rate)
     try:
-        data = sd.rec(
-            settle + int(ctx.level_s * rate),
-            samplerate=rate,
-            channels=channels,
-            dtype="float32",
-            device=device["index"],
-            blocking=True,
-        )
+        data = _record(sd, device["index"], settle + int(ctx.level_s * rate), rate, channels)
     except sd.PortAudioError as exc:
         return fail(
             "audio level",
@@ -161,8 +157,26 @@ def _level(sd: Any, device: Dict[str, Any], spec: Union[str, int], ctx: Context)
             "stop what holds the device (a running birdd: systemctl stop birdd) and check the "
             "user is in the 'audio' group",
         )
+    if data is None:
+        return fail(
+            "audio level",
+            f"{spec!r}: no audio came within {ctx.level_s + SETTLE_S + STALL_S:g} s",
+            "replug the device and look for USB errors in 'dmesg'",
+        )
     data = data[settle:]
     return classify(str(spec), measure(data[:, wanted] if wanted else data), ctx.level_s)
+
+
+def _record(sd: Any, index: int, frames: int, rate: int, channels: int) -> Optional[np.ndarray]:
+    """``frames`` of audio from device ``index``; None when the device stalls (a hung USB
+    device can stop delivering without an error, and PortAudio would wait forever)."""
+    data = sd.rec(frames, samplerate=rate, channels=channels, dtype="float32", device=index)
+    deadline = time.monotonic() + frames / rate + STALL_S
+    while sd.get_stream().active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stalled = sd.get_stream().active
+    sd.stop()
+    return None if stalled else data
 
 
 def _channel_indices(channels: Any) -> Optional[List[int]]:
