@@ -213,3 +213,25 @@ def test_a_jetson_is_named_by_its_l4t_release(tmp_path, monkeypatch):
     assert engine._tegra() == "Jetson (L4T R35.4.1)"
     monkeypatch.setattr(engine, "TEGRA_RELEASE", tmp_path / "absent")
     assert engine._tegra() is None
+
+
+def test_clips_that_are_on_need_a_writable_folder_and_their_disk_is_checked(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    overrides = {
+        "storage.db": str(tmp_path / "data" / "birdd.sqlite"),
+        "clips.enabled": True,
+        "clips.dir": str(tmp_path / "afile" / "clips"),
+    }
+    context = Context(load_config(None, overrides), None)
+    state = system.check_state(context)
+    assert [(r.check, r.status) for r in state] == [
+        ("state dir", OK),
+        ("database", OK),
+        ("clips dir", FAIL),
+    ]
+    assert "afile is a file" in state[2].detail and "clips.dir" in state[2].fix
+    disk = system.check_disk(context)
+    assert [r.detail.split(" at ")[1] for r in disk] == [
+        str(tmp_path / "data"),
+        str(tmp_path / "afile" / "clips"),
+    ]

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 from birdd.daemon.app.doctor.base import Context, Result, fail, ok, warn
 from birdd.daemon.store.sqlite_health import integrity_findings
@@ -43,22 +43,33 @@ def free_space_status(free: int) -> str:
 
 
 def check_disk(ctx: Context) -> List[Result]:
-    """Free space where the database lives."""
+    """Free space where the database lives, and where the clips go when they are on."""
+    return [_free_space(folder, key) for key, folder in _folders(ctx)]
+
+
+def _folders(ctx: Context) -> List[Tuple[str, Path]]:
+    """(config key, folder) of what birdd writes: the database's folder, the clips'."""
     assert ctx.config is not None
-    folder = ctx.config.storage.db.parent
+    folders = [("storage.db", ctx.config.storage.db.parent)]
+    if ctx.config.clips.enabled:
+        folders.append(("clips.dir", ctx.config.clips.dir))
+    return folders
+
+
+def _free_space(folder: Path, key: str) -> Result:
     where = existing_ancestor(folder)
     usage = shutil.disk_usage(where if where.is_dir() else where.parent)
     detail = f"{usage.free / 1e9:.2f} GB free of {usage.total / 1e9:.1f} GB at {folder}"
     status = free_space_status(usage.free)
     fix = (
-        "free space on that disk (old recordings; journalctl --vacuum-size=100M) or set "
-        "storage.retention_days"
+        "free space on that disk (old recordings; journalctl --vacuum-size=100M), set "
+        f"storage.retention_days, or move {key} to a larger disk"
     )
     if status == "FAIL":
-        return [fail("disk", f"{detail} (under {FAIL_FREE_BYTES / 1e6:.0f} MB)", fix)]
+        return fail("disk", f"{detail} (under {FAIL_FREE_BYTES / 1e6:.0f} MB)", fix)
     if status == "warn":
-        return [warn("disk", f"{detail} (under {WARN_FREE_BYTES / 1e9:.0f} GB)", fix)]
-    return [ok("disk", detail)]
+        return warn("disk", f"{detail} (under {WARN_FREE_BYTES / 1e9:.0f} GB)", fix)
+    return ok("disk", detail)
 
 
 def check_clock(ctx: Context) -> List[Result]:
@@ -125,22 +136,24 @@ def _time_daemon(running: Iterable[str], installed: Iterable[str]) -> Result:
 
 
 def check_state(ctx: Context) -> List[Result]:
-    """The database's folder can be written by this user, and the database passes quick_check."""
-    assert ctx.config is not None
-    db = ctx.config.storage.db
+    """The folders birdd writes (the database's, the clips') can be written by this user, and
+    the database passes quick_check."""
+    results = [_writable(folder, key) for key, folder in _folders(ctx)]
+    if results[0].status == "ok":
+        assert ctx.config is not None
+        results.insert(1, _database(ctx.config.storage.db))
+    return results
+
+
+def _writable(folder: Path, key: str) -> Result:
+    check = "state dir" if key == "storage.db" else "clips dir"
     user = getpass.getuser()
-    problem = unwritable(db.parent)
+    problem = unwritable(folder)
     if problem is not None:
-        return [
-            fail(
-                "state dir",
-                problem,
-                f"create it for the service's user (sudo install -d -o {user} {db.parent}) "
-                "or set storage.db to a writable path",
-            )
-        ]
-    exists = "exists" if db.parent.is_dir() else "can be created"
-    return [ok("state dir", f"{db.parent} {exists} and is writable by {user}"), _database(db)]
+        fix = f"create it for the service's user (sudo install -d -o {user} {folder}) or set "
+        return fail(check, problem, f"{fix}{key} to a writable path")
+    exists = "exists" if folder.is_dir() else "can be created"
+    return ok(check, f"{folder} {exists} and is writable by {user}")
 
 
 def unwritable(folder: Path) -> Optional[str]:
