@@ -170,6 +170,8 @@ def _clips(stats: PipelineStats) -> str:
         return ""
     near = counts.detections_dropped_privacy
     dropped = f", {near} dropped near speech" if near else ""
+    if not counts.clips_on:
+        return dropped
     return (
         f"{dropped}, clips: {counts.written} written, {counts.dropped_privacy} not kept "
         f"(speech), {counts.dropped_backlog} dropped (backlog), {counts.failed} failed"

@@ -77,7 +77,7 @@ class ClipStage:
         publish: Publish,
     ) -> None:
         config = settings.config
-        self.counts = writer.counts if writer is not None else ClipCounts()
+        self.counts = writer.counts if writer is not None else ClipCounts(clips_on=False)
         self.writer = writer
         self._config = config
         self._guard = guard
@@ -119,7 +119,7 @@ class ClipStage:
 
     def stats(self) -> Dict[str, int]:
         """The stage's fields of the ``…/stats`` message."""
-        return self.counts.to_stats(clips=self.writer is not None)
+        return self.counts.to_stats()
 
     def close(self) -> None:
         if self.writer is not None:

@@ -32,8 +32,10 @@ Publish = Callable[[Sequence[Detection]], None]
 
 @dataclass
 class ClipCounts:
-    """What became of the clips (and, with ``drop_detections_within_s``, of detections)."""
+    """What became of the clips (``clips_on``: clips are saved at all) and, with
+    ``drop_detections_within_s``, of detections."""
 
+    clips_on: bool = True
     written: int = 0
     dropped_privacy: int = 0
     dropped_backlog: int = 0
@@ -48,13 +50,14 @@ class ClipCounts:
         with self._lock:
             setattr(self, name, getattr(self, name) + 1)
 
-    def to_stats(self, clips: bool) -> Dict[str, int]:
-        """The ``…/stats`` fields: ``detections_dropped_privacy``, and with ``clips`` on
+    def to_stats(self) -> Dict[str, int]:
+        """The ``…/stats`` fields: ``detections_dropped_privacy``, and with clips on
         ``clips_written``, ``clips_dropped_privacy``, …"""
         named = {item.name: getattr(self, item.name) for item in fields(self)}
+        del named["clips_on"]
         near = named.pop("detections_dropped_privacy")
-        counted = {f"clips_{name}": value for name, value in named.items()} if clips else {}
-        return {**counted, "detections_dropped_privacy": near}
+        counted = {f"clips_{name}": value for name, value in named.items()}
+        return {**(counted if self.clips_on else {}), "detections_dropped_privacy": near}
 
 
 class RingHold:
