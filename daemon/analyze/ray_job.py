@@ -46,6 +46,10 @@ READERS = 2
 """Read tasks in flight at once (reading a file is I/O; they take no CPU from the actors)."""
 
 
+class RayJobError(RuntimeError):
+    """The cluster failed mid-job (a task or actor died, a node was lost): exit 1."""
+
+
 def import_ray() -> Any:
     """The ``ray`` module with Ray Data; ValueError (one line, exit 2) when not installed."""
     try:
@@ -209,8 +213,15 @@ class RayCluster:
             batch_size=1,
             num_cpus=self.threads,
         )
-        for row in dataset.iter_rows():
-            yield pickle.loads(row["result"])
+        try:
+            for row in dataset.iter_rows():
+                yield pickle.loads(row["result"])
+        except ray.exceptions.RayError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise RayJobError(
+                f"the job failed on the Ray cluster ({lines[-1] if lines else type(exc).__name__})"
+                "; rerun to resume: the files done so far are kept"
+            ) from None
 
     def close(self) -> None:
         """Disconnect (a local cluster from ``ray.init()`` stops with it)."""

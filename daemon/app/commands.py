@@ -32,6 +32,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from birdd.daemon.analyze.job import JobOptions, analyze, cores, with_threads
+    from birdd.daemon.analyze.ray_job import RayJobError
 
     on_ray = args.ray is not None  # workers 0: one per cluster CPU, one thread each
     workers = args.workers or (0 if on_ray else cores())
@@ -42,7 +43,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options = JobOptions(
         args.paths, workers, args.force, args.format, output, args.combined, args.quiet, args.ray
     )
-    return analyze(config, options)
+    try:
+        return analyze(config, options)
+    except RayJobError as exc:  # the run is marked failed; what was committed stays
+        print(f"birdd: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
