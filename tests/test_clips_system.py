@@ -104,6 +104,21 @@ def test_clips_hold_the_resampled_recording_exactly_one_per_event(birdnet_model,
     assert stored == {row["clip"]["path"]: row["clip"]["duration_s"] for row in rows}
 
 
+def test_a_recording_longer_than_the_ring_keeps_every_clip_exact(birdnet_model, tmp_path):
+    """Eight thrush recordings end to end (240 s at 48 kHz) through a ring of the 167 s
+    clips ask for: the file is read far ahead of the engine, and only the clip writer's hold
+    on the ring keeps each clip's audio until it is cut (simulate never drops one)."""
+    thrush = read_mono(recording(THRUSH))
+    path = tmp_path / "thrush_x8.wav"
+    soundfile.write(str(path), np.tile(thrush, 8), RATE, subtype="FLOAT")
+    config = clips_config(tmp_path)
+    config.write_text(config.read_text()[:-1] + ', "audio": {"ring_buffer_s": 10}}')
+    stderr, rows = simulate(path, tmp_path, "--config", str(config), "--clips", str(tmp_path / "c"))
+    assert len(rows) >= 40 and all(row.get("clip") for row in rows)
+    assert_clips_are_the_source(rows, read_mono(path))
+    assert f"clips: {len(rows)} written, 0 not kept (speech), 0 dropped (backlog)" in stderr
+
+
 def test_birdd_run_cuts_the_same_clips_live(birdnet_model, tmp_path):
     """`birdd run` on a 48 kHz WAV on stdin (the live pipeline: capture ring, live clock,
     hold-down): every clip equals the recording at its event's offsets."""
