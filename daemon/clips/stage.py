@@ -141,7 +141,7 @@ class ClipStage:
             if stream.hold is not None and (job is None or job.span is None):
                 stream.hold.done(item.span.start)
             if job is not None:
-                self._send(stream, job)
+                self._send(job)
 
     def _job(self, stream: _Stream, item: _Waiting) -> Optional[ClipJob]:
         """What to do with a detection now decided: None drops it."""
@@ -165,7 +165,7 @@ class ClipStage:
         level = stream.heard.loudest(start, end)
         return level is not None and self._guard.hears(level)
 
-    def _send(self, stream: _Stream, job: ClipJob) -> None:
+    def _send(self, job: ClipJob) -> None:
         if self.writer is None:
             self._publish([job.detection])
         elif not self.writer.submit(job):
