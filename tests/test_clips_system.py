@@ -1,5 +1,5 @@
-"""Detection clips end to end with the real model on real recordings: `birdd --simulate` and
-`birdd run` (stdin) with `--clips DIR`; the clips' samples against the resampled source, one
+"""Detection clips end to end with the real model on real recordings: `birdd --simulate`,
+`birdd run` (stdin) and `birdd analyze` with `--clips DIR`; the clips' samples against the resampled source, one
 clip per event, SQLite and MQTT carrying them, and the privacy guard on real read speech
 (LibriSpeech, in the repository) mixed into the thrush soundscape."""
 
@@ -137,6 +137,26 @@ def test_birdd_run_cuts_the_same_clips_live(birdnet_model, tmp_path):
     assert len(rows) >= 5 and all(row.get("clip") for row in rows)
     assert_clips_are_the_source(rows, read_mono(wav))
     assert f"clips: {len(rows)} written, 0 not kept (speech)" in result.stderr
+
+
+def test_birdd_analyze_saves_clips_with_its_rows(birdnet_model, tmp_path):
+    """`birdd analyze DIR --clips` runs each file through the same pipeline: every stored
+    detection names its clip, and the clip is there."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "thrush.flac").write_bytes(recording(THRUSH).read_bytes())
+    result = run_birdd(
+        *("analyze", str(archive), "--workers", "1", "--min-conf", "0.4"),
+        *("--db", str(tmp_path / "db.sqlite"), "--clips", str(tmp_path / "clips")),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    with contextlib.closing(sqlite3.connect(str(tmp_path / "db.sqlite"))) as conn:
+        rows = conn.execute("SELECT clip_path, clip_duration_s FROM detections").fetchall()
+    assert len(rows) >= 8
+    for path, duration in rows:
+        assert soundfile.info(path).frames == round(duration * RATE)
+    assert len(list((tmp_path / "clips").rglob("*.flac"))) == len(rows)
 
 
 @pytest.fixture(scope="module")
