@@ -1,7 +1,7 @@
 """Detection clips end to end with the real model on real recordings: `birdd --simulate`,
-`birdd run` (stdin) and `birdd analyze` with `--clips DIR`; the clips' samples against the resampled source, one
-clip per event, SQLite and MQTT carrying them, and the privacy guard on real read speech
-(LibriSpeech, in the repository) mixed into the thrush soundscape."""
+`birdd run` (stdin) and `birdd analyze` with `--clips DIR`; the clips' samples against the
+resampled source, one clip per event, SQLite and MQTT carrying them, and the privacy guard on
+real read speech (LibriSpeech, in the repository) mixed into the thrush soundscape."""
 
 from __future__ import annotations
 
@@ -232,3 +232,15 @@ def test_detections_near_speech_can_be_dropped_without_clips(speech_mix, tmp_pat
         str([r[k] for k in key]) for r in every if r not in near
     )
     assert f"{len(near)} dropped near speech" in stderr and "clips:" not in stderr
+
+
+def test_a_clips_folder_that_cannot_be_made_is_one_line_and_exit_2(birdnet_model, tmp_path):
+    """Refused before the run is opened: no database is left behind."""
+    (tmp_path / "file").write_text("")
+    result = run_birdd(
+        *("--simulate", str(recording(THRUSH)), "--db", str(tmp_path / "db.sqlite")),
+        *("--clips", str(tmp_path / "file" / "clips")),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("birdd: error: clips.dir ")
+    assert "give a writable folder" in result.stderr and not (tmp_path / "db.sqlite").exists()
