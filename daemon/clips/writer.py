@@ -26,6 +26,8 @@ from birdd.daemon.records import ClipInfo, Detection
 log = logging.getLogger("birdd")
 
 QUEUE_SIZE = 16
+WARN_EVERY = 100
+"""Of clips that cannot be written, the first and every 100th after it are logged."""
 FORMATS = {"flac": "FLAC", "wav": "WAV"}
 Publish = Callable[[Sequence[Detection]], None]
 
@@ -160,7 +162,13 @@ class ClipWriter:
             clip = self._write(job.detection, job.span, audio)
         except (OSError, RuntimeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
             self.counts.add("failed")
-            log.warning("clip of detection %s not saved: %s", job.detection.id, exc)
+            if self.counts.failed % WARN_EVERY == 1:  # a full disk fails every clip: warn less
+                log.warning(
+                    "clip of detection %s not saved (%d so far; counted in clips_failed): %s",
+                    job.detection.id,
+                    self.counts.failed,
+                    exc,
+                )
             return job.detection
         self.counts.add("written")
         return replace(job.detection, clip=clip)
