@@ -17,7 +17,7 @@ class _Strict(BaseModel):
 
 class PrivacyConfig(_Strict):
     human_threshold: Optional[float] = Field(
-        0.1,
+        0.01,
         ge=0.01,
         le=1.0,
         description="A clip is not kept when the model's confidence for any of its human "
