@@ -155,6 +155,11 @@ def _student_flags(parser: argparse.ArgumentParser, distill: bool) -> None:
         help="structured pruning: the share of channels kept (default 1: none), then fine-tuned",
     )  # fmt: skip
     parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tuning after pruning")
+    parser.add_argument(
+        "--qat-epochs", type=int, default=2,
+        help="quantisation-aware fine-tuning before the export, with the int8 file's arithmetic "
+        "faked in float (default 2; 0: none)",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     parser.add_argument(
         "--tflite", choices=["auto", "yes", "no"], default="auto",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -109,8 +109,10 @@ def power_and_log(path: Path) -> List[str]:
 
 def quantise_int8(
     fp32: Path, path: Path, model: Student, species: List[Species], name: str,
-    calibration: np.ndarray, extra: Dict,
+    calibration: np.ndarray, extra: Dict, overrides: Optional[Dict[str, List[Dict]]] = None,
 ) -> Path:  # fmt: skip
+    """``overrides``: onnxruntime's ``TensorQuantOverrides`` (fixed scales and zero points, e.g.
+    the ranges quantisation-aware training used: ``training/export/qdq.py``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -122,6 +124,7 @@ def quantise_int8(
     quantize_static(
         str(fp32), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
         calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=power_and_log(fp32),
+        extra_options={"TensorQuantOverrides": overrides or {}},
     )  # fmt: skip
     write_sidecar(path, sidecar_meta(model, name, calibration.shape[1], extra), species)
     return path

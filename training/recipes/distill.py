@@ -10,7 +10,7 @@ validation split's recording-level macro AP (head.py's, so the numbers compare).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from birdd.training.augment import AugmentOptions
 from birdd.training.features.audio import cut_windows
 from birdd.training.loop import Batch, History, LoopConfig, fit
 from birdd.training.models.prune import prune_student
+from birdd.training.models.qat import Affine, QATStudent
 from birdd.training.models.student import Student, new_student
 from birdd.training.recipes.chunks import ChunkDataset, Chunks, crop
 from birdd.training.recipes.head import evaluation_targets, macro_ap, mixup, recording_scores
@@ -36,6 +37,7 @@ class StudentOptions:
     workers: int = 1  # DataLoader processes running the augmentation
     prune_keep: float = 1.0  # share of channels structured pruning keeps (1: no pruning)
     prune_epochs: int = 2  # fine-tuning epochs after pruning
+    qat_epochs: int = 2  # quantisation-aware fine-tuning epochs before the export (0: none)
     loop: LoopConfig = field(
         default_factory=lambda: LoopConfig(
             epochs=20, batch_size=32, lr=3e-3, weight_decay=1e-3, warmup_epochs=1, patience=6
@@ -47,7 +49,7 @@ class StudentOptions:
         return replace(self, kd=replace(self.kd, alpha=0.0), teacher_min=0.0, pseudo_weight=0.0)
 
 
-def student_logits(model: Student, windows: np.ndarray, batch: int = 64) -> np.ndarray:
+def student_logits(model: torch.nn.Module, windows: np.ndarray, batch: int = 64) -> np.ndarray:
     model.eval()
     with torch.no_grad():
         return np.concatenate(
@@ -79,8 +81,8 @@ def train_student(
     options: StudentOptions,
     checkpoint=None,
     label: str = "student",
-    model: Optional[Student] = None,
-) -> Tuple[Student, History]:
+    model: Optional[torch.nn.Module] = None,
+) -> Tuple[torch.nn.Module, History]:
     """Fit a student (a new one, or ``model`` further: fine-tuning after pruning); early
     stopping on ``val``'s recording-level macro AP."""
     torch.manual_seed(options.loop.seed)
@@ -114,21 +116,42 @@ def train_student(
     return model, history
 
 
+def _tuning(options: StudentOptions, epochs: int) -> StudentOptions:
+    """Fine-tuning after pruning or for int8: a tenth of the learning rate, no warm-up."""
+    loop = replace(
+        options.loop, epochs=epochs, lr=options.loop.lr / 10, warmup_epochs=0, patience=epochs
+    )
+    return replace(options, loop=loop)
+
+
 def prune_and_tune(
     model: Student, dataset: ChunkDataset, val: WindowSet, val_windows: np.ndarray,
     options: StudentOptions, checkpoint=None,
 ) -> Tuple[Student, History]:  # fmt: skip
     """Structured pruning to ``options.prune_keep`` of the channels, then fine-tuning at a
     tenth of the learning rate (no warm-up) for ``options.prune_epochs``."""
-    loop = replace(
-        options.loop, epochs=options.prune_epochs, lr=options.loop.lr / 10, warmup_epochs=0,
-        patience=options.prune_epochs,
-    )  # fmt: skip
     pruned = prune_student(model, options.prune_keep)
-    tune = replace(options, loop=loop)
-    return train_student(
+    tune = _tuning(options, options.prune_epochs)
+    tuned, history = train_student(
         dataset.chunks, dataset, val, val_windows, tune, checkpoint, "prune", pruned
     )
+    return tuned, history  # type: ignore[return-value]
+
+
+def quantisation_aware(
+    model: Student, ranges: Dict[str, Affine], dataset: ChunkDataset, val: WindowSet,
+    val_windows: np.ndarray, options: StudentOptions, checkpoint=None,
+) -> Tuple[Student, History]:  # fmt: skip
+    """``options.qat_epochs`` of fine-tuning through the int8 export's arithmetic
+    (``QATStudent``, activation ranges fixed at ``ranges``), same loss and data, a tenth of
+    the learning rate; early stopping on the fake-quantised validation AP. The fine-tuned
+    float student is returned: its int8 export computes what training saw."""
+    tune = _tuning(options, options.qat_epochs)
+    wrapped = QATStudent(model, ranges)
+    _, history = train_student(
+        dataset.chunks, dataset, val, val_windows, tune, checkpoint, "qat", wrapped
+    )
+    return model.eval(), history
 
 
 def calibration_windows(dataset: ChunkDataset, count: int, seed: int) -> np.ndarray:

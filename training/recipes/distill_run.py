@@ -15,6 +15,7 @@ import numpy as np
 from birdd.engines.base import Engine
 from birdd.training.datasets.records import Recording, audio_files
 from birdd.training.export import tflite_student
+from birdd.training.export.qdq import overrides, static_int8
 from birdd.training.export.student import engine_scores, export_student, parity, quantise_int8
 from birdd.training.features.embeddings import FeatureCache
 from birdd.training.models.flops import onnx_macs
@@ -25,6 +26,7 @@ from birdd.training.recipes.distill import (
     StudentOptions,
     calibration_windows,
     prune_and_tune,
+    quantisation_aware,
     split_windows,
     student_logits,
     train_student,
@@ -114,6 +116,7 @@ def train_export(
         evaluate(recipe, test, logits, truth),
         evaluate("BirdNET", test, _birdnet_logits(test), truth),
     ]
+    exported = run.evaluations[0]
     widths = list(block_widths(model))
     if options.prune_keep < 1:
         model, tuned = prune_and_tune(
@@ -121,29 +124,46 @@ def train_export(
         )
         logits = student_logits(model, test_windows)
         name_pruned = f"{recipe} pruned to {options.prune_keep:g} of the channels"
-        run.evaluations.append(evaluate(name_pruned, test, logits, truth))
+        exported = evaluate(name_pruned, test, logits, truth)
+        run.evaluations.append(exported)
         run.facts["widths_before_pruning"] = widths
         run.facts["prune_history"] = tuned.to_json()
-    trained_s = time.monotonic()
     species = list(prepared.dataset.classes)
+    samples = prepared.base.window_samples
+    calibration = calibration_windows(dataset, CALIBRATION_WINDOWS, options.loop.seed)
+    ranges = None
+    if options.qat_epochs > 0:
+        ranges, before = static_int8(model, species, samples, calibration, test_windows)
+        before_qat = evaluate(f"{recipe} int8 before QAT (ONNX Runtime)", test, before, truth)
+        drop = exported.macro["ap"] - before_qat.macro["ap"]
+        run.facts["int8_ap_drop_before_qat"] = drop
+        model, qat = quantisation_aware(
+            model, ranges, dataset, val, val_windows, options, out / "checkpoint_qat.pt"
+        )
+        logits = student_logits(model, test_windows)
+        exported = evaluate(f"{recipe} after QAT (FP32)", test, logits, truth)
+        _, again = static_int8(model, species, samples, calibration, test_windows)
+        recalibrated = evaluate(
+            f"{recipe} int8 after QAT, recalibrated (ONNX Runtime)", test, again, truth
+        )
+        run.evaluations += [before_qat, exported, recalibrated]
+        run.facts["qat_history"] = qat.to_json()
+    trained_s = time.monotonic()
     extra = {
         "source": f"birdd train {recipe}",
         "training": {
             "recipe": recipe, "size": options.size, "data_sha256": prepared.data_sha256,
-            "split": "split.csv", "seed": options.loop.seed,
-            "test_macro": run.evaluations[-1 if options.prune_keep < 1 else 0].macro,
-            "birdnet_test_macro": run.evaluations[1].macro,
+            "split": "split.csv", "seed": options.loop.seed, "test_macro": exported.macro,
+            "birdnet_test_macro": run.evaluations[1].macro, "qat_epochs": options.qat_epochs,
         },
     }  # fmt: skip
-    samples = prepared.base.window_samples
     fp32 = export_student(model, out / "student.onnx", species, name, samples, extra)
     check = test_windows[:verify_windows] if verify_windows else test_windows
     run.parity.append(parity(fp32, check, logits[: len(check)]))
-    calibration = calibration_windows(dataset, CALIBRATION_WINDOWS, options.loop.seed)
     int8 = quantise_int8(
-        fp32, out / "student_int8.onnx", model, species, f"{name}_int8", calibration, extra
-    )
-    exported = run.evaluations[-1 if options.prune_keep < 1 else 0]
+        fp32, out / "student_int8.onnx", model, species, f"{name}_int8", calibration, extra,
+        ranges and overrides(fp32, ranges),
+    )  # fmt: skip
     int8_runs = [("ONNX Runtime", int8, engine_scores)]
     tflite_files = tflite_student.try_export_tflite(
         model, out, species, name, samples, extra, calibration, tflite

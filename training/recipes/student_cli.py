@@ -26,6 +26,7 @@ def student_options(args: argparse.Namespace) -> StudentOptions:
         workers=args.workers,
         prune_keep=args.prune,
         prune_epochs=args.prune_epochs,
+        qat_epochs=args.qat_epochs,
         loop=LoopConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-3,
             warmup_epochs=1, patience=args.patience, seed=args.seed,
