@@ -25,6 +25,7 @@ from typing_extensions import Annotated
 from birdd.daemon.clips.config import ClipsConfig
 from birdd.daemon.mqtt.config import MqttConfig
 from birdd.daemon.postprocess import PostprocessConfig
+from birdd.daemon.store.config import HousekeepingConfig
 from birdd.engines.base import EngineConfig
 from birdd.engines.models.modeldir import data_dir
 from birdd.engines.registry import engine_config_type
@@ -152,6 +153,13 @@ class StorageConfig(Strict):
         description="Delete detections older than this many days (by detection time), at start "
         "and then hourly; with MQTT on, only those already published. Unset: keep forever.",
     )
+    min_free_mb: float = Field(
+        100.0,
+        ge=0,
+        description="Free megabytes kept on the disks of the database and the clips: below it "
+        "clips stop (detections go on) and the housekeeping deletes clips. 0: no floor.",
+    )
+    housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig)
 
     @field_validator("db")
     @classmethod

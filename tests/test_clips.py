@@ -241,6 +241,7 @@ def test_no_clip_is_kept_where_a_window_overlapping_it_holds_speech(tmp_path):
         "clips_dropped_privacy": 1,
         "clips_dropped_backlog": 0,
         "clips_failed": 0,
+        "clips_dropped_disk": 0,
         "detections_dropped_privacy": 0,
     }
 

@@ -18,6 +18,7 @@ from birdd.daemon.records import RunInfo, new_detection_id
 from birdd.daemon.sinks.fanout import SinkFanout
 from birdd.daemon.sinks.files import make_output_sink
 from birdd.daemon.sinks.sqlite import Retention, SQLiteSink
+from birdd.daemon.store.housekeeping import housekeeping_during
 from birdd.daemon.store.sqlite_health import recover_damaged
 from birdd.engines.base import Engine
 
@@ -72,7 +73,12 @@ def clip_settings(config: BirddConfig) -> Optional[ClipSettings]:
     clips = config.clips
     if not clips.enabled and clips.privacy.drop_detections_within_s is None:
         return None
-    return ClipSettings(clips, config.postprocess.max_event_s, config.postprocess.sensitivity)
+    return ClipSettings(
+        clips,
+        config.postprocess.max_event_s,
+        config.postprocess.sensitivity,
+        config.storage.min_free_mb,
+    )
 
 
 def _retention(config: BirddConfig) -> Optional[Retention]:
@@ -96,8 +102,27 @@ def run_session(
     ``shortfall``, asked when the pipeline has ended, says why the run never got what it
     exists for (no audio from any input), else None; a shortfall marks the run failed and
     makes the exit code 1, except after SIGINT/SIGTERM: an operator stopping a service that
-    still waits for its microphone gets a warning and exit 0 (systemd shows no failure)."""
+    still waits for its microphone gets a warning and exit 0 (systemd shows no failure).
+
+    The housekeeping (clips' budget, free floor, WAL checkpoint, vacuum) runs on its own
+    thread during a live run, and once after every run."""
     fanout.open(run)
+    with housekeeping_during(config, live=run.mode == "live"):
+        return _run_opened(
+            pipeline, fanout, run, config, publisher, progress, stopped_status, shortfall
+        )
+
+
+def _run_opened(
+    pipeline: Pipeline,
+    fanout: SinkFanout,
+    run: RunInfo,
+    config: BirddConfig,
+    publisher: Optional[MqttPublisher],
+    progress: Callable[[PipelineStats], None],
+    stopped_status: str,
+    shortfall: Optional[Callable[[], Optional[str]]],
+) -> int:
     if publisher is not None:
         publisher.start(pipeline.health)
     status = "failed"
@@ -175,4 +200,5 @@ def _clips(stats: PipelineStats) -> str:
     return (
         f"{dropped}, clips: {counts.written} written, {counts.dropped_privacy} not kept "
         f"(speech), {counts.dropped_backlog} dropped (backlog), {counts.failed} failed"
+        f"{f', {counts.dropped_disk} dropped (disk)' if counts.dropped_disk else ''}"
     )

@@ -61,6 +61,22 @@ class ClipsConfig(_Strict):
         "flac", description="flac or wav, 16-bit mono at the model's rate (48 kHz for BirdNET)."
     )
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    max_total_mb: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Most megabytes (10^6 bytes) the clips may fill; beyond it the "
+        "housekeeping deletes clips (the surplus beyond keep_per_species_day first, oldest "
+        "first). null: no size limit (storage.min_free_mb still holds).",
+    )
+    max_age_days: Optional[float] = Field(
+        None, gt=0, description="Delete clips older than this many days. null: no age limit."
+    )
+    keep_per_species_day: int = Field(
+        10,
+        ge=1,
+        description="When clips must go, each species keeps its this many best-confidence "
+        "clips of a UTC day until the others (its surplus) are gone.",
+    )
 
     @field_validator("dir")
     @classmethod

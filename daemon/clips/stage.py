@@ -39,6 +39,8 @@ class ClipSettings:
     config: ClipsConfig
     max_event_s: float
     sensitivity: float
+    min_free_mb: float = 0.0
+    """``storage.min_free_mb``: no clip is written while its disk has less free."""
 
     @property
     def after_s(self) -> float:
@@ -200,7 +202,8 @@ def build_clip_stage(
     writer = None
     if config.enabled:
         check_folder(config)
-        writer = ClipWriter(config.dir, config.format, rate, publish, live, ClipCounts())
+        floor = int(settings.min_free_mb * 1e6)
+        writer = ClipWriter(config.dir, config.format, rate, publish, live, ClipCounts(), floor)
     return ClipStage(settings, guard, rings, rate, window_samples, writer, publish)
 
 

@@ -3,13 +3,19 @@ ring, writes it and passes the detection on with its clip.
 
 Live, a full queue refuses the clip (counted) and the detection goes on without one, so a slow
 disk never holds up inference; in simulate mode the queue waits (nothing is dropped). A clip
-whose audio the ring already overwrote is dropped and counted the same way."""
+whose audio the ring already overwrote is dropped and counted the same way.
+
+A disk under ``storage.min_free_mb`` (checked before every clip) or full (ENOSPC) stops clips,
+not detections: each clip not written is counted in ``clips_dropped_disk``, and one line is
+logged when clips stop and one when they resume."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import queue
+import shutil
 import threading
 from collections import Counter
 from dataclasses import dataclass, fields, replace
@@ -42,6 +48,7 @@ class ClipCounts:
     dropped_privacy: int = 0
     dropped_backlog: int = 0
     failed: int = 0
+    dropped_disk: int = 0
     detections_dropped_privacy: int = 0
 
     def __post_init__(self) -> None:
@@ -105,11 +112,69 @@ class ClipJob:
     hold: Optional[RingHold] = None
 
 
+class DiskGuard:
+    """Whether the clips' disk has room: above the free floor, and not found full by the last
+    write. Logs once when clips stop for want of space and once when they resume."""
+
+    def __init__(self, folder: Path, min_free_bytes: int) -> None:
+        self.folder = folder
+        self.min_free_bytes = min_free_bytes
+        self.stopped = False
+
+    def free(self) -> int:
+        return shutil.disk_usage(self.folder).free
+
+    def room(self, needed: int) -> bool:
+        """True when a clip of up to ``needed`` bytes may be written (resuming clips, with a
+        line, if they had stopped: stopped clips wait until the clip fits, so that a full disk
+        does not log every clip)."""
+        free = self.free()
+        if free < self.min_free_bytes:
+            floor = self.min_free_bytes / 1e6
+            self.stop(f"{free / 1e6:.1f} MB free, under storage.min_free_mb ({floor:g} MB)")
+            return False
+        if self.stopped and free < needed:
+            return False
+        if self.stopped:
+            self.stopped = False
+            log.warning("clips resumed: %s has %.1f MB free", self.folder, free / 1e6)
+        return True
+
+    def stop(self, why: str) -> None:
+        if not self.stopped:
+            self.stopped = True
+            log.warning(
+                "clips stopped: %s has %s; detections go on without clips (counted in "
+                "clips_dropped_disk) until space is freed",
+                self.folder,
+                why,
+            )
+
+    def full(self, exc: BaseException, needed: int) -> bool:
+        """Whether a failed write failed for want of space (libsndfile loses the errno: then
+        the disk counts as full when less than the clip's raw size is free)."""
+        code = getattr(exc, "errno", None)
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        try:
+            return self.free() < needed
+        except OSError:
+            return False
+
+
 class ClipWriter:
     def __init__(
-        self, folder: Path, fmt: str, rate: int, publish: Publish, live: bool, counts: ClipCounts
+        self,
+        folder: Path,
+        fmt: str,
+        rate: int,
+        publish: Publish,
+        live: bool,
+        counts: ClipCounts,
+        min_free_bytes: int = 0,
     ) -> None:
         self.folder = folder
+        self.disk = DiskGuard(folder, min_free_bytes)
         self.fmt = fmt
         self.rate = rate
         self.live = live
@@ -158,9 +223,17 @@ class ClipWriter:
         if audio is None:
             self.counts.add("dropped_backlog")
             return job.detection
+        needed = audio.size * 2 + 4096  # 16-bit samples and a header: FLAC's most
+        if not self._room(needed):
+            self.counts.add("dropped_disk")
+            return job.detection
         try:
             clip = self._write(job.detection, job.span, audio)
         except (OSError, RuntimeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            if self.disk.full(exc, needed):
+                self.disk.stop(f"no space left ({exc})")
+                self.counts.add("dropped_disk")
+                return job.detection
             self.counts.add("failed")
             if self.counts.failed % WARN_EVERY == 1:  # a full disk fails every clip: warn less
                 log.warning(
@@ -172,6 +245,12 @@ class ClipWriter:
             return job.detection
         self.counts.add("written")
         return replace(job.detection, clip=clip)
+
+    def _room(self, needed: int) -> bool:
+        try:
+            return self.disk.room(needed)
+        except OSError:
+            return True  # the folder is gone or unreadable: the write says why
 
     def _cut(self, span: ClipSpan, hold: RingHold) -> Optional[np.ndarray]:
         """The clip's samples (fewer where the stream ended); None when the ring overwrote

@@ -289,6 +289,9 @@ def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        # Takes effect only in a new database (and at a VACUUM): free pages can then be given
+        # back in small steps (store/sqlite_maintenance.py).
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         journal = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
