@@ -23,6 +23,7 @@ from pydantic_core import CoreSchema
 from typing_extensions import Annotated
 
 from birdd.daemon.clips.config import ClipsConfig
+from birdd.daemon.health.config import MetricsConfig
 from birdd.daemon.mqtt.config import MqttConfig
 from birdd.daemon.postprocess import PostprocessConfig
 from birdd.daemon.store.config import HousekeepingConfig
@@ -206,6 +207,7 @@ class BirddConfig(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     clips: ClipsConfig = Field(default_factory=ClipsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
 
 class ConfigError(ValueError):

@@ -147,6 +147,7 @@ def test_the_disk_guard_stops_and_resumes_clips_with_one_line_each(tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="birdd"):
         assert not guard.room(1000) and not guard.room(1000)
         guard.min_free_bytes = 0
+        assert not guard.room(1 << 62)  # stopped clips wait until the clip fits
         assert guard.room(1000) and guard.room(1000)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and "clips stopped" in lines[0] and "storage.min_free_mb" in lines[0]

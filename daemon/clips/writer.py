@@ -35,6 +35,9 @@ QUEUE_SIZE = 16
 WARN_EVERY = 100
 """Of clips that cannot be written, the first and every 100th after it are logged."""
 FORMATS = {"flac": "FLAC", "wav": "WAV"}
+RESUME_HEADROOM = 4_000_000
+"""Stopped clips resume once this many bytes more than the floor are free (and the clip
+fits), so that a disk at the edge does not stop and resume them clip after clip."""
 Publish = Callable[[Sequence[Detection]], None]
 
 
@@ -126,14 +129,14 @@ class DiskGuard:
 
     def room(self, needed: int) -> bool:
         """True when a clip of up to ``needed`` bytes may be written (resuming clips, with a
-        line, if they had stopped: stopped clips wait until the clip fits, so that a full disk
-        does not log every clip)."""
+        line, if they had stopped: stopped clips wait for ``RESUME_HEADROOM`` above the
+        floor)."""
         free = self.free()
         if free < self.min_free_bytes:
             floor = self.min_free_bytes / 1e6
             self.stop(f"{free / 1e6:.1f} MB free, under storage.min_free_mb ({floor:g} MB)")
             return False
-        if self.stopped and free < needed:
+        if self.stopped and free < max(needed, self.min_free_bytes + RESUME_HEADROOM):
             return False
         if self.stopped:
             self.stopped = False

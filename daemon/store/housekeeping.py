@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
 from birdd.daemon.clips.budget import Budget, ClipFile, delete_files, scan, select
+from birdd.daemon.clips.writer import RESUME_HEADROOM
 from birdd.daemon.config import BirddConfig
 from birdd.daemon.store import sqlite_maintenance as db
 from birdd.daemon.store.config import HousekeepingConfig
@@ -30,8 +31,8 @@ from birdd.daemon.store.config import HousekeepingConfig
 log = logging.getLogger("birdd")
 
 FLOOR_MARGIN = 0.1
-"""Under the floor, clips are deleted until 10% more than the floor is free, so that clips
-resume with room to spare rather than stopping again at the next one."""
+"""Under the floor, clips are deleted until 10% more than the floor (at least the writer's
+``RESUME_HEADROOM`` more) is free, so that clips resume with room to spare."""
 
 
 class Housekeeping:
@@ -157,9 +158,14 @@ class Housekeeping:
             low = free < self.min_free_bytes
             helps = os.stat(folder).st_dev == clips_device
             if low and helps:
-                shortfall = max(shortfall, int(self.min_free_bytes * (1 + FLOOR_MARGIN)) - free)
+                shortfall = max(shortfall, self._target() - free)
             self._tell(folder, low, free, helps)
         return shortfall
+
+    def _target(self) -> int:
+        """The free bytes to reach once under the floor."""
+        headroom = max(int(self.min_free_bytes * FLOOR_MARGIN), RESUME_HEADROOM)
+        return self.min_free_bytes + headroom
 
     def _tell(self, folder: Path, low: bool, free: int, helps: bool) -> None:
         """One line when a disk falls under the floor and one when it is back above."""
