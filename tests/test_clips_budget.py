@@ -4,11 +4,13 @@ writer's free-floor guard, and the config's errors."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
-from datetime import datetime, timezone
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 
@@ -16,8 +18,11 @@ from birdd.daemon.clips.budget import Budget, ClipFile, delete_files, parse_clip
 from birdd.daemon.clips.writer import ClipCounts, DiskGuard
 from birdd.daemon.config import ConfigError, load_config
 from birdd.daemon.store import sqlite_maintenance as db
+from birdd.daemon.store.config import HousekeepingConfig
+from birdd.daemon.store.housekeeping import Housekeeping
 from birdd.daemon.store.sqlite_store import SQLiteStore
 
+REPO = Path(__file__).resolve().parent.parent
 DAY = 86400.0
 NOW = datetime(2024, 5, 10, tzinfo=timezone.utc).timestamp()
 
@@ -89,20 +94,27 @@ def test_clip_names_are_read_and_strangers_left_alone(tmp_path):
     assert delete_files(found) == found and not good.exists() and day.exists()
 
 
-def test_forget_clips_nulls_the_path_and_keeps_the_row(tmp_path):
-    path = tmp_path / "d.sqlite"
+def database_with_clips(path: Path, clips: List[Tuple[str, float, str]]) -> Path:
+    """A migrated database with one detection row (id, confidence, clip_path) per clip; the
+    other NOT NULL columns hold zeros."""
     SQLiteStore(path).close()
     with sqlite3.connect(path) as conn:
-        columns = [row[1] for row in conn.execute("PRAGMA table_info(detections)")]
-        notnull = {row[1] for row in conn.execute("PRAGMA table_info(detections)") if row[3]}
-        for ident, conf in (("a", 0.9), ("b", 0.4)):
+        info = conn.execute("PRAGMA table_info(detections)").fetchall()
+        notnull = {row[1] for row in info if row[3] and row[1] != "rowid"}
+        for ident, conf, clip_path in clips:
             values = {c: 0 for c in notnull} | {"id": ident, "confidence": conf}
-            values |= {"clip_path": f"/c/{ident}.flac", "clip_duration_s": 5.0}
-            keys = [c for c in columns if c in values]
+            values |= {"clip_path": clip_path, "clip_duration_s": 5.0}
+            keys = list(values)
             conn.execute(
                 f"INSERT INTO detections ({','.join(keys)}) VALUES ({','.join('?' * len(keys))})",
                 [values[k] for k in keys],
             )
+    return path
+
+
+def test_forget_clips_nulls_the_path_and_keeps_the_row(tmp_path):
+    clips = [("a", 0.9, "/c/a.flac"), ("b", 0.4, "/c/b.flac")]
+    path = database_with_clips(tmp_path / "d.sqlite", clips)
     conn = db.connect(path)
     assert db.clip_confidences(conn, ["a", "b", "gone"]) == {"a": 0.9, "b": 0.4}
     assert db.forget_clips(conn, ["a", "gone"]) == 1
@@ -160,7 +172,37 @@ def test_the_disk_guard_stops_and_resumes_clips_with_one_line_each(tmp_path, cap
 def test_clips_dropped_disk_is_a_stats_field():
     counts = ClipCounts()
     counts.add("dropped_disk")
-    assert counts.to_stats()["clips_dropped_disk"] == 1
+    stats = counts.to_stats()
+    assert stats["clips_dropped_disk"] == 1
+    schema = json.loads((REPO / "docs" / "schema" / "stats.v1.json").read_text())
+    assert set(stats) <= set(schema["properties"])
+
+
+def test_the_housekeeping_thread_deletes_expired_clips_and_marks_their_rows(tmp_path):
+    """Started as a live run starts it: its first pass deletes the clip past max_age_days,
+    keeps the recent one, and NULLs the old row's clip_path; stop() ends the thread."""
+    folder = tmp_path / "clips"
+    now = datetime.now(timezone.utc)
+    files = {}
+    for ident, age in (("old", timedelta(days=40)), ("new", timedelta(hours=1))):
+        began = now - age
+        path = folder / f"{began:%Y-%m-%d}" / f"{began:%Y%m%dT%H%M%S}.000Z_amerob_{ident}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 1000)
+        files[ident] = path
+    database = database_with_clips(
+        tmp_path / "d.sqlite", [(ident, 0.9, str(path)) for ident, path in files.items()]
+    )
+    keeper = Housekeeping(database, folder, Budget(None, 30 * DAY, 10), 0, HousekeepingConfig())
+    keeper.start()
+    deadline = time.monotonic() + 10
+    while files["old"].exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    keeper.stop()
+    assert not files["old"].exists() and files["new"].exists()
+    with sqlite3.connect(database) as conn:
+        rows = dict(conn.execute("SELECT id, clip_path FROM detections"))
+    assert rows == {"old": None, "new": str(files["new"])}
 
 
 @pytest.mark.parametrize(
