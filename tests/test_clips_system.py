@@ -213,6 +213,7 @@ def test_no_clip_is_kept_where_birdnet_hears_speech(speech_mix, broker, tmp_path
     assert counts == {
         "clips_dropped_privacy": len(near),
         "clips_dropped_backlog": 0,
+        "clips_dropped_disk": 0,
         "detections_dropped_privacy": 0,
     }
     assert f"clips: {len(kept)} written, {len(near)} not kept (speech)" in stderr
