@@ -15,6 +15,7 @@ from typing import Iterator, List
 
 import pytest
 from birdd_testing import THRUSH, recording, run_birdd
+from broker import free_port
 from ray_cluster import RayHead
 
 from birdd.daemon.app.cli import main
@@ -93,6 +94,20 @@ def test_ray_gives_what_the_local_pool_gives_and_resumes(
     assert detections(ray_db) == found
     statuses = query(ray_db, "SELECT status, COUNT(*) FROM analyzed_files GROUP BY 1 ORDER BY 1")
     assert statuses == [("done", 3), ("failed", 2)]  # each failed try is kept, as locally
+
+
+@pytest.mark.system
+def test_an_address_nothing_answers_on_is_refused_at_once(
+    birdnet_model: Path, card: Path, tmp_path: Path
+) -> None:
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip(RAY_MISSING)
+    address = f"127.0.0.1:{free_port()}"
+    db = tmp_path / "birdd.sqlite"
+    result = run_birdd("analyze", str(card), "--db", str(db), "--ray", address, timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert f"--ray {address}: no Ray cluster answers there" in result.stderr
+    assert not db.exists()  # refused before anything was written
 
 
 def test_without_ray_one_line_names_the_extra(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import pickle
 import shutil
+import socket
 import tempfile
 import weakref
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ log = logging.getLogger("birdd")
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install 'birdd[ray]'"
 READERS = 2
+PROBE_TIMEOUT_S = 5.0
 """Read tasks in flight at once (reading a file is I/O; they take no CPU from the actors)."""
 
 
@@ -228,8 +230,24 @@ class RayCluster:
         self.ray.shutdown()
 
 
+def _check_reachable(address: str) -> None:
+    """Refuse a ``HOST:PORT`` nothing listens on, at once: ``ray.init`` would retry for
+    minutes before it gives up."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray itself reports on
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ValueError(
+            f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc}): start one "
+            "with 'ray start --head' and give the address it prints (HOST:PORT or auto)"
+        ) from None
+
+
 def _connect(ray: Any, address: str) -> None:
     """``ray.init`` quietly: no progress bars or worker logs among birdd's own output."""
+    _check_reachable(address)
     options: Dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if not address:
         options["include_dashboard"] = False
