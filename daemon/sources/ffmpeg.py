@@ -3,7 +3,8 @@ process writing float32 PCM at the model's rate to a pipe.
 
 ffmpeg ends the same way whether the server was killed or the stream ended (exit 0), and a
 stalled server makes it hang unless a socket timeout is set; so every exit is "source lost",
-the watchdog covers a hang, and the supervisor in ``live`` restarts it with backoff.
+the watchdog covers a hang, and the supervisor in ``live`` restarts it with backoff. ffmpeg
+starts through the process's start gate (``startgate``): many inputs start a few at a time.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ import numpy as np
 
 from birdd.daemon.sources.base import Block, SourceError
 from birdd.daemon.sources.live import Connection, LiveSource, ReconnectPolicy
+from birdd.daemon.sources.startgate import PROCESS_GATE, StartGate, StartSlot
 
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "srt", "rtmp", "rtmps", "udp", "rtp", "tcp")
 BYTES_PER_SAMPLE = 4
+PROBE_BYTES = "32768"
+PROBE_MICROS = "1000000"
+"""ffmpeg's defaults (5 MB, 5 s) read up to 5 s of a live stream before its first output: a
+WAV stream's first audio came after 3 s unloaded, and past the 5 s watchdog on a busy machine.
+An audio stream's parameters are in its header or first frames; 32 KB or 1 s is plenty, and
+the first audio comes after 0.9 s."""
 
 
 def is_url(text: str) -> bool:
@@ -54,22 +62,31 @@ def ffmpeg_command(url: str, rate: int, channels: int, timeout_s: float) -> List
         command += ["-rw_timeout", micros]
     if scheme in ("http", "https"):
         command += ["-re"]  # a file on a web server would otherwise arrive faster than live
+    command += ["-probesize", PROBE_BYTES, "-analyzeduration", PROBE_MICROS]
     command += ["-i", url, "-vn", "-f", "f32le", "-ac", str(channels), "-ar", str(rate), "pipe:1"]
     return command
 
 
 class FfmpegConnection(Connection):
-    """A running ffmpeg; its stdout is read without blocking longer than asked."""
+    """A running ffmpeg; its stdout is read without blocking longer than asked. It holds its
+    start slot until the first audio arrives or it is closed."""
 
-    def __init__(self, command: List[str], channels: int, rate: int, block_frames: int) -> None:
+    def __init__(
+        self, command: List[str], channels: int, rate: int, block_frames: int, slot: StartSlot
+    ) -> None:
         self.channels, self.rate = channels, rate
         self._frame_bytes = channels * BYTES_PER_SAMPLE
         self._want = block_frames * self._frame_bytes
         self._pending = b""
         self._errors: Deque[str] = collections.deque(maxlen=5)
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        self._slot = slot
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except BaseException:
+            slot.release()
+            raise
         self._stderr = threading.Thread(target=self._keep_errors, daemon=True)
         self._stderr.start()
 
@@ -89,6 +106,7 @@ class FfmpegConnection(Connection):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout)
             return None
+        self._slot.release()
         data = self._pending + data
         usable = len(data) - len(data) % self._frame_bytes
         self._pending = data[usable:]
@@ -105,6 +123,7 @@ class FfmpegConnection(Connection):
         return f"ffmpeg exited with status {code} ({said})"
 
     def close(self) -> None:
+        self._slot.release()
         if self.process.poll() is None:
             self.process.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -114,11 +133,25 @@ class FfmpegConnection(Connection):
                 pipe.close()
 
 
+class StoppedConnection(Connection):
+    """What ``connect`` returns when the source was stopped while it waited for a start slot:
+    the supervisor sees the stop before it reads."""
+
+    def read(self, timeout: float) -> Optional[Block]:
+        return None
+
+
 class FfmpegSource(LiveSource):
     """A URL read by an ffmpeg child process, restarted whenever it exits or stalls."""
 
     def __init__(
-        self, url: str, policy: ReconnectPolicy, block_s: float, rate: int, channels: int
+        self,
+        url: str,
+        policy: ReconnectPolicy,
+        block_s: float,
+        rate: int,
+        channels: int,
+        gate: StartGate = PROCESS_GATE,
     ) -> None:
         super().__init__(redacted(url), policy)
         if shutil.which("ffmpeg") is None:
@@ -127,10 +160,17 @@ class FfmpegSource(LiveSource):
         self.sample_rate = rate
         self.channels = channels
         self._block_frames = max(1, int(block_s * rate))
+        self._gate = gate
 
     def connect(self) -> Connection:
+        """Start ffmpeg once a start slot is free; the supervisor starts its watchdog clock
+        when this returns, so the wait for the slot is not counted as silence."""
+        if not self._gate.enter(self._stop):
+            return StoppedConnection()
         command = ffmpeg_command(self.url, self.sample_rate, self.channels, self.policy.watchdog_s)
-        return FfmpegConnection(command, self.channels, self.sample_rate, self._block_frames)
+        return FfmpegConnection(
+            command, self.channels, self.sample_rate, self._block_frames, StartSlot(self._gate)
+        )
 
     def describe(self) -> str:
         return f"receiving {self.name} through ffmpeg"

@@ -1,0 +1,39 @@
+"""Many network inputs started together: 30 real-time HTTP WAV streams from a local server
+(tests/http_streams.py) into one `birdd run`. Before the start gate, 100 ffmpeg processes
+started at once left 16 of them past the watchdog before their first audio (each restarted,
+~8 s lost as a gap); through the gate every input starts without a gap and delivers audio."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from birdd_testing import THRUSH, jsonl_rows, recording, run_birdd
+from http_streams import StreamServer
+
+STREAMS = 30
+RUN_S = 20
+WATCHDOG_S = 3
+"""Tighter than the default 5 s, so that a slow start is caught on a fast machine too."""
+
+
+def test_thirty_streams_start_together_without_gaps(birdnet_model: Path, tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    config = tmp_path / "birdd.yaml"
+    config.write_text(f"audio:\n  watchdog_s: {WATCHDOG_S}\n  ring_buffer_s: 10\n")
+    with StreamServer([recording(THRUSH)]) as server:
+        urls = [server.url(index) for index in range(STREAMS)]
+        inputs = [arg for url in urls for arg in ("--input", url)]
+        result = run_birdd(
+            "run",
+            *("--config", str(config), "--db", str(db), "--duration", str(RUN_S)),
+            *("--format", "jsonl", "--per-window", "--min-conf", "0.3", "--batch-size", "8"),
+            *inputs,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no audio for" not in result.stderr, result.stderr[-3000:]
+    gaps = sqlite3.connect(str(db)).execute("SELECT source, seconds, reason FROM gaps").fetchall()
+    assert gaps == []
+    heard = {row["source"] for row in jsonl_rows(result.stdout)}
+    assert heard == set(urls), f"no detections from {sorted(set(urls) - heard)}"
