@@ -1,8 +1,8 @@
 """Quantisation-aware training's fake quantisation is the int8 export's arithmetic: a pruned tiny
 student (batch norm statistics set, as after training) through ``QATStudent`` gives the logits
-of its onnxruntime int8 file, within one step of the logits' int8 scale; the ranges read from
-that file, written back as overrides, quantise to the same file; and gradients reach the
-weights through the fake quantisation."""
+of its onnxruntime int8 file within a hundredth of the last int8 tensor's step; the ranges
+read from that file, written back as overrides, quantise to the same file; and gradients
+reach the weights through the fake quantisation."""
 
 from __future__ import annotations
 
@@ -71,10 +71,10 @@ def test_fake_quantisation_matches_the_int8_file(exported):
         fake = QATStudent(model, ranges).eval()(torch.as_tensor(windows[6:])).numpy()
         float_logits = model(torch.as_tensor(windows[6:])).numpy()
     onnx_int8 = _onnx_logits(int8, windows[6:])
-    step = ranges["logits"][0]
-    assert np.abs(fake - onnx_int8).max() <= step * 1.001
-    # Not trivially close: the float model is many steps away from the int8 file.
-    assert np.abs(float_logits - onnx_int8).max() > 3 * step
+    step = ranges["concat"][0]  # the last int8 tensor's step (the logits are float)
+    assert np.abs(fake - onnx_int8).max() <= step / 100
+    # Not trivially close: the float model is more than a step away from the int8 file.
+    assert np.abs(float_logits - onnx_int8).max() > step
 
 
 def test_ranges_written_back_give_the_same_file(exported, tmp_path):

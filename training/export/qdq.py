@@ -14,7 +14,13 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from birdd.engines.models.labels import Species
-from birdd.training.export.student import OUTPUT, engine_scores, export_student, quantise_int8
+from birdd.training.export.student import (
+    AUDIO_TENSOR,
+    DFT_TENSOR,
+    engine_scores,
+    export_student,
+    quantise_int8,
+)
 from birdd.training.models.qat import Affine
 from birdd.training.models.student import Student
 
@@ -22,14 +28,13 @@ SUFFIX = "_QuantizeLinear_Output"  # onnxruntime's name for a quantised tensor
 
 # fake-quantised point → the tensor the export quantises there (conv outputs: see conv_outputs)
 FIXED = {
-    "audio": "/frontend/Unsqueeze_output_0",
-    "dft": "/frontend/Conv_output_0",
+    "audio": AUDIO_TENSOR,
+    "dft": DFT_TENSOR,
     "logmel": "/Unsqueeze_output_0",
     "norm": "/norm/BatchNormalization_output_0",
     "mean": "/ReduceMean_1_output_0",
     "max": "/ReduceMax_output_0",
     "concat": "/Concat_output_0",
-    "logits": OUTPUT,
 }
 
 
@@ -50,18 +55,19 @@ def tensor_names(graph) -> Dict[str, str]:
     return names
 
 
+def _affine(scale: np.ndarray, zero_point: np.ndarray) -> Affine:
+    return float(scale), int(zero_point), 8 * zero_point.dtype.itemsize
+
+
 def read_ranges(path: Path) -> Dict[str, Affine]:
-    """Each fake-quantised point's (scale, zero point) in the int8 file at ``path``."""
+    """Each fake-quantised point's (scale, zero point, bits) in the int8 file at ``path``."""
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     quantised = {  # named by its output: a graph output's input is renamed
-        node.output[0].removesuffix(SUFFIX): (
-            float(values[node.input[1]]),
-            int(values[node.input[2]]),
-        )
+        node.output[0].removesuffix(SUFFIX): _affine(values[node.input[1]], values[node.input[2]])
         for node in graph.node
         if node.op_type == "QuantizeLinear"
     }
@@ -77,14 +83,18 @@ def overrides(fp32: Path, ranges: Dict[str, Affine]) -> Dict[str, List[Dict[str,
     """``ranges`` as onnxruntime's ``TensorQuantOverrides`` for the FP32 file at ``fp32``:
     quantising with them writes exactly these scales and zero points."""
     import onnx
+    from onnxruntime.quantization import QuantType
 
     names = tensor_names(onnx.load(str(fp32), load_external_data=False).graph)
-    return {
-        names[point]: [
-            {"scale": np.array(scale, np.float32), "zero_point": np.array(zero, np.int8)}
-        ]
-        for point, (scale, zero) in ranges.items()
-    }
+    types = {8: (QuantType.QInt8, np.int8), 16: (QuantType.QInt16, np.int16)}
+    result = {}
+    for point, (scale, zero, bits) in ranges.items():
+        quant_type, dtype = types[bits]
+        result[names[point]] = [
+            {"quant_type": quant_type, "scale": np.array(scale, np.float32),
+             "zero_point": np.array(zero, dtype)}
+        ]  # fmt: skip
+    return result
 
 
 def static_int8(

@@ -5,10 +5,11 @@ It mirrors what ``training/export/student.py``'s onnxruntime static int8 file (Q
 - weights of every convolution and of the classifier: int8, per output channel, symmetric
   ([-127, 127], scale max|w| / 127), batch norm folded in first (the ONNX export folds it, so
   the quantised weight is the folded one); biases int32 at scale input scale × weight scale;
-- activations: int8, per tensor, asymmetric, at the export's fixed points: the audio input,
-  the DFT convolution's output, the log-mel, the input batch norm's output, every conv's
-  output after its ReLU (a range from 0), the two pooled halves, their concatenation and the
-  logits. The front end's power, mel and log stay in float, as in the file.
+- activations: per tensor, at the export's fixed points: the audio input and the DFT
+  convolution's output at 16 bits (symmetric); the log-mel, the input batch norm's output,
+  every conv's output after its ReLU (a range from 0), the two pooled halves and their
+  concatenation at int8 (asymmetric). The front end's power, mel and log and the logits stay
+  in float, as in the file.
 
 The activation scales and zero points are fixed, read from an int8 file the export's own
 calibration made (``training/export/qdq.py``). Batch norm statistics are frozen (folded);
@@ -27,13 +28,13 @@ from torch.nn import functional as F
 from birdd.training.models.student import Student
 
 WEIGHT_MAX = 127  # symmetric int8 weights: [-127, 127]
-Affine = Tuple[float, int]  # an activation's scale and zero point (int8)
+Affine = Tuple[float, int, int]  # an activation's scale, zero point and bits (8 or 16)
 
 
 def activation_points(model: Student) -> List[str]:
     """The names of the fake-quantised activations, in forward order."""
     convs = [f"conv{i}" for i in range(len(conv_layers(model)))]
-    return ["audio", "dft", "logmel", "norm", *convs, "mean", "max", "concat", "logits"]
+    return ["audio", "dft", "logmel", "norm", *convs, "mean", "max", "concat"]
 
 
 def conv_layers(model: Student) -> List[nn.Sequential]:
@@ -45,8 +46,9 @@ def conv_layers(model: Student) -> List[nn.Sequential]:
 
 
 def fake_activation(x: torch.Tensor, affine: Affine) -> torch.Tensor:
-    scale, zero_point = affine
-    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, -128, 127)
+    scale, zero_point, bits = affine
+    low = -(2 ** (bits - 1))
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, low, -low - 1)
 
 
 def fake_weight(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -125,4 +127,4 @@ class QATStudent(nn.Module):
         pooled = student.dropout(self._act(torch.cat(halves, dim=1), "concat"))
         weight, weight_scale = fake_weight(student.classifier.weight)
         bias = fake_bias(student.classifier.bias, self.ranges["concat"][0] * weight_scale)
-        return self._act(F.linear(pooled, weight, bias), "logits")
+        return F.linear(pooled, weight, bias)
