@@ -1,8 +1,8 @@
 """`birdd train distill` end to end on real clips with the real BirdNET as teacher: train a tiny
-student for two epochs → ONNX and TFLite, FP32 and int8, with sidecars → the FP32 exports
-re-scored through the birdd ONNX and TFLite engines → `birdd --simulate --model FILE` on its
-sidecar alone. The TFLite files need the TensorFlow conversion virtualenv (tests/install.sh
-makes it): without it the run warns and the TFLite checks skip."""
+student for two epochs and one of quantisation-aware training → ONNX and TFLite, FP32 and int8,
+with sidecars → the FP32 exports re-scored through the birdd ONNX and TFLite engines → `birdd
+--simulate --model FILE` on its sidecar alone. The TFLite files need the TensorFlow conversion
+virtualenv (tests/install.sh makes it): without it the run warns and the TFLite checks skip."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def distilled(tmp_path_factory) -> Path:
     result = run_birdd(
         "train", "distill", str(data), "--negatives", str(data / "negatives"),
         "--out", str(out), "--cache", str(root / "cache"), "--size", "tiny", "--epochs", "2",
-        "--threads", "1", "--verify-windows", "16", timeout=900,
+        "--qat-epochs", "1", "--threads", "1", "--verify-windows", "16", timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -55,8 +55,13 @@ def test_exports_carry_sidecars_and_match_pytorch(distilled):
     assert facts["int8_bytes"] <= 100_000  # the tiny student's budget
     runtimes = ["ONNX Runtime"] + (["TFLite"] if converter_python(create=False) else [])
     evaluations = {"distill", "BirdNET", *(f"distill int8 ({r})" for r in runtimes)}
+    evaluations |= {
+        "distill int8 before QAT (ONNX Runtime)", "distill after QAT (FP32)",
+        "distill int8 after QAT, recalibrated (ONNX Runtime)",
+    }  # fmt: skip
     assert evaluations == set(results["evaluations"])
     assert set(facts["int8_ap_drop"]) == set(runtimes)
+    assert len(facts["qat_history"]["val_score"]) == 1
 
 
 def test_tflite_exports_carry_sidecars_and_match_pytorch(distilled):
