@@ -9,7 +9,8 @@ It mirrors what ``training/export/student.py``'s onnxruntime static int8 file (Q
   convolution's output at 16 bits (symmetric); the log-mel, the input batch norm's output,
   every conv's output after its ReLU (a range from 0), the two pooled halves and their
   concatenation at int8 (asymmetric). The front end's power, mel and log and the logits stay
-  in float, as in the file.
+  in float, as in the file. The input batch norm runs in float: its one weight is exact at
+  int8, and its int32 bias rounds to a small fraction of the output's step.
 
 The activation scales and zero points are fixed, read from an int8 file the export's own
 calibration made (``training/export/qdq.py``). Batch norm statistics are frozen (folded);
@@ -101,7 +102,9 @@ class QATStudent(nn.Module):
         x = F.conv1d(real * real + imaginary * imaginary, frontend.mel)
         return torch.log(x + frontend.params.log_floor)
 
-    def _conv(self, x: torch.Tensor, layer: nn.Sequential, index: int, scale: float):
+    def _conv(
+        self, x: torch.Tensor, layer: nn.Sequential, index: int, scale: float
+    ) -> torch.Tensor:
         weight, bias = folded(layer)
         weight, weight_scale = fake_weight(weight)
         conv = layer[0]
