@@ -33,6 +33,8 @@ STATS_FIELDS = {
     "version",
     "uptime_s",
     "audio_seconds",
+    "windows",
+    "detections",
     "realtime_factor",
     "inference_latency_ms",
     "queue_depths",

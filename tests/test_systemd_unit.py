@@ -11,6 +11,7 @@ skipped otherwise."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import shlex
@@ -161,6 +162,20 @@ def test_restart_policy_matches_the_exit_codes(unit: Unit) -> None:
     assert seconds(one(unit, "Service", "RestartSec")) >= 1
     # a missing microphone at boot is retried forever, not given up after five tries
     assert one(unit, "Unit", "StartLimitIntervalSec") in ("0", "infinity")
+
+
+def test_watchdog_outlasts_the_pauses_birdd_recovers_from_itself(unit: Unit) -> None:
+    """birdd calls a part stalled after WatchdogSec/2: that must stay above the engine
+    worker's own call timeout (it replaces a hung worker itself) and the live inputs' default
+    watchdog; a watchdog kill (SIGABRT) is a failure Restart=on-failure restarts."""
+    from birdd.daemon.sources.live import ReconnectPolicy
+    from birdd.engines.worker import WorkerEngine
+
+    stall_s = seconds(one(unit, "Service", "WatchdogSec")) / 2
+    timeout_s = inspect.signature(WorkerEngine.__init__).parameters["timeout_s"].default
+    assert stall_s >= timeout_s and stall_s > ReconnectPolicy().watchdog_s
+    assert one(unit, "Service", "NotifyAccess") == "main"  # the pings come from birdd itself
+    assert one(unit, "Service", "Restart") == "on-failure"
 
 
 def test_stop_leaves_time_for_the_drain(unit: Unit) -> None:

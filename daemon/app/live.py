@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+from birdd.daemon.app.health import RunHealth
 from birdd.daemon.app.sdnotify import notify
 from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
 from birdd.daemon.config import BirddConfig
@@ -24,6 +25,7 @@ from birdd.daemon.sources.base import AudioSource, SourceError, check_channel
 from birdd.daemon.sources.device import DeviceSource
 from birdd.daemon.sources.ffmpeg import FfmpegSource, is_url
 from birdd.daemon.sources.live import ReconnectPolicy
+from birdd.daemon.sources.pyav import PyavSource
 from birdd.daemon.sources.stdin import PcmFormat, StdinSource
 from birdd.engines.registry import create_engine
 
@@ -44,7 +46,8 @@ def channels_needed(channels: Any) -> Optional[int]:
 
 
 def open_source(spec: Any, config: BirddConfig, model_rate: int) -> AudioSource:
-    """The source for one ``audio.inputs`` entry: a device, a URL for ffmpeg, or '-'."""
+    """The source for one ``audio.inputs`` entry: a device, a URL (for ffmpeg or PyAV, by
+    ``audio.decoder``), or '-'."""
     audio = config.audio
     policy = ReconnectPolicy(audio.watchdog_s, audio.reconnect_max_s, audio.require_device_at_start)
     wanted = channels_needed(audio.channels)
@@ -53,7 +56,8 @@ def open_source(spec: Any, config: BirddConfig, model_rate: int) -> AudioSource:
         raw = PcmFormat(audio.stdin.sample_rate, audio.stdin.channels, audio.stdin.format)
         return StdinSource(raw, audio.block_s, sys.stdin.buffer)
     if is_url(text):
-        return FfmpegSource(text, policy, audio.block_s, model_rate, wanted or 1)
+        decoder = PyavSource if audio.decoder == "pyav" else FfmpegSource
+        return decoder(text, policy, audio.block_s, model_rate, wanted or 1)
     if "://" in text:
         raise SourceError(
             f"audio.inputs: {text!r} is a URL ffmpeg is not asked to read here; use rtsp://, "
@@ -85,16 +89,19 @@ def open_sources(config: BirddConfig, model_rate: int) -> List[AudioSource]:
 
 class LiveMonitor:
     """Called by the pipeline four times a second: tells systemd it is ready and what the
-    inputs are doing, warns when more than 1% of a minute's audio was overwritten before it
-    was analysed, logs a status line every ten minutes, and ends a ``--duration`` run.
+    inputs are doing, runs the health check (the watchdog's pings), warns when more than 1% of
+    a minute's audio was overwritten before it was analysed, logs a status line every ten
+    minutes, and ends a ``--duration`` run.
 
     The duration is kept here, in the thread that runs the pipeline, rather than by a timer
     thread: a timer cancelled as the run ended could still be alive when the interpreter
     exited, holding the pipeline (and its soxr resamplers, which nanobind then reported as
     leaked)."""
 
-    def __init__(self, pipeline: Pipeline, duration_s: Optional[float] = None) -> None:
-        self.pipeline = pipeline
+    def __init__(
+        self, pipeline: Pipeline, health: RunHealth, duration_s: Optional[float] = None
+    ) -> None:
+        self.pipeline, self.health = pipeline, health
         self._checked_at = self._logged_at = time.monotonic()
         self._stop_at = None if duration_s is None else self._checked_at + duration_s
         self._samples = self._lost = 0
@@ -102,6 +109,7 @@ class LiveMonitor:
 
     def __call__(self, stats: PipelineStats) -> None:
         self._tell_systemd()
+        self.health.tick()
         now = time.monotonic()
         if self._stop_at is not None and now >= self._stop_at:
             self._stop_at = None
@@ -154,8 +162,10 @@ def run_live(config: BirddConfig, duration_s: Optional[float]) -> int:
     names = ", ".join(source.name for source in sources)
     run = run_info(config, engine, "live", names, CLOCK_ORIGIN)
     log.info("listening to %s (%s)", names, run.run_id)
-    monitor = LiveMonitor(pipeline, duration_s)
+    health = RunHealth(pipeline, config, publisher)
+    monitor = LiveMonitor(pipeline, health, duration_s)
     try:
+        health.start()
         return run_session(
             pipeline,
             fanout,
@@ -167,6 +177,7 @@ def run_live(config: BirddConfig, duration_s: Optional[float]) -> int:
             shortfall=lambda: no_audio(pipeline),
         )
     finally:
+        health.close()
         for source in sources:
             source.close()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from birdd.daemon import __version__
@@ -18,9 +17,8 @@ from birdd.daemon.config import BirddConfig
 from birdd.daemon.mqtt.client import Connection
 from birdd.daemon.mqtt.homeassistant import HomeAssistant
 from birdd.daemon.mqtt.outbox import Outbox
-from birdd.daemon.mqtt.stats import StatsReporter, cpu_temperature_c, disk_free_bytes
+from birdd.daemon.mqtt.stats import StatsReporter, station_stats
 from birdd.daemon.mqtt.topics import Topics
-from birdd.daemon.store.sqlite_health import damaged_copies
 
 OFFLINE_WAIT_S = 2.0
 """How long a clean stop waits for the broker to acknowledge ``offline``."""
@@ -89,20 +87,7 @@ class MqttPublisher:
     def stats(self, health: Health) -> Dict[str, Any]:
         """The ``…/stats`` message."""
         return {
-            "station": self.topics.station,
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - self._began, 3),
-            **health(),
+            **station_stats(self.topics.station, self._began, health, self.db),
             "outbox_backlog": self.outbox.backlog,
             "mqtt_state": self.connection.state,
-            "disk_free_bytes": disk_free_bytes(self.db),
-            "cpu_temp_c": cpu_temperature_c(),
-            **_recovered(self.db),
         }
-
-
-def _recovered(db: Path) -> Dict[str, str]:
-    """``db_recovered_from``: the newest damaged database moved aside from ``db``, for as long
-    as it is kept beside it (an operator deletes or archives it once looked at)."""
-    copies = damaged_copies(db)
-    return {"db_recovered_from": str(copies[-1])} if copies else {}

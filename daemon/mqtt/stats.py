@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from birdd.daemon import __version__
 from birdd.daemon.mqtt.client import Connection
+from birdd.daemon.store.sqlite_health import damaged_copies
 
 THERMAL_ZONES = Path("/sys/class/thermal")
 
@@ -56,6 +59,30 @@ class StatsReporter:
             if self._stopping.is_set():
                 return
             self.publish()
+
+
+def station_stats(
+    station: str, began: float, health: Callable[[], Dict[str, Any]], db: Path
+) -> Dict[str, Any]:
+    """The ``…/stats`` fields every station has, MQTT or not (the publisher adds its outbox
+    and connection; the Prometheus endpoint exports the same dict): ``began`` is the
+    ``time.monotonic()`` uptime counts from, ``health`` the pipeline's part."""
+    return {
+        "station": station,
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - began, 3),
+        **health(),
+        "disk_free_bytes": disk_free_bytes(db),
+        "cpu_temp_c": cpu_temperature_c(),
+        **_recovered(db),
+    }
+
+
+def _recovered(db: Path) -> Dict[str, str]:
+    """``db_recovered_from``: the newest damaged database moved aside from ``db``, for as long
+    as it is kept beside it (an operator deletes or archives it once looked at)."""
+    copies = damaged_copies(db)
+    return {"db_recovered_from": str(copies[-1])} if copies else {}
 
 
 def disk_free_bytes(path: Path) -> Optional[int]:

@@ -196,6 +196,8 @@ class Pipeline:
         gate = {} if self.stats.gate is None else {"gate": asdict(self.stats.gate)}
         return {
             "audio_seconds": round(self.stats.audio_seconds, 3),
+            "windows": self.stats.windows,
+            "detections": self.stats.detections,
             "realtime_factor": round(self.stats.realtime_factor, 2),
             "inference_latency_ms": self.inference.latencies.percentiles_ms(),
             "queue_depths": {"windows": self.windows.qsize(), **self.fanout.queue_depths()},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Callable, List, NamedTuple
+from typing import Callable, List, NamedTuple, Optional
 
 import numpy as np
 
@@ -72,6 +72,9 @@ class InferenceStage:
         self.windows_scored = 0
         self.windows_failed = 0
         self.latencies = RecentLatencies()
+        self.busy_since: Optional[float] = None
+        """``time.monotonic()`` when the batch in hand was taken from the queue (scoring,
+        post-processing, handing to the sinks); None while waiting for windows."""
         self._failed_in_a_row = 0
 
     def run(self, windows: queue.Queue) -> None:
@@ -79,16 +82,21 @@ class InferenceStage:
             batch = next_batch(windows, self.batch_size)
             if not batch:
                 return
-            try:
-                scored = self.score([queued.window for queued in batch])
-            except BatchFailed as failure:
-                self._skip([queued.window for queued in batch], failure)
-                continue
-            self._failed_in_a_row = 0
-            scored_at = time.monotonic()
-            for queued in batch:
-                self.latencies.add(scored_at - queued.ready_at)
-            self.on_scored(scored)
+            self.busy_since = time.monotonic()
+            self._handle(batch)
+            self.busy_since = None
+
+    def _handle(self, batch: List[QueuedWindow]) -> None:
+        try:
+            scored = self.score([queued.window for queued in batch])
+        except BatchFailed as failure:
+            self._skip([queued.window for queued in batch], failure)
+            return
+        self._failed_in_a_row = 0
+        scored_at = time.monotonic()
+        for queued in batch:
+            self.latencies.add(scored_at - queued.ready_at)
+        self.on_scored(scored)
 
     def score(self, batch: List[Window]) -> List[ScoredWindow]:
         stacked = np.stack([window.samples for window in batch])

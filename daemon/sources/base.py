@@ -56,6 +56,11 @@ class AudioSource(ABC):
         """What the source is doing, in words, for logs and ``…/stats``."""
         return "reading"
 
+    def recovering(self) -> bool:
+        """True while the source's own supervisor is handling an outage (a live input lost and
+        being reopened): silence then is not a stalled pipeline. Sources without one: never."""
+        return False
+
     def close(self) -> None:
         """Release the device, file or process."""
 

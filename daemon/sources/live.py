@@ -68,6 +68,9 @@ class LiveSource(AudioSource):
         self._status = "starting"
         self._backoff = Backoff(FIRST_RETRY_S, policy.reconnect_max_s)
         self._outage: Optional[Gap] = None
+        self._heard_at = self._active_at = time.monotonic()
+        """When audio last arrived (or the input was reopened), and when the supervisor last
+        did anything (a read came back, an attempt was made, a wait ended)."""
 
     @abstractmethod
     def connect(self) -> Connection:
@@ -84,6 +87,15 @@ class LiveSource(AudioSource):
     def stop(self) -> None:
         self._stop.set()
 
+    def recovering(self) -> bool:
+        """An outage is open (or the input has been silent for less than the watchdog, which
+        is about to declare one), and the supervisor is still at it: it acted within one
+        capped backoff wait plus the watchdog. A reconnect that hangs is not recovering."""
+        now, policy = time.monotonic(), self.policy
+        if now - self._active_at > policy.reconnect_max_s + policy.watchdog_s:
+            return False
+        return self._outage is not None or now - self._heard_at < policy.watchdog_s
+
     def open_gap(self) -> Optional[Gap]:
         """The outage going on now, if any, as a gap ending now (recorded at stop)."""
         if self._outage is None:
@@ -98,10 +110,11 @@ class LiveSource(AudioSource):
             return
         if not failed:
             self._outage = None  # there at once: no gap
-        audio_until, last_audio, delivered = began, time.monotonic(), False
+        audio_until, self._heard_at, delivered = began, time.monotonic(), False
         try:
             while not self._stop.is_set():
                 block = connection.read(READ_TIMEOUT_S)
+                self._active_at = time.monotonic()
                 if block is not None:
                     if not delivered:
                         self._status = self.describe()
@@ -110,11 +123,11 @@ class LiveSource(AudioSource):
                     self._backoff.reset()
                     frames = len(block.samples)
                     audio_until = (block.captured_at or time.time()) + frames / self.sample_rate
-                    last_audio = time.monotonic()
+                    self._heard_at = self._active_at
                     yield block
                     continue
                 reason = connection.lost()
-                if reason is None and time.monotonic() - last_audio >= self.policy.watchdog_s:
+                if reason is None and self._active_at - self._heard_at >= self.policy.watchdog_s:
                     reason = f"no audio for {self.policy.watchdog_s:g} s"
                 if reason is None:
                     continue
@@ -127,7 +140,7 @@ class LiveSource(AudioSource):
                 connection, _ = self._open(audio_until)
                 if connection is None:
                     return
-                last_audio, delivered = time.monotonic(), False
+                self._heard_at, delivered = time.monotonic(), False
         finally:
             if connection is not None:
                 connection.close()
@@ -147,6 +160,7 @@ class LiveSource(AudioSource):
         connection (None when stopped) and whether any attempt failed."""
         failed = False
         while not self._stop.is_set():
+            self._active_at = time.monotonic()
             try:
                 connection = self.connect()
             except SourceUnavailable as exc:
@@ -168,3 +182,4 @@ class LiveSource(AudioSource):
         if self._backoff.failures == 0 or self._backoff.capped:
             log.warning("waiting for %s: %s", self.name, reason)
         self._stop.wait(self._backoff.next())
+        self._active_at = time.monotonic()
