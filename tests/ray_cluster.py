@@ -61,6 +61,7 @@ class RayHead:
             "--include-dashboard=false",
             f"--dashboard-port={free_port()}",
             "--disable-usage-stats",
+            "--node-ip-address=127.0.0.1",  # loopback only: nothing of a test leaves the machine
         ]
         starter = subprocess.Popen(
             command,
