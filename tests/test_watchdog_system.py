@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import soundfile
-from birdd_testing import THRUSH, recording
+from birdd_testing import THRUSH, recording, run_birdd
 from broker import Subscriber
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
@@ -329,3 +329,18 @@ def test_a_camera_that_goes_down_is_a_gap_not_a_restart(
     assert f"{server.url} lost" in daemon.log and "stalled" not in daemon.log, daemon.log
     assert max(np.diff([began, *pings, ended_at])) <= PING_EVERY_S + 2 * TICK_S, pings
     assert len([at for at in pings if at > killed_at + 6.0]) >= 2, pings
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_1(birdnet_model: Path, tmp_path: Path) -> None:
+    """Exit 1, not 2: the port may be free on systemd's next try."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, 32000, f"metrics: {{listen: '127.0.0.1:{port}'}}")
+        result = run_birdd("run", "--config", str(config), input="\0" * 64000)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"birdd: error: metrics.listen 127.0.0.1:{port}: cannot listen there (Address already "
+        "in use): pick a free port and an address of this machine, or unset metrics.listen"
+    )
