@@ -107,6 +107,12 @@ class AudioConfig(Strict):
     reconnect_max_s: float = Field(
         30, ge=1, le=3600, description="Longest wait between attempts to reopen a lost input."
     )
+    decoder: Literal["ffmpeg", "pyav"] = Field(
+        "ffmpeg",
+        description="How network streams are decoded: 'ffmpeg' (one ffmpeg process per stream) "
+        "or 'pyav' (a thread per stream in the daemon, FFmpeg's libraries through PyAV: pip "
+        "install 'birdd[pyav]'; for hundreds of streams).",
+    )
     require_device_at_start: bool = Field(
         False,
         description="Exit with status 1 when a sound device is missing at start instead of "

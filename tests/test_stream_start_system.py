@@ -1,13 +1,16 @@
 """Many network inputs started together: 30 real-time HTTP WAV streams from a local server
 (tests/http_streams.py) into one `birdd run`. Before the start gate, 100 ffmpeg processes
 started at once left 16 of them past the watchdog before their first audio (each restarted,
-~8 s lost as a gap); through the gate every input starts without a gap and delivers audio."""
+~8 s lost as a gap), most of it ffmpeg probing 5 s of each stream before its first output.
+Now every input starts without a gap and delivers audio, through ffmpeg processes and through
+PyAV in the daemon (``audio.decoder``)."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import pytest
 from birdd_testing import THRUSH, jsonl_rows, recording, run_birdd
 from http_streams import StreamServer
 
@@ -17,10 +20,15 @@ WATCHDOG_S = 3
 """Tighter than the default 5 s, so that a slow start is caught on a fast machine too."""
 
 
-def test_thirty_streams_start_together_without_gaps(birdnet_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", ["ffmpeg", "pyav"])
+def test_thirty_streams_start_together_without_gaps(
+    birdnet_model: Path, tmp_path: Path, decoder: str
+) -> None:
     db = tmp_path / "db.sqlite"
     config = tmp_path / "birdd.yaml"
-    config.write_text(f"audio:\n  watchdog_s: {WATCHDOG_S}\n  ring_buffer_s: 10\n")
+    config.write_text(
+        f"audio:\n  watchdog_s: {WATCHDOG_S}\n  ring_buffer_s: 10\n  decoder: {decoder}\n"
+    )
     with StreamServer([recording(THRUSH)]) as server:
         urls = [server.url(index) for index in range(STREAMS)]
         inputs = [arg for url in urls for arg in ("--input", url)]
@@ -33,6 +41,7 @@ def test_thirty_streams_start_together_without_gaps(birdnet_model: Path, tmp_pat
         )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "no audio for" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.count(f"through {'PyAV' if decoder == 'pyav' else 'ffmpeg'}") == STREAMS
     gaps = sqlite3.connect(str(db)).execute("SELECT source, seconds, reason FROM gaps").fetchall()
     assert gaps == []
     heard = {row["source"] for row in jsonl_rows(result.stdout)}

@@ -1,0 +1,173 @@
+"""Network streams decoded inside the daemon by PyAV (FFmpeg's libraries), ``audio.decoder:
+pyav``: one thread per stream instead of one ffmpeg process, so hundreds of streams do not
+mean hundreds of processes (~10 MB of memory and a pipe each).
+
+Same contract as the ffmpeg source: audio at the model's rate, every end of the stream is
+"source lost", the watchdog covers a stall (PyAV's read timeout too), the supervisor in
+``live`` reopens it with backoff, and starts go through the process's start gate. Like
+ffmpeg's ``-re`` on http(s), the decoder never runs more than ``AHEAD_S`` ahead of the wall
+clock, so a file on a web server arrives as live audio.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Dict, Optional
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from birdd.daemon.sources.base import Block, SourceError
+from birdd.daemon.sources.ffmpeg import (
+    PROBE_BYTES,
+    PROBE_MICROS,
+    StoppedConnection,
+    redacted,
+)
+from birdd.daemon.sources.live import Connection, LiveSource, ReconnectPolicy
+from birdd.daemon.sources.startgate import PROCESS_GATE, StartGate, StartSlot
+
+AHEAD_S = 0.5
+QUEUED_BLOCKS = 64
+"""Blocks decoded and not yet read (32 s at 0.5 s blocks): more means the reader is stuck."""
+
+
+def open_options(url: str) -> Dict[str, str]:
+    """The demuxer options the ffmpeg command line gives (TCP for RTSP, short probing)."""
+    options = {"probesize": PROBE_BYTES, "analyzeduration": PROBE_MICROS}
+    if urlsplit(url).scheme.lower() in ("rtsp", "rtsps"):
+        options["rtsp_transport"] = "tcp"
+    return options
+
+
+class PyavConnection(Connection):
+    """A decoder thread filling a bounded queue with blocks; it holds its start slot until the
+    first block or the end."""
+
+    def __init__(
+        self,
+        url: str,
+        channels: int,
+        rate: int,
+        block_frames: int,
+        timeout_s: float,
+        slot: StartSlot,
+    ) -> None:
+        self.url, self.channels, self.rate = url, channels, rate
+        self._block_frames, self._timeout_s, self._slot = block_frames, timeout_s, slot
+        self._blocks: queue.Queue = queue.Queue(QUEUED_BLOCKS)
+        self._closing = threading.Event()
+        self._ended: Optional[str] = None
+        self._thread = threading.Thread(target=self._decode, name=f"pyav {url}", daemon=True)
+        self._thread.start()
+
+    def _decode(self) -> None:
+        """The thread: open, decode until the end, an error or ``close``. The container is
+        used and closed by this thread only (PyAV objects are not for sharing)."""
+        import av
+
+        try:
+            with av.open(self.url, options=open_options(self.url), timeout=self._timeout_s) as box:
+                layout = "mono" if self.channels == 1 else "stereo"
+                resampler = av.AudioResampler(format="flt", layout=layout, rate=self.rate)
+                self._pump(box.decode(box.streams.audio[0]), resampler)
+            self._ended = "the stream ended"
+        except IndexError:
+            self._ended = "no audio stream in it"
+        except Exception as exc:  # av.error.* and OSError: the reason, for the supervisor
+            self._ended = f"PyAV: {exc}".splitlines()[0]
+        finally:
+            self._slot.release()
+
+    def _pump(self, frames: Any, resampler: Any) -> None:
+        """Resample, cut into blocks, hold back to real time, queue."""
+        pending, held = [], 0
+        began, delivered = time.monotonic(), 0
+        for frame in frames:
+            for out in resampler.resample(frame):
+                samples = out.to_ndarray().reshape(-1, self.channels)
+                pending.append(samples)
+                held += len(samples)
+            if held < self._block_frames:
+                continue
+            block = np.concatenate(pending).astype(np.float32, copy=False)
+            pending, held = [], 0
+            self._slot.release()
+            self._put(Block(block, time.time() - len(block) / self.rate))
+            delivered += len(block)
+            ahead = delivered / self.rate - (time.monotonic() - began)
+            if ahead > AHEAD_S and self._closing.wait(ahead - AHEAD_S):
+                return
+            if self._closing.is_set():
+                return
+
+    def _put(self, block: Block) -> None:
+        """Queue a block; a reader that stopped reading loses the oldest, not the newest."""
+        while not self._closing.is_set():
+            try:
+                self._blocks.put_nowait(block)
+                return
+            except queue.Full:
+                self._blocks.get_nowait()
+
+    def read(self, timeout: float) -> Optional[Block]:
+        try:
+            return self._blocks.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def lost(self) -> Optional[str]:
+        if self._thread.is_alive() or not self._blocks.empty():
+            return None
+        return self._ended or "the decoder stopped"
+
+    def close(self) -> None:
+        """Ask the thread to stop; it ends after its current frame, or within the read timeout
+        on a stalled stream (then on its own, as a daemon thread)."""
+        self._closing.set()
+        self._thread.join(timeout=1.0)
+        self._slot.release()
+
+
+class PyavSource(LiveSource):
+    """A URL decoded in-process by PyAV, reopened whenever it ends or stalls."""
+
+    def __init__(
+        self,
+        url: str,
+        policy: ReconnectPolicy,
+        block_s: float,
+        rate: int,
+        channels: int,
+        gate: StartGate = PROCESS_GATE,
+    ) -> None:
+        super().__init__(redacted(url), policy)
+        try:
+            import av  # noqa: F401 (only whether it is there)
+        except ImportError:
+            raise SourceError(
+                f"{self.name}: audio.decoder pyav needs PyAV: pip install 'birdd[pyav]' "
+                "(or set audio.decoder: ffmpeg)"
+            ) from None
+        if channels > 2:
+            raise SourceError(f"{self.name}: audio.decoder pyav reads 1 or 2 channels")
+        self.url, self.sample_rate, self.channels = url, rate, channels
+        self._block_frames = max(1, int(block_s * rate))
+        self._gate = gate
+
+    def connect(self) -> Connection:
+        if not self._gate.enter(self._stop):
+            return StoppedConnection()
+        return PyavConnection(
+            self.url,
+            self.channels,
+            self.sample_rate,
+            self._block_frames,
+            self.policy.watchdog_s,
+            StartSlot(self._gate),
+        )
+
+    def describe(self) -> str:
+        return f"receiving {self.name} through PyAV"
