@@ -34,10 +34,18 @@ class LiveRun:
     """``birdd run … --format jsonl`` in a subprocess: detections collected as they are
     printed, stderr kept in a file that the test can wait on."""
 
-    def __init__(self, tmp: Path, args: List[str], env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        args: List[str],
+        env: Optional[Dict[str, str]] = None,
+        decoder: str = "ffmpeg",
+    ) -> None:
         self.db = tmp / "live.sqlite"
         config = tmp / "live.yaml"
-        config.write_text(f"audio:\n  watchdog_s: {WATCHDOG_S}\n  reconnect_max_s: 2\n")
+        config.write_text(
+            f"audio:\n  watchdog_s: {WATCHDOG_S}\n  reconnect_max_s: 2\n  decoder: {decoder}\n"
+        )
         self.stderr_path = tmp / "live.stderr"
         command = [sys.executable, "-m", "birdd.daemon", "run", "--config", str(config)]
         command += [*args, "--format", "jsonl", "--per-window", "--db", str(self.db)]
@@ -222,19 +230,22 @@ def test_sound_server_killed_and_restarted_is_a_gap_then_capture_resumes(
     assert len(after_gap) >= 3, rows
 
 
-def rtsp_run(tmp_path: Path, live_runs, servers: List[RtspServer]) -> LiveRun:
+def rtsp_run(
+    tmp_path: Path, live_runs, servers: List[RtspServer], decoder: str = "ffmpeg"
+) -> LiveRun:
     args = [arg for server in servers for arg in ("--input", server.url)]
-    live = live_runs(tmp_path, [*args, "--min-conf", "0.5"])
+    live = live_runs(tmp_path, [*args, "--min-conf", "0.5"], decoder=decoder)
     for server in servers:
         live.wait_for_log(f"receiving {server.url}", timeout=60)
     return live
 
 
+@pytest.mark.parametrize("decoder", ["ffmpeg", "pyav"])
 def test_rtsp_server_killed_then_back_is_a_gap_and_the_stream_resumes(
-    rtsp_factory, birdnet_model: Path, tmp_path: Path, live_runs
+    rtsp_factory, birdnet_model: Path, tmp_path: Path, live_runs, decoder: str
 ) -> None:
     server = rtsp_factory(recording(THRUSH), loop=True)
-    live = rtsp_run(tmp_path, live_runs, [server])
+    live = rtsp_run(tmp_path, live_runs, [server], decoder)
     deadline = time.monotonic() + 20
     while not thrushes(live.rows) and time.monotonic() < deadline:
         time.sleep(0.2)
