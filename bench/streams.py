@@ -9,7 +9,7 @@ time by a local HTTP server on 127.0.0.1 (tests/http_streams.py, in this process
   ``--warm-up`` seconds, as cores; peak RSS of the process tree (sampled every second);
 - audio overwritten in the ring buffers before analysis, windows dropped and the deepest
   window queue, from the ``…/stats`` messages (every 5 s, a real mosquitto);
-- gaps (SQLite gaps table) and the audio delivered against N x the run's length;
+- gaps (SQLite gaps table) and the audio received against N x the run's length;
 - latency: each ``--per-window`` row's arrival on stdout minus its window's ``end`` (the
   audio clock), p50 / p95.
 
@@ -248,7 +248,7 @@ def table(results: List[Result]) -> List[str]:
     lines = [
         "| decoder | streams | CPU (cores) | of it system | peak PSS, birdd + children "
         "| peak RSS, birdd | processes "
-        "| audio analysed | gaps | overwritten | windows dropped | deepest window queue "
+        "| audio received | gaps | overwritten | windows dropped | deepest window queue "
         "| latency p50 / p95 | load average after |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -306,10 +306,11 @@ def section(results: List[Result], args: argparse.Namespace) -> str:
     reading = (
         "CPU is birdd's and its ffmpeg children's (user + system, /proc), as cores; memory the "
         "process tree's proportional set size (PSS: libraries shared by the ffmpeg processes "
-        "split among them) at its peak, and birdd's own RSS. Audio analysed is the run's audio "
-        "seconds over N x the run's length (the start of each stream and the last partial "
-        "window are not analysed). Overwritten, dropped windows and the window queue come from "
-        "the `…/stats` messages (every 5 s); latency from each row's arrival on stdout minus "
+        "split among them) at its peak, and birdd's own RSS. Audio received is the audio "
+        "seconds the inputs delivered over N x the run's length (each stream's start-up is "
+        "missing); audio received and then overwritten in a ring buffer, or whose window was "
+        "dropped, was not analysed. Overwritten, dropped windows and the window queue come from"
+        " the `…/stats` messages (every 5 s); latency from each row's arrival on stdout minus "
         "its window's end by the audio clock (the engine queue plus one call, and ffmpeg's "
         "buffering). Each ffmpeg holds ~10 MB of its own (anonymous) memory; birdd's ring "
         "buffers hold 48 kHz float32, 192 kB per second of buffer per stream (the default 120 s"
