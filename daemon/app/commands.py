@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.duration is not None and args.duration <= 0:
         raise ValueError(f"--duration {args.duration:g}: give a number of seconds above 0")
     config = config_from(args)
-    return run_live(config, args.duration)
+    return run_live(config, args.duration, lambda: config_from(args))
 
 
 def cmd_devices(args: argparse.Namespace) -> int:

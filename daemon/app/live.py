@@ -9,18 +9,22 @@ A run that got no audio at all from any input, however it ended, failed (exit st
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from birdd.daemon.app.health import RunHealth
+from birdd.daemon.app.reload import ConfigReload
 from birdd.daemon.app.sdnotify import notify
 from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
+from birdd.daemon.app.signals import OnSignal
 from birdd.daemon.config import BirddConfig
 from birdd.daemon.pipeline.chain import Pipeline, PipelineStats, SourceSpec
 from birdd.daemon.pipeline.clock import LiveClock
 from birdd.daemon.postprocess import PostProcessor
+from birdd.daemon.postprocess.config import PostprocessConfig
 from birdd.daemon.sources.base import AudioSource, SourceError, check_channel
 from birdd.daemon.sources.device import DeviceSource
 from birdd.daemon.sources.ffmpeg import FfmpegSource, is_url
@@ -91,7 +95,7 @@ class LiveMonitor:
     """Called by the pipeline four times a second: tells systemd it is ready and what the
     inputs are doing, runs the health check (the watchdog's pings), warns when more than 1% of
     a minute's audio was overwritten before it was analysed, logs a status line every ten
-    minutes, and ends a ``--duration`` run.
+    minutes, ends a ``--duration`` run, and reloads the config when SIGHUP asked for it.
 
     The duration is kept here, in the thread that runs the pipeline, rather than by a timer
     thread: a timer cancelled as the run ended could still be alive when the interpreter
@@ -99,15 +103,21 @@ class LiveMonitor:
     leaked)."""
 
     def __init__(
-        self, pipeline: Pipeline, health: RunHealth, duration_s: Optional[float] = None
+        self,
+        pipeline: Pipeline,
+        health: RunHealth,
+        duration_s: Optional[float] = None,
+        reload: Optional[ConfigReload] = None,
     ) -> None:
-        self.pipeline, self.health = pipeline, health
+        self.pipeline, self.health, self.reload = pipeline, health, reload
         self._checked_at = self._logged_at = time.monotonic()
         self._stop_at = None if duration_s is None else self._checked_at + duration_s
         self._samples = self._lost = 0
         self._told: Optional[str] = None
 
     def __call__(self, stats: PipelineStats) -> None:
+        if self.reload is not None:
+            self.reload.poll()
         self._tell_systemd()
         self.health.tick()
         now = time.monotonic()
@@ -149,8 +159,19 @@ class LiveMonitor:
         )
 
 
-def run_live(config: BirddConfig, duration_s: Optional[float]) -> int:
-    """Listen until stopped (SIGINT/SIGTERM), until ``duration_s`` or until stdin ends."""
+def run_live(
+    config: BirddConfig,
+    duration_s: Optional[float],
+    load: Optional[Callable[[], BirddConfig]] = None,
+) -> int:
+    """Listen until stopped (SIGINT/SIGTERM), until ``duration_s`` or until stdin ends;
+    SIGHUP reads the config again through ``load`` (the file and the flags of the start)."""
+    reload = ConfigReload(config, load or (lambda: config), lambda _: None)
+    with OnSignal(signal.SIGHUP, reload.request):
+        return _run_live(config, duration_s, reload)
+
+
+def _run_live(config: BirddConfig, duration_s: Optional[float], reload: ConfigReload) -> int:
     refuse_recordings(config.audio.inputs)
     engine = create_engine(config.engine.for_mode(live=True))
     rate = engine.input_spec.sample_rate
@@ -159,11 +180,17 @@ def run_live(config: BirddConfig, duration_s: Optional[float]) -> int:
     fanout, publisher = open_sinks(config)
     specs = [SourceSpec(source, LiveClock(rate, CLOCK_ORIGIN)) for source in sources]
     pipeline = Pipeline(specs, engine, postprocessor, fanout, pipeline_settings(config))
+
+    def apply(settings: PostprocessConfig) -> None:
+        new = PostProcessor(settings, engine.artifact, config.station.id, live=True)
+        pipeline.replace_postprocessor(new)
+
+    reload.apply = apply
     names = ", ".join(source.name for source in sources)
     run = run_info(config, engine, "live", names, CLOCK_ORIGIN)
     log.info("listening to %s (%s)", names, run.run_id)
     health = RunHealth(pipeline, config, publisher)
-    monitor = LiveMonitor(pipeline, health, duration_s)
+    monitor = LiveMonitor(pipeline, health, duration_s, reload)
     try:
         health.start()
         return run_session(

@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM ask the current phase to stop cleanly instead of killing the process."""
+"""SIGINT and SIGTERM ask the current phase to stop cleanly instead of killing the process;
+SIGHUP, during a live run, asks for the config to be read again."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ class StopOnSignals:
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+class OnSignal:
+    """While active, ``signum`` calls ``action`` (SIGHUP: reload the config) instead of its
+    default, which for SIGHUP ends the process."""
+
+    def __init__(self, signum: signal.Signals, action: Callable[[int, Any], None]) -> None:
+        self.signum, self.action = signum, action
+        self._previous: Any = None
+
+    def __enter__(self) -> OnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(self.signum, self.action)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)

@@ -102,6 +102,8 @@ class Pipeline:
     ) -> None:
         spec = engine.input_spec
         self.postprocessor = postprocessor
+        self._replacement: Optional[PostProcessor] = None
+        self._replacement_lock = threading.Lock()
         self.fanout = fanout
         self.stop_event = threading.Event()
         self.live = any(item.source.paced for item in sources)
@@ -158,6 +160,19 @@ class Pipeline:
         self.stop_event.set()
         for stage in self.stages:
             stage.source.stop()
+
+    def replace_postprocessor(self, replacement: PostProcessor) -> None:
+        """Hand the inference thread a post-processor to use from its next window on (a
+        config reload); it takes over the open events of the one it replaces."""
+        with self._replacement_lock:
+            self._replacement = replacement
+
+    def _take_replacement(self) -> None:
+        with self._replacement_lock:
+            replacement, self._replacement = self._replacement, None
+        if replacement is not None:
+            replacement.take_over(self.postprocessor)
+            self.postprocessor = replacement
 
     def run(self, progress: Optional[Callable[[PipelineStats], None]] = None) -> PipelineStats:
         """Run to the end of the sources or until stopped; re-raise the first stage failure."""
@@ -287,6 +302,7 @@ class Pipeline:
     def _score(self) -> None:
         try:
             self.inference.run(self.windows)
+            self._take_replacement()
             flushed = self.postprocessor.flush()
             if self.clips is not None:
                 self.clips.flush(flushed)
@@ -298,6 +314,7 @@ class Pipeline:
 
     def _on_scored(self, scored: List[ScoredWindow]) -> None:
         detections = []
+        self._take_replacement()
         for item in scored:
             closed = self.postprocessor.process(item)
             if self.clips is not None:

@@ -86,6 +86,13 @@ class PostProcessor:
         events = tracker.update(window, classes, conf[classes])
         return self._detections(events, window.source, window.channel)
 
+    def take_over(self, previous: PostProcessor) -> None:
+        """Continue the events ``previous`` has open (and its gate's counts): a config
+        reload swaps post-processors between windows without cutting an event in two."""
+        self._trackers = previous._trackers
+        if previous.gate_counts is not None and self.gate_counts is not None:
+            self.gate_counts = previous.gate_counts
+
     @property
     def needs_embeddings(self) -> bool:
         return self._gate is not None

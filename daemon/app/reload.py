@@ -1,0 +1,129 @@
+"""SIGHUP: re-read the config file the daemon was started with and apply what can change live.
+
+The signal handler only asks (``request``); the main thread, which already wakes four times a
+second for the pipeline's progress, does the work (``poll``), so nothing heavier than setting
+a flag runs inside a signal handler. A new config is validated first: an invalid one is
+refused with one log line and the running config stays. What can change without losing
+buffered audio is the post-processing that picks detections from the scores (thresholds,
+species lists, sensitivity, location filter): a new post-processor takes over the open events
+of the old one in the inference thread. Every other changed key is named in one warning line
+as needing a restart, and the daemon keeps running on its old value.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Tuple
+
+from birdd.daemon.app.sdnotify import notify
+from birdd.daemon.config import BirddConfig, ConfigError
+from birdd.daemon.postprocess import PostprocessError
+from birdd.daemon.postprocess.config import PostprocessConfig
+
+log = logging.getLogger("birdd")
+
+# postprocess keys a new post-processor applies to the next window. The event-tracking keys
+# (merge, max_event_s, hold_down_s, per_window) shape events already open, and the gate needs
+# the engine to hand out embeddings: those need a restart.
+LIVE_POSTPROCESS = (
+    "sensitivity",
+    "min_confidence",
+    "model_thresholds",
+    "species_thresholds",
+    "include",
+    "exclude",
+    "non_birds",
+    "location",
+)
+RESTART = "systemctl restart birdd"
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
+    """The dotted keys whose values differ between two ``model_dump(mode='json')`` trees; a
+    list or a value that is a mapping on one side only is one key."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys: List[str] = []
+        for name in sorted(set(old) | set(new)):
+            keys += changed_keys(old.get(name), new.get(name), f"{prefix}{name}.")
+        return keys
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def split_live(keys: List[str]) -> Tuple[List[str], List[str]]:
+    """``keys`` as (applied live, needing a restart)."""
+    live = {f"postprocess.{name}" for name in LIVE_POSTPROCESS}
+    applied = [key for key in keys if _top(key, 2) in live]
+    return applied, [key for key in keys if key not in applied]
+
+
+def applied_config(old: BirddConfig, new: BirddConfig, applied: List[str]) -> BirddConfig:
+    """``old`` with the live postprocess fields named in ``applied`` taken from ``new``."""
+    fields = {_top(key, 2).split(".")[1] for key in applied}
+    update: Dict[str, Any] = {name: getattr(new.postprocess, name) for name in fields}
+    return old.model_copy(update={"postprocess": old.postprocess.model_copy(update=update)})
+
+
+def _top(key: str, depth: int) -> str:
+    return ".".join(key.split(".")[:depth])
+
+
+class ConfigReload:
+    """Reloads on request: ``load`` reads the file and the start's flags again, ``apply``
+    swaps in a post-processor for a new postprocess config (raising PostprocessError when it
+    cannot be built, e.g. an unknown species)."""
+
+    def __init__(
+        self,
+        config: BirddConfig,
+        load: Callable[[], BirddConfig],
+        apply: Callable[[PostprocessConfig], None],
+    ) -> None:
+        self.config = config
+        """The config in effect: what was started with, plus what reloads applied."""
+        self._load = load
+        self.apply = apply
+        """Swaps in a post-processor; set once the pipeline exists (polls come after)."""
+        self._requested = threading.Event()
+
+    def request(self, *_: Any) -> None:
+        """The SIGHUP handler: only a flag (and systemd's RELOADING=1)."""
+        notify("RELOADING=1")
+        self._requested.set()
+
+    def poll(self) -> None:
+        """Reload if asked to since the last call; systemd hears READY=1 either way."""
+        if not self._requested.is_set():
+            return
+        self._requested.clear()
+        try:
+            self.reload()
+        finally:
+            notify("READY=1")
+
+    def reload(self) -> None:
+        try:
+            new = self._load()
+        except ConfigError as exc:
+            log.error("reload refused, still running on the previous config: %s", exc)
+            return
+        keys = changed_keys(self.config.model_dump(mode="json"), new.model_dump(mode="json"))
+        if not keys:
+            log.info("reload: the config has not changed")
+            return
+        applied, restart = split_live(keys)
+        if applied:
+            target = applied_config(self.config, new, applied)
+            try:
+                self.apply(target.postprocess)
+            except PostprocessError as exc:
+                log.error("reload refused, still running on the previous config: %s", exc)
+                return
+            self.config = target
+        log.info("reload: changed %s; applied %s", ", ".join(keys), ", ".join(applied) or "nothing")
+        if restart:
+            log.warning(
+                "reload: %s need a restart (%s); running on the old values for those",
+                ", ".join(restart),
+                RESTART,
+            )

@@ -1,0 +1,251 @@
+"""SIGHUP reloads the config: which keys apply live (unit), and a real `birdd run` on stdin
+fed the thrush recording whose threshold changes between two plays of it (system)."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import pytest
+import soundfile
+import yaml
+from birdd_testing import THRUSH, birdd_command, jsonl_rows, recording
+
+from birdd.daemon.app.reload import ConfigReload, applied_config, changed_keys, split_live
+from birdd.daemon.config import BirddConfig, load_config
+from birdd.daemon.postprocess.config import PostprocessConfig
+
+# ---------------------------------------------------------------- unit: what changed, what applies
+
+
+def test_changed_keys_are_dotted_leaves() -> None:
+    old = {"a": {"b": 1, "c": [1, 2]}, "d": None}
+    new = {"a": {"b": 2, "c": [1, 2]}, "d": {"lat": 1.0}}
+    assert changed_keys(old, new) == ["a.b", "d"]
+    assert changed_keys(old, old) == []
+
+
+def test_thresholds_apply_live_and_the_rest_needs_a_restart() -> None:
+    keys = [
+        "postprocess.min_confidence",
+        "postprocess.species_thresholds.Turdus merula_Eurasian Blackbird",
+        "postprocess.location",
+        "postprocess.max_event_s",
+        "postprocess.gate",
+        "audio.inputs",
+        "engine.model",
+    ]
+    applied, restart = split_live(keys)
+    assert applied == keys[:3]
+    assert restart == keys[3:]
+
+
+def test_applied_config_takes_only_the_live_keys() -> None:
+    old = BirddConfig()
+    new = BirddConfig.model_validate(
+        {"postprocess": {"min_confidence": 0.7, "max_event_s": 30}, "station": {"id": "other"}}
+    )
+    applied = applied_config(old, new, ["postprocess.min_confidence"])
+    assert applied.postprocess.min_confidence == 0.7
+    assert applied.postprocess.max_event_s == old.postprocess.max_event_s
+    assert applied.station.id == old.station.id
+
+
+def reloader(path: Path, overrides: dict, applied: List[PostprocessConfig]) -> ConfigReload:
+    def load() -> BirddConfig:
+        return load_config(path, overrides)
+
+    return ConfigReload(load(), load, applied.append)
+
+
+def test_a_flag_still_wins_over_the_reloaded_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("postprocess: {min_confidence: 0.3, sensitivity: 1.0}\n")
+    applied: List[PostprocessConfig] = []
+    reload = reloader(path, {"postprocess.min_confidence": 0.5}, applied)
+    path.write_text("postprocess: {min_confidence: 0.9, sensitivity: 1.25}\n")
+    reload.reload()
+    assert [(p.min_confidence, p.sensitivity) for p in applied] == [(0.5, 1.25)]
+    assert reload.config.postprocess.sensitivity == 1.25
+
+
+def test_an_invalid_config_is_one_error_and_the_old_one_stays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("postprocess: {min_confidence: 0.3}\n")
+    applied: List[PostprocessConfig] = []
+    reload = reloader(path, {}, applied)
+    path.write_text("postprocess: {min_confidence: 0.3}\noutput: {format: xml}\n")
+    reload.reload()
+    assert applied == []
+    assert reload.config.output.format != "xml"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "output.format | 'xml' | allowed: " in errors[0], errors
+
+
+def test_restart_keys_are_named_and_kept_old(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("audio: {inputs: ['-']}\n")
+    applied: List[PostprocessConfig] = []
+    reload = reloader(path, {}, applied)
+    path.write_text("audio: {inputs: ['-', 'USB']}\npostprocess: {min_confidence: 0.6}\n")
+    reload.reload()
+    assert [p.min_confidence for p in applied] == [0.6]
+    assert reload.config.audio.inputs == ["-"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "reload: audio.inputs need a restart (systemctl restart birdd); running on the old "
+        "values for those"
+    ]
+
+
+# ------------------------------------------------------- system: a real daemon on stdin, SIGHUP
+
+RATE = 32000
+SILENCE_S = 6  # closes the last window of a play; 30 s + 6 s keeps the windows aligned
+PLAY_S = 30 + SILENCE_S
+
+
+class Daemon:
+    """`birdd run --config …` reading raw PCM on stdin; stdout (JSON lines) and stderr are
+    read into lists as they come."""
+
+    def __init__(self, config: Path) -> None:
+        self.process = subprocess.Popen(
+            birdd_command("run", "--config", str(config)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.out: List[str] = []
+        self.err: List[str] = []
+        for stream, lines in ((self.process.stdout, self.out), (self.process.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True).start()
+
+    @staticmethod
+    def _read(stream, lines: List[str]) -> None:
+        for line in stream:
+            lines.append(line.decode())
+
+    def feed(self, pcm: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(pcm)
+        self.process.stdin.flush()
+
+    def wait_for(self, what: str, done: Callable[[], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert self.process.poll() is None, f"birdd ended waiting for {what}: {self.err}"
+            assert time.monotonic() < deadline, f"no {what} in {timeout} s: {self.err}"
+            time.sleep(0.1)
+
+    def rows(self) -> list:
+        return jsonl_rows("".join(line for line in self.out if line.endswith("\n")))
+
+    def stop(self, how: Optional[signal.Signals]) -> int:
+        if how is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        else:
+            self.process.send_signal(how)
+        return self.process.wait(timeout=60)
+
+
+def thrush_play() -> bytes:
+    samples, rate = soundfile.read(str(recording(THRUSH)), dtype="int16")
+    assert rate == RATE and len(samples) == 30 * RATE
+    return np.concatenate([samples, np.zeros(SILENCE_S * RATE, np.int16)]).tobytes()
+
+
+def write_config(path: Path, db: Path, min_confidence: object) -> None:
+    config = {
+        "audio": {"inputs": ["-"], "stdin": {"sample_rate": RATE, "format": "s16le"}},
+        "postprocess": {
+            "min_confidence": min_confidence,
+            "model_thresholds": False,
+            "per_window": True,
+        },
+        "output": {"format": "jsonl"},
+        "storage": {"db": str(db)},
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+def heard(rows: list, play: int) -> set:
+    """(species, offset in the play) of the rows from play 0 or 1."""
+    return {
+        (row["species"]["scientific"], round(row["offset_start"] - play * PLAY_S, 1))
+        for row in rows
+        if play * PLAY_S <= row["offset_start"] < (play + 1) * PLAY_S
+    }
+
+
+def threshold_between(confidences: List[float]) -> float:
+    """A threshold in the widest gap between the confidences, with 3 or more on each side."""
+    ordered = sorted(confidences)
+    gaps = [(ordered[i + 1] - ordered[i], i) for i in range(2, len(ordered) - 3)]
+    _, i = max(gaps)
+    return round((ordered[i] + ordered[i + 1]) / 2, 4)
+
+
+def first_play(tmp_path: Path) -> tuple:
+    """A daemon at min_confidence 0.4 that has reported the first play of the thrush."""
+    config, db = tmp_path / "config.yaml", tmp_path / "birdd.db"
+    write_config(config, db, 0.4)
+    daemon = Daemon(config)
+    play = thrush_play()
+    daemon.feed(play)
+    daemon.wait_for("the first play's 18 rows", lambda: len(daemon.rows()) >= 18)
+    return daemon, config, db, play
+
+
+def gaps(db: Path) -> int:
+    with sqlite3.connect(str(db)) as conn:
+        return conn.execute("SELECT COUNT(*) FROM gaps").fetchone()[0]
+
+
+@pytest.mark.system
+def test_sighup_applies_a_new_threshold_without_a_gap(birdnet_model: Path, tmp_path: Path) -> None:
+    daemon, config, db, play = first_play(tmp_path)
+    first = daemon.rows()
+    threshold = threshold_between([row["confidence"] for row in first])
+    write_config(config, db, threshold)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for("the reload line", lambda: any("reload: changed" in e for e in daemon.err))
+    daemon.feed(play)
+    assert daemon.stop(None) == 0, "".join(daemon.err)
+    rows = daemon.rows()
+    second = [row for row in rows if row["offset_start"] >= PLAY_S]
+    assert second and all(row["confidence"] >= threshold for row in second)
+    assert heard(second, 1) == heard([r for r in first if r["confidence"] >= threshold], 0)
+    assert len(second) < len(first) == 18
+    assert gaps(db) == 0
+    reloads = [line for line in daemon.err if "reload:" in line]
+    assert len(reloads) == 1 and "applied postprocess.min_confidence" in reloads[0], reloads
+
+
+@pytest.mark.system
+def test_sighup_with_a_broken_config_keeps_the_old_one(birdnet_model: Path, tmp_path: Path) -> None:
+    daemon, config, db, play = first_play(tmp_path)
+    write_config(config, db, 1.5)
+    daemon.process.send_signal(signal.SIGHUP)
+    daemon.wait_for("the refusal", lambda: any("reload refused" in e for e in daemon.err))
+    daemon.feed(play)
+    daemon.wait_for("the second play's 18 rows", lambda: len(daemon.rows()) >= 36)
+    assert daemon.stop(signal.SIGTERM) == 0, "".join(daemon.err)
+    rows = daemon.rows()
+    assert heard(rows, 1) == heard(rows, 0) and len(rows) == 36
+    refused = [line for line in daemon.err if "reload" in line]
+    assert len(refused) == 1, refused
+    assert "postprocess.min_confidence | 1.5 | " in refused[0], refused
+    assert gaps(db) == 0
