@@ -159,6 +159,11 @@ def test_exec_start_is_a_command_line_birdd_accepts(unit: Unit) -> None:
     assert Path("/etc", one(unit, "Service", "ConfigurationDirectory")) == args.config.parent
 
 
+def test_reload_is_sighup_to_birdd(unit: Unit) -> None:
+    """`systemctl reload birdd` → SIGHUP, which birdd run handles (tests/test_reload.py)."""
+    assert one(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
+
+
 def test_restart_policy_matches_the_exit_codes(unit: Unit) -> None:
     assert one(unit, "Service", "Restart") == "on-failure"  # 1 and crashes: restart
     assert "2" in words(unit, "Service", "RestartPreventExitStatus")  # bad config: never loop
