@@ -3,6 +3,7 @@ fed the thrush recording whose threshold changes between two plays of it (system
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import soundfile
 import yaml
 from birdd_testing import THRUSH, birdd_command, jsonl_rows, recording
+from broker import Subscriber
 
 from birdd.daemon.app.reload import ConfigReload, applied_config, changed_keys, split_live
 from birdd.daemon.config import BirddConfig, load_config
@@ -41,9 +43,23 @@ def test_thresholds_apply_live_and_the_rest_needs_a_restart() -> None:
         "audio.inputs",
         "engine.model",
     ]
-    applied, restart = split_live(keys)
+    applied, restart = split_live([*keys, "mqtt.host"], mqtt_live=False)
     assert applied == keys[:3]
-    assert restart == keys[3:]
+    assert restart == [*keys[3:], "mqtt.host"]
+
+
+def test_mqtt_reconnects_unless_it_is_turned_on_or_off() -> None:
+    assert split_live(["mqtt.host", "mqtt.tls.ca_file"], mqtt_live=True) == (
+        ["mqtt.host", "mqtt.tls.ca_file"],
+        [],
+    )
+    assert split_live(["mqtt.enabled", "mqtt.host"], mqtt_live=True) == (
+        [],
+        ["mqtt.enabled", "mqtt.host"],
+    )
+    old = BirddConfig.model_validate({"mqtt": {"enabled": True}})
+    new = BirddConfig.model_validate({"mqtt": {"enabled": True, "host": "hub", "port": 1884}})
+    assert applied_config(old, new, ["mqtt.host", "mqtt.port"]).mqtt == new.mqtt
 
 
 def test_applied_config_takes_only_the_live_keys() -> None:
@@ -62,6 +78,17 @@ def reloader(path: Path, overrides: dict, applied: List[PostprocessConfig]) -> C
         return load_config(path, overrides)
 
     return ConfigReload(load(), load, applied.append)
+
+
+def test_mqtt_changes_reconnect_with_the_new_block(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("mqtt: {enabled: true}\n")
+    reconnected: List[BirddConfig] = []
+    reload = reloader(path, {}, [])
+    reload.reconnect = reconnected.append
+    path.write_text("mqtt: {enabled: true, topic_prefix: moved}\n")
+    reload.reload()
+    assert [config.mqtt.topic_prefix for config in reconnected] == ["moved"]
 
 
 def test_a_flag_still_wins_over_the_reloaded_file(tmp_path: Path) -> None:
@@ -167,8 +194,9 @@ def thrush_play() -> bytes:
     return np.concatenate([samples, np.zeros(SILENCE_S * RATE, np.int16)]).tobytes()
 
 
-def write_config(path: Path, db: Path, min_confidence: object) -> None:
+def write_config(path: Path, db: Path, min_confidence: object, **blocks: dict) -> None:
     config = {
+        **blocks,
         "audio": {"inputs": ["-"], "stdin": {"sample_rate": RATE, "format": "s16le"}},
         "postprocess": {
             "min_confidence": min_confidence,
@@ -198,10 +226,10 @@ def threshold_between(confidences: List[float]) -> float:
     return round((ordered[i] + ordered[i + 1]) / 2, 4)
 
 
-def first_play(tmp_path: Path) -> tuple:
+def first_play(tmp_path: Path, **blocks: dict) -> tuple:
     """A daemon at min_confidence 0.4 that has reported the first play of the thrush."""
     config, db = tmp_path / "config.yaml", tmp_path / "birdd.db"
-    write_config(config, db, 0.4)
+    write_config(config, db, 0.4, **blocks)
     daemon = Daemon(config)
     play = thrush_play()
     daemon.feed(play)
@@ -248,4 +276,36 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(birdnet_model: Path, tmp_
     refused = [line for line in daemon.err if "reload" in line]
     assert len(refused) == 1, refused
     assert "postprocess.min_confidence | 1.5 | " in refused[0], refused
+    assert gaps(db) == 0
+
+
+@pytest.mark.system
+def test_sighup_reconnects_mqtt_and_loses_nothing(
+    broker, birdnet_model: Path, tmp_path: Path
+) -> None:
+    """A new topic prefix: the first play's detections went to the old topic, the second
+    play's to the new one, every stored row was published once."""
+    mqtt = {"enabled": True, "host": "127.0.0.1", "port": broker.port}
+    station = {"id": "field"}
+    with Subscriber(broker, "#") as everything:
+        daemon, config, db, play = first_play(tmp_path, mqtt=mqtt, station=station)
+        moved = {**mqtt, "topic_prefix": "moved"}  # birdd/field → moved
+        write_config(config, db, 0.4, mqtt=moved, station=station)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for("the reload line", lambda: any("reload: changed" in e for e in daemon.err))
+        daemon.feed(play)
+        assert daemon.stop(None) == 0, "".join(daemon.err)
+        everything.wait_for(lambda ms: ms[-1].topic == "moved/status", timeout=10)
+        messages = everything.messages
+    ids = {
+        topic: [json.loads(m.payload)["id"] for m in messages if m.topic == topic]
+        for topic in ("birdd/field/detections", "moved/detections")
+    }
+    with sqlite3.connect(str(db)) as conn:
+        stored = [row[0] for row in conn.execute("SELECT id FROM detections ORDER BY rowid")]
+        unpublished = conn.execute("SELECT COUNT(*) FROM detections WHERE published_at IS NULL")
+        assert unpublished.fetchone()[0] == 0
+    assert len(ids["birdd/field/detections"]) == len(ids["moved/detections"]) == 18
+    assert ids["birdd/field/detections"] + ids["moved/detections"] == stored
+    assert any("applied mqtt.topic_prefix" in line for line in daemon.err), daemon.err
     assert gaps(db) == 0

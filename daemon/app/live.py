@@ -186,6 +186,8 @@ def _run_live(config: BirddConfig, duration_s: Optional[float], reload: ConfigRe
         pipeline.replace_postprocessor(new)
 
     reload.apply = apply
+    if publisher is not None:
+        reload.reconnect = publisher.reconnect
     names = ", ".join(source.name for source in sources)
     run = run_info(config, engine, "live", names, CLOCK_ORIGIN)
     log.info("listening to %s (%s)", names, run.run_id)

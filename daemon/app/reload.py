@@ -6,15 +6,16 @@ a flag runs inside a signal handler. A new config is validated first: an invalid
 refused with one log line and the running config stays. What can change without losing
 buffered audio is the post-processing that picks detections from the scores (thresholds,
 species lists, sensitivity, location filter): a new post-processor takes over the open events
-of the old one in the inference thread. Every other changed key is named in one warning line
-as needing a restart, and the daemon keeps running on its old value.
+of the old one in the inference thread; and the MQTT connection, which reconnects (the outbox
+in SQLite keeps what the broker has not acknowledged). Every other changed key is named in
+one warning line as needing a restart, and the daemon keeps running on its old value.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from birdd.daemon.app.sdnotify import notify
 from birdd.daemon.config import BirddConfig, ConfigError
@@ -50,18 +51,27 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def split_live(keys: List[str]) -> Tuple[List[str], List[str]]:
-    """``keys`` as (applied live, needing a restart)."""
+def split_live(keys: List[str], mqtt_live: bool) -> Tuple[List[str], List[str]]:
+    """``keys`` as (applied live, needing a restart). ``mqtt.*`` is live when MQTT is on and
+    stays on (``mqtt_live``): the publisher reconnects with the new block; turning MQTT on or
+    off changes how long SQLite keeps rows, which is decided at start."""
     live = {f"postprocess.{name}" for name in LIVE_POSTPROCESS}
-    applied = [key for key in keys if _top(key, 2) in live]
+    mqtt_live = mqtt_live and "mqtt.enabled" not in keys
+    applied = [
+        key for key in keys if _top(key, 2) in live or (mqtt_live and key.startswith("mqtt."))
+    ]
     return applied, [key for key in keys if key not in applied]
 
 
 def applied_config(old: BirddConfig, new: BirddConfig, applied: List[str]) -> BirddConfig:
-    """``old`` with the live postprocess fields named in ``applied`` taken from ``new``."""
-    fields = {_top(key, 2).split(".")[1] for key in applied}
+    """``old`` with the live postprocess fields named in ``applied``, and the whole ``mqtt``
+    block when one of its keys is there, taken from ``new``."""
+    fields = {_top(key, 2).split(".")[1] for key in applied if key.startswith("postprocess.")}
     update: Dict[str, Any] = {name: getattr(new.postprocess, name) for name in fields}
-    return old.model_copy(update={"postprocess": old.postprocess.model_copy(update=update)})
+    blocks: Dict[str, Any] = {"postprocess": old.postprocess.model_copy(update=update)}
+    if any(key.startswith("mqtt.") for key in applied):
+        blocks["mqtt"] = new.mqtt
+    return old.model_copy(update=blocks)
 
 
 def _top(key: str, depth: int) -> str:
@@ -71,19 +81,21 @@ def _top(key: str, depth: int) -> str:
 class ConfigReload:
     """Reloads on request: ``load`` reads the file and the start's flags again, ``apply``
     swaps in a post-processor for a new postprocess config (raising PostprocessError when it
-    cannot be built, e.g. an unknown species)."""
+    cannot be built, e.g. an unknown species), ``reconnect`` (None without MQTT) restarts the
+    publisher with a new config's mqtt block."""
 
     def __init__(
         self,
         config: BirddConfig,
         load: Callable[[], BirddConfig],
         apply: Callable[[PostprocessConfig], None],
+        reconnect: Optional[Callable[[BirddConfig], None]] = None,
     ) -> None:
         self.config = config
         """The config in effect: what was started with, plus what reloads applied."""
         self._load = load
-        self.apply = apply
-        """Swaps in a post-processor; set once the pipeline exists (polls come after)."""
+        self.apply, self.reconnect = apply, reconnect
+        """Set once the pipeline and the publisher exist (the polls come after)."""
         self._requested = threading.Event()
 
     def request(self, *_: Any) -> None:
@@ -111,15 +123,17 @@ class ConfigReload:
         if not keys:
             log.info("reload: the config has not changed")
             return
-        applied, restart = split_live(keys)
-        if applied:
-            target = applied_config(self.config, new, applied)
+        applied, restart = split_live(keys, self.reconnect is not None)
+        target = applied_config(self.config, new, applied)
+        if target.postprocess != self.config.postprocess:
             try:
                 self.apply(target.postprocess)
             except PostprocessError as exc:
                 log.error("reload refused, still running on the previous config: %s", exc)
                 return
-            self.config = target
+        if self.reconnect is not None and target.mqtt != self.config.mqtt:
+            self.reconnect(target)
+        self.config = target
         log.info("reload: changed %s; applied %s", ", ".join(keys), ", ".join(applied) or "nothing")
         if restart:
             log.warning(

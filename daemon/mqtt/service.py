@@ -29,6 +29,14 @@ Health = Callable[[], Dict[str, Any]]
 class MqttPublisher:
     def __init__(self, config: BirddConfig, as_station: bool = True) -> None:
         """``config`` is the whole birdd config (station, storage and mqtt blocks)."""
+        self._as_station = as_station
+        self._health: Optional[Health] = None
+        self._cancel = threading.Event()
+        self._began = time.monotonic()
+        self._build(config)
+
+    def _build(self, config: BirddConfig) -> None:
+        as_station = self._as_station
         mqtt, station = config.mqtt, config.station
         self.config, self.db = mqtt, config.storage.db
         self.topics = Topics(mqtt, station.id)
@@ -48,11 +56,10 @@ class MqttPublisher:
             after_marks=home.publish_state if home else None,
         )
         self._stats: Optional[StatsReporter] = None
-        self._cancel = threading.Event()
-        self._began = time.monotonic()
 
     def start(self, health: Optional[Health] = None) -> None:
         """Start the outbox, the stats timer (given the pipeline's ``health``) and connecting."""
+        self._health = health
         self.outbox.start()
         if health is not None:
             fields = functools.partial(self.stats, health)
@@ -61,6 +68,14 @@ class MqttPublisher:
             )
             self._stats.start()
         self.connection.start()
+
+    def reconnect(self, config: BirddConfig) -> None:
+        """Go on with a new ``mqtt`` block (a config reload): the old connection says offline
+        and closes, and a new one starts; what the broker had not acknowledged stays in the
+        SQLite outbox, which the new connection delivers."""
+        self.stop()
+        self._build(config)
+        self.start(self._health)
 
     def notify_commit(self) -> None:
         """The SQLite sink's ``on_commit``: new rows are waiting."""
