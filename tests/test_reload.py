@@ -20,8 +20,10 @@ from birdd_testing import THRUSH, birdd_command, jsonl_rows, recording
 from broker import Subscriber
 
 from birdd.daemon.app.reload import ConfigReload, applied_config, changed_keys, split_live
+from birdd.daemon.clips.budget import Budget
 from birdd.daemon.config import BirddConfig, load_config
 from birdd.daemon.postprocess.config import PostprocessConfig
+from birdd.daemon.store.housekeeping import Housekeeping
 
 # ---------------------------------------------------------------- unit: what changed, what applies
 
@@ -71,6 +73,20 @@ def test_applied_config_takes_only_the_live_keys() -> None:
     assert applied.postprocess.min_confidence == 0.7
     assert applied.postprocess.max_event_s == old.postprocess.max_event_s
     assert applied.station.id == old.station.id
+
+
+def test_the_clips_budget_goes_to_the_housekeeping(tmp_path: Path) -> None:
+    keys = ["clips.max_total_mb", "clips.keep_per_species_day", "clips.dir"]
+    assert split_live(keys, mqtt_live=False) == (keys[:2], keys[2:])
+    path = tmp_path / "config.yaml"
+    path.write_text("clips: {enabled: true, dir: /tmp/c, max_total_mb: 100}\n")
+    reload = reloader(path, {}, [])
+    keeper = Housekeeping.from_config(reload.config)
+    reload.rebudget = keeper.rebudget
+    path.write_text("clips: {enabled: true, dir: /tmp/d, max_total_mb: 50, max_age_days: 7}\n")
+    reload.reload()
+    assert keeper.budget == Budget(50_000_000, 7 * 86400.0, keeper.budget.keep_per_species_day)
+    assert reload.config.clips.dir == Path("/tmp/c") and reload.config.clips.max_age_days == 7
 
 
 def reloader(path: Path, overrides: dict, applied: List[PostprocessConfig]) -> ConfigReload:

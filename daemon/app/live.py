@@ -204,6 +204,7 @@ def _run_live(config: BirddConfig, duration_s: Optional[float], reload: ConfigRe
             monitor,
             "complete",
             shortfall=lambda: no_audio(pipeline),
+            on_housekeeping=lambda keeper: setattr(reload, "rebudget", keeper.rebudget),
         )
     finally:
         health.close()

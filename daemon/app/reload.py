@@ -7,7 +7,8 @@ refused with one log line and the running config stays. What can change without 
 buffered audio is the post-processing that picks detections from the scores (thresholds,
 species lists, sensitivity, location filter): a new post-processor takes over the open events
 of the old one in the inference thread; and the MQTT connection, which reconnects (the outbox
-in SQLite keeps what the broker has not acknowledged). Every other changed key is named in
+in SQLite keeps what the broker has not acknowledged); and the clips' budget, which the
+housekeeping applies on its next pass. Every other changed key is named in
 one warning line as needing a restart, and the daemon keeps running on its old value.
 """
 
@@ -37,6 +38,8 @@ LIVE_POSTPROCESS = (
     "non_birds",
     "location",
 )
+# The clips' budget, which only the housekeeping reads (on its next pass).
+LIVE_BUDGET = ("clips.max_total_mb", "clips.max_age_days", "clips.keep_per_species_day")
 RESTART = "systemctl restart birdd"
 
 
@@ -55,7 +58,7 @@ def split_live(keys: List[str], mqtt_live: bool) -> Tuple[List[str], List[str]]:
     """``keys`` as (applied live, needing a restart). ``mqtt.*`` is live when MQTT is on and
     stays on (``mqtt_live``): the publisher reconnects with the new block; turning MQTT on or
     off changes how long SQLite keeps rows, which is decided at start."""
-    live = {f"postprocess.{name}" for name in LIVE_POSTPROCESS}
+    live = {f"postprocess.{name}" for name in LIVE_POSTPROCESS} | set(LIVE_BUDGET)
     mqtt_live = mqtt_live and "mqtt.enabled" not in keys
     applied = [
         key for key in keys if _top(key, 2) in live or (mqtt_live and key.startswith("mqtt."))
@@ -64,14 +67,20 @@ def split_live(keys: List[str], mqtt_live: bool) -> Tuple[List[str], List[str]]:
 
 
 def applied_config(old: BirddConfig, new: BirddConfig, applied: List[str]) -> BirddConfig:
-    """``old`` with the live postprocess fields named in ``applied``, and the whole ``mqtt``
-    block when one of its keys is there, taken from ``new``."""
-    fields = {_top(key, 2).split(".")[1] for key in applied if key.startswith("postprocess.")}
-    update: Dict[str, Any] = {name: getattr(new.postprocess, name) for name in fields}
-    blocks: Dict[str, Any] = {"postprocess": old.postprocess.model_copy(update=update)}
+    """``old`` with the live postprocess and clips fields named in ``applied``, and the whole
+    ``mqtt`` block when one of its keys is there, taken from ``new``."""
+    blocks: Dict[str, Any] = {
+        block: _fields(getattr(old, block), getattr(new, block), block, applied)
+        for block in ("postprocess", "clips")
+    }
     if any(key.startswith("mqtt.") for key in applied):
         blocks["mqtt"] = new.mqtt
     return old.model_copy(update=blocks)
+
+
+def _fields(old: Any, new: Any, block: str, applied: List[str]) -> Any:
+    names = {_top(key, 2).split(".")[1] for key in applied if key.startswith(f"{block}.")}
+    return old.model_copy(update={name: getattr(new, name) for name in names})
 
 
 def _top(key: str, depth: int) -> str:
@@ -82,7 +91,8 @@ class ConfigReload:
     """Reloads on request: ``load`` reads the file and the start's flags again, ``apply``
     swaps in a post-processor for a new postprocess config (raising PostprocessError when it
     cannot be built, e.g. an unknown species), ``reconnect`` (None without MQTT) restarts the
-    publisher with a new config's mqtt block."""
+    publisher with a new config's mqtt block, ``rebudget`` hands the housekeeping the clips'
+    budget."""
 
     def __init__(
         self,
@@ -90,11 +100,12 @@ class ConfigReload:
         load: Callable[[], BirddConfig],
         apply: Callable[[PostprocessConfig], None],
         reconnect: Optional[Callable[[BirddConfig], None]] = None,
+        rebudget: Optional[Callable[[BirddConfig], None]] = None,
     ) -> None:
         self.config = config
         """The config in effect: what was started with, plus what reloads applied."""
         self._load = load
-        self.apply, self.reconnect = apply, reconnect
+        self.apply, self.reconnect, self.rebudget = apply, reconnect, rebudget
         """Set once the pipeline and the publisher exist (the polls come after)."""
         self._requested = threading.Event()
 
@@ -133,6 +144,8 @@ class ConfigReload:
                 return
         if self.reconnect is not None and target.mqtt != self.config.mqtt:
             self.reconnect(target)
+        if self.rebudget is not None and target.clips != self.config.clips:
+            self.rebudget(target)
         self.config = target
         log.info("reload: changed %s; applied %s", ", ".join(keys), ", ".join(applied) or "nothing")
         if restart:

@@ -18,7 +18,7 @@ from birdd.daemon.records import RunInfo, new_detection_id
 from birdd.daemon.sinks.fanout import SinkFanout
 from birdd.daemon.sinks.files import make_output_sink
 from birdd.daemon.sinks.sqlite import Retention, SQLiteSink
-from birdd.daemon.store.housekeeping import housekeeping_during
+from birdd.daemon.store.housekeeping import Housekeeping, housekeeping_during
 from birdd.daemon.store.sqlite_health import recover_damaged
 from birdd.engines.base import Engine
 
@@ -95,6 +95,7 @@ def run_session(
     progress: Callable[[PipelineStats], None],
     stopped_status: str,
     shortfall: Optional[Callable[[], Optional[str]]] = None,
+    on_housekeeping: Optional[Callable[[Housekeeping], None]] = None,
 ) -> int:
     """Run the pipeline until its sources end or it is stopped (then the run is marked
     ``stopped_status``), flush every sink and drain the MQTT outbox; return the exit code.
@@ -105,9 +106,12 @@ def run_session(
     still waits for its microphone gets a warning and exit 0 (systemd shows no failure).
 
     The housekeeping (clips' budget, free floor, WAL checkpoint, vacuum) runs on its own
-    thread during a live run, and once after every run."""
+    thread during a live run, and once after every run; ``on_housekeeping`` is handed it
+    (a config reload changes its clips' budget)."""
     fanout.open(run)
-    with housekeeping_during(config, live=run.mode == "live"):
+    with housekeeping_during(config, live=run.mode == "live") as keeper:
+        if on_housekeeping is not None:
+            on_housekeeping(keeper)
         return _run_opened(
             pipeline, fanout, run, config, publisher, progress, stopped_status, shortfall
         )

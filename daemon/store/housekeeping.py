@@ -56,18 +56,17 @@ class Housekeeping:
     @classmethod
     def from_config(cls, config: BirddConfig) -> Housekeeping:
         clips = config.clips
-        budget = Budget(
-            None if clips.max_total_mb is None else int(clips.max_total_mb * 1e6),
-            None if clips.max_age_days is None else clips.max_age_days * 86400.0,
-            clips.keep_per_species_day,
-        )
         return cls(
             config.storage.db,
             clips.dir if clips.enabled else None,
-            budget,
+            clip_budget(config),
             int(config.storage.min_free_mb * 1e6),
             config.storage.housekeeping,
         )
+
+    def rebudget(self, config: BirddConfig) -> None:
+        """Take the clips' budget of a reloaded config; the next pass deletes by it."""
+        self.budget = clip_budget(config)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="birdd-housekeeping", daemon=True)
@@ -183,6 +182,15 @@ class Housekeeping:
             self.min_free_bytes / 1e6,
             action,
         )
+
+
+def clip_budget(config: BirddConfig) -> Budget:
+    clips = config.clips
+    return Budget(
+        None if clips.max_total_mb is None else int(clips.max_total_mb * 1e6),
+        None if clips.max_age_days is None else clips.max_age_days * 86400.0,
+        clips.keep_per_species_day,
+    )
 
 
 @contextmanager
