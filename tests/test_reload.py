@@ -3,8 +3,11 @@ fed the thrush recording whose threshold changes between two plays of it (system
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -163,9 +166,10 @@ class Daemon:
     """`birdd run --config …` reading raw PCM on stdin; stdout (JSON lines) and stderr are
     read into lists as they come."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: Optional[dict] = None) -> None:
         self.process = subprocess.Popen(
             birdd_command("run", "--config", str(config)),
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -242,11 +246,11 @@ def threshold_between(confidences: List[float]) -> float:
     return round((ordered[i] + ordered[i + 1]) / 2, 4)
 
 
-def first_play(tmp_path: Path, **blocks: dict) -> tuple:
+def first_play(tmp_path: Path, env: Optional[dict] = None, **blocks: dict) -> tuple:
     """A daemon at min_confidence 0.4 that has reported the first play of the thrush."""
     config, db = tmp_path / "config.yaml", tmp_path / "birdd.db"
     write_config(config, db, 0.4, **blocks)
-    daemon = Daemon(config)
+    daemon = Daemon(config, env)
     play = thrush_play()
     daemon.feed(play)
     daemon.wait_for("the first play's 18 rows", lambda: len(daemon.rows()) >= 18)
@@ -260,7 +264,22 @@ def gaps(db: Path) -> int:
 
 @pytest.mark.system
 def test_sighup_applies_a_new_threshold_without_a_gap(birdnet_model: Path, tmp_path: Path) -> None:
-    daemon, config, db, play = first_play(tmp_path)
+    """The second play follows the new threshold; systemd hears RELOADING=1, then READY=1."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(tmp_path / "notify"))
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+        reload_and_play_again(tmp_path, env)
+        told = []
+        systemd.settimeout(0.1)
+        with contextlib.suppress(socket.timeout):
+            while True:
+                told.append(systemd.recv(4096).decode())
+    states = [m.split("\n")[0] for m in told if not m.startswith("STATUS=")]
+    assert states == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"], told
+
+
+def reload_and_play_again(tmp_path: Path, env: dict) -> None:
+    daemon, config, db, play = first_play(tmp_path, env)
     first = daemon.rows()
     threshold = threshold_between([row["confidence"] for row in first])
     write_config(config, db, threshold)

@@ -116,9 +116,9 @@ class LiveMonitor:
         self._told: Optional[str] = None
 
     def __call__(self, stats: PipelineStats) -> None:
+        self._tell_systemd()
         if self.reload is not None:
             self.reload.poll()
-        self._tell_systemd()
         self.health.tick()
         now = time.monotonic()
         if self._stop_at is not None and now >= self._stop_at:

@@ -110,15 +110,16 @@ class ConfigReload:
         self._requested = threading.Event()
 
     def request(self, *_: Any) -> None:
-        """The SIGHUP handler: only a flag (and systemd's RELOADING=1)."""
-        notify("RELOADING=1")
+        """The SIGHUP handler: only a flag."""
         self._requested.set()
 
     def poll(self) -> None:
-        """Reload if asked to since the last call; systemd hears READY=1 either way."""
+        """Reload if asked to since the last call, between RELOADING=1 and READY=1 to
+        systemd (READY=1 even when the new config was refused: the old one runs)."""
         if not self._requested.is_set():
             return
         self._requested.clear()
+        notify("RELOADING=1")
         try:
             self.reload()
         finally:
