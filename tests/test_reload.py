@@ -25,6 +25,7 @@ from broker import Subscriber
 from birdd.daemon.app.reload import ConfigReload, applied_config, changed_keys, split_live
 from birdd.daemon.clips.budget import Budget
 from birdd.daemon.config import BirddConfig, load_config
+from birdd.daemon.mqtt.service import MqttPublisher
 from birdd.daemon.postprocess.config import PostprocessConfig
 from birdd.daemon.store.housekeeping import Housekeeping
 
@@ -76,6 +77,24 @@ def test_applied_config_takes_only_the_live_keys() -> None:
     assert applied.postprocess.min_confidence == 0.7
     assert applied.postprocess.max_event_s == old.postprocess.max_event_s
     assert applied.station.id == old.station.id
+
+
+def test_an_unreadable_password_file_keeps_the_old_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Checked before the running connection is stopped: MQTT goes on as it was."""
+    path, db = tmp_path / "config.yaml", tmp_path / "db.sqlite"
+    path.write_text(f"mqtt: {{enabled: true}}\nstorage: {{db: {db}}}\n")
+    reload = reloader(path, {}, [])
+    publisher = MqttPublisher(reload.config)
+    reload.reconnect = publisher.reconnect
+    login = f"{{enabled: true, username: u, password_file: {tmp_path / 'missing'}}}"
+    path.write_text(f"mqtt: {login}\nstorage: {{db: {db}}}\n")
+    reload.reload()
+    assert reload.config.mqtt.password_file is None
+    assert publisher.config.password_file is None
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "mqtt.password_file" in errors[0], errors
 
 
 def test_the_clips_budget_goes_to_the_housekeeping(tmp_path: Path) -> None:

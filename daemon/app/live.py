@@ -162,11 +162,11 @@ class LiveMonitor:
 def run_live(
     config: BirddConfig,
     duration_s: Optional[float],
-    load: Optional[Callable[[], BirddConfig]] = None,
+    load: Callable[[], BirddConfig],
 ) -> int:
     """Listen until stopped (SIGINT/SIGTERM), until ``duration_s`` or until stdin ends;
     SIGHUP reads the config again through ``load`` (the file and the flags of the start)."""
-    reload = ConfigReload(config, load or (lambda: config), lambda _: None)
+    reload = ConfigReload(config, load, lambda _: None)  # apply: once the pipeline exists
     with OnSignal(signal.SIGHUP, reload.request):
         return _run_live(config, duration_s, reload)
 

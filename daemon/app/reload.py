@@ -144,7 +144,11 @@ class ConfigReload:
                 log.error("reload refused, still running on the previous config: %s", exc)
                 return
         if self.reconnect is not None and target.mqtt != self.config.mqtt:
-            self.reconnect(target)
+            try:
+                self.reconnect(target)
+            except ValueError as exc:
+                log.error("reload: mqtt not changed, still on its previous settings: %s", exc)
+                target = target.model_copy(update={"mqtt": self.config.mqtt})
         if self.rebudget is not None and target.clips != self.config.clips:
             self.rebudget(target)
         self.config = target

@@ -72,7 +72,9 @@ class MqttPublisher:
     def reconnect(self, config: BirddConfig) -> None:
         """Go on with a new ``mqtt`` block (a config reload): the old connection says offline
         and closes, and a new one starts; what the broker had not acknowledged stays in the
-        SQLite outbox, which the new connection delivers."""
+        SQLite outbox, which the new connection delivers. A password or TLS file it cannot
+        read is a ValueError before the old connection is touched."""
+        Connection(config.mqtt, Topics(config.mqtt, config.station.id), "check", announce=False)
         self.stop()
         self._build(config)
         self.start(self._health)
