@@ -424,8 +424,8 @@ WHY = (
 
 def section(all_results: List[Results], args: argparse.Namespace) -> str:
     machine = common.host_lines(
-        "; 2 cores shared with other helpers' jobs while this ran (load averages in the table): "
-        "broker, publisher, hub and database all on these 2 cores"
+        "; broker, publisher, hub and database all on these 2 cores (other jobs on the "
+        "machine show in the load averages of the table)"
     )
     machine += [
         f"- {args.messages:,} detections per ingest run from {STATIONS} station ids (QoS 1, "
