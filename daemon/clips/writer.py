@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 import queue
 import shutil
@@ -266,16 +267,18 @@ class ClipWriter:
         return audio[: max(0, end - span.start)]
 
     def _write(self, detection: Detection, span: ClipSpan, audio: np.ndarray) -> ClipInfo:
-        """Write through a temporary name and rename, so no half-written clip is ever seen."""
+        """Encode in memory (hashed there, not read back from disk), then write through a
+        temporary name and rename, so no half-written clip is ever seen."""
+        encoded = io.BytesIO()
+        soundfile.write(encoded, audio, self.rate, subtype="PCM_16", format=FORMATS[self.fmt])
+        data = encoded.getvalue()
         path = (self.folder / clip_name(detection, span, self.rate, self.fmt)).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".part")
         try:
-            soundfile.write(
-                str(partial), audio, self.rate, subtype="PCM_16", format=FORMATS[self.fmt]
-            )
-            digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+            partial.write_bytes(data)
             partial.replace(path)
         finally:
             partial.unlink(missing_ok=True)
+        digest = hashlib.sha256(data).hexdigest()
         return ClipInfo(str(path), round(len(audio) / self.rate, 6), digest)
