@@ -109,28 +109,14 @@ def run_session(
     thread during a live run, and once after every run; ``on_housekeeping`` is handed it
     (a config reload changes its clips' budget)."""
     fanout.open(run)
-    with housekeeping_during(config, live=run.mode == "live") as keeper:
+    status = "failed"
+    keeping = housekeeping_during(config, live=run.mode == "live")
+    stopping = StopOnSignals(pipeline.stop, "stopping after the audio already read")
+    with keeping as keeper, stopping as signals:
         if on_housekeeping is not None:
             on_housekeeping(keeper)
-        return _run_opened(
-            pipeline, fanout, run, config, publisher, progress, stopped_status, shortfall
-        )
-
-
-def _run_opened(
-    pipeline: Pipeline,
-    fanout: SinkFanout,
-    run: RunInfo,
-    config: BirddConfig,
-    publisher: Optional[MqttPublisher],
-    progress: Callable[[PipelineStats], None],
-    stopped_status: str,
-    shortfall: Optional[Callable[[], Optional[str]]],
-) -> int:
-    if publisher is not None:
-        publisher.start(pipeline.health)
-    status = "failed"
-    with StopOnSignals(pipeline.stop, "stopping after the audio already read") as signals:
+        if publisher is not None:
+            publisher.start(pipeline.health)
         try:
             stats = pipeline.run(progress)
             missing = shortfall() if shortfall is not None else None
@@ -151,11 +137,11 @@ def _run_opened(
                 if publisher is not None:
                     signals.action, signals.reason = publisher.cancel, LEAVE_OUTBOX
                     _finish_publishing(publisher, config.mqtt.drain_timeout_s)
-    log.info(_summary(stats, status, run.run_id, config.storage.db))
-    if missing is not None:
-        log.error("error: %s", missing)
-        return 1
-    return 0
+        log.info(_summary(stats, status, run.run_id, config.storage.db))
+        if missing is not None:
+            log.error("error: %s", missing)
+            return 1
+        return 0
 
 
 LEAVE_OUTBOX = "leaving the unpublished detections in the outbox for the next run"
