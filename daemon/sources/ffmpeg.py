@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
+from abc import abstractmethod
 from typing import Deque, List, Optional
 from urllib.parse import urlsplit, urlunsplit
 
@@ -141,8 +142,9 @@ class StoppedConnection(Connection):
         return None
 
 
-class FfmpegSource(LiveSource):
-    """A URL read by an ffmpeg child process, restarted whenever it exits or stalls."""
+class NetworkSource(LiveSource):
+    """A URL whose decoder (ffmpeg or PyAV) starts through the start gate; the name shown is
+    the URL without its password."""
 
     def __init__(
         self,
@@ -154,23 +156,41 @@ class FfmpegSource(LiveSource):
         gate: StartGate = PROCESS_GATE,
     ) -> None:
         super().__init__(redacted(url), policy)
-        if shutil.which("ffmpeg") is None:
-            raise SourceError(f"{self.name} needs ffmpeg: apt install ffmpeg")
-        self.url = url
-        self.sample_rate = rate
-        self.channels = channels
+        self.url, self.sample_rate, self.channels = url, rate, channels
         self._block_frames = max(1, int(block_s * rate))
         self._gate = gate
 
     def connect(self) -> Connection:
-        """Start ffmpeg once a start slot is free; the supervisor starts its watchdog clock
-        when this returns, so the wait for the slot is not counted as silence."""
+        """Start the decoder once a start slot is free; the supervisor starts its watchdog
+        clock when this returns, so the wait for the slot is not counted as silence."""
         if not self._gate.enter(self._stop):
             return StoppedConnection()
+        return self.start(StartSlot(self._gate))
+
+    @abstractmethod
+    def start(self, slot: StartSlot) -> Connection:
+        """Start the decoder; the connection gives ``slot`` back on its first audio or end."""
+
+
+class FfmpegSource(NetworkSource):
+    """A URL read by an ffmpeg child process, restarted whenever it exits or stalls."""
+
+    def __init__(
+        self,
+        url: str,
+        policy: ReconnectPolicy,
+        block_s: float,
+        rate: int,
+        channels: int,
+        gate: StartGate = PROCESS_GATE,
+    ) -> None:
+        super().__init__(url, policy, block_s, rate, channels, gate)
+        if shutil.which("ffmpeg") is None:
+            raise SourceError(f"{self.name} needs ffmpeg: apt install ffmpeg")
+
+    def start(self, slot: StartSlot) -> Connection:
         command = ffmpeg_command(self.url, self.sample_rate, self.channels, self.policy.watchdog_s)
-        return FfmpegConnection(
-            command, self.channels, self.sample_rate, self._block_frames, StartSlot(self._gate)
-        )
+        return FfmpegConnection(command, self.channels, self.sample_rate, self._block_frames, slot)
 
     def describe(self) -> str:
         return f"receiving {self.name} through ffmpeg"

@@ -20,13 +20,8 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from birdd.daemon.sources.base import Block, SourceError
-from birdd.daemon.sources.ffmpeg import (
-    PROBE_BYTES,
-    PROBE_MICROS,
-    StoppedConnection,
-    redacted,
-)
-from birdd.daemon.sources.live import Connection, LiveSource, ReconnectPolicy
+from birdd.daemon.sources.ffmpeg import PROBE_BYTES, PROBE_MICROS, NetworkSource
+from birdd.daemon.sources.live import Connection, ReconnectPolicy
 from birdd.daemon.sources.startgate import PROCESS_GATE, StartGate, StartSlot
 
 AHEAD_S = 0.5
@@ -131,7 +126,7 @@ class PyavConnection(Connection):
         self._slot.release()
 
 
-class PyavSource(LiveSource):
+class PyavSource(NetworkSource):
     """A URL decoded in-process by PyAV, reopened whenever it ends or stalls."""
 
     def __init__(
@@ -143,7 +138,7 @@ class PyavSource(LiveSource):
         channels: int,
         gate: StartGate = PROCESS_GATE,
     ) -> None:
-        super().__init__(redacted(url), policy)
+        super().__init__(url, policy, block_s, rate, channels, gate)
         try:
             import av  # noqa: F401 (only whether it is there)
         except ImportError:
@@ -153,20 +148,15 @@ class PyavSource(LiveSource):
             ) from None
         if channels > 2:
             raise SourceError(f"{self.name}: audio.decoder pyav reads 1 or 2 channels")
-        self.url, self.sample_rate, self.channels = url, rate, channels
-        self._block_frames = max(1, int(block_s * rate))
-        self._gate = gate
 
-    def connect(self) -> Connection:
-        if not self._gate.enter(self._stop):
-            return StoppedConnection()
+    def start(self, slot: StartSlot) -> Connection:
         return PyavConnection(
             self.url,
             self.channels,
             self.sample_rate,
             self._block_frames,
             self.policy.watchdog_s,
-            StartSlot(self._gate),
+            slot,
         )
 
     def describe(self) -> str:
