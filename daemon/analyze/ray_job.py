@@ -44,8 +44,8 @@ log = logging.getLogger("birdd")
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install 'birdd[ray]'"
 READERS = 2
-PROBE_TIMEOUT_S = 5.0
 """Read tasks in flight at once (reading a file is I/O; they take no CPU from the actors)."""
+PROBE_TIMEOUT_S = 5.0
 
 
 class RayJobError(RuntimeError):
