@@ -14,7 +14,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from birdd.hub.store import DetectionQuery, DetectionRow, SpeciesCount, StationRow, Store
-from birdd.hub.store.base import ActivityBucket, StationCount
+from birdd.hub.store.base import ActivityBucket, ClipRow, StationCount
 
 MAX_LIMIT = 1000
 MAX_DAYS = 366
@@ -108,7 +108,16 @@ def station_json(row: StationRow) -> Dict[str, Any]:
     }
 
 
-def detection_json(row: DetectionRow) -> Dict[str, Any]:
+def clip_urls(row: ClipRow) -> Dict[str, str]:
+    """Where a clip the hub holds plays (``audio/flac``) and its spectrogram."""
+    base = f"/api/clips/{row.station}/{row.detection_id}"
+    return {"clip_url": base, "spectrogram_url": f"{base}/spectrogram.png"}
+
+
+def detection_json(row: DetectionRow, clip: Optional[ClipRow] = None) -> Dict[str, Any]:
+    """``clip`` is the station's record of it; ``clip_url`` and ``spectrogram_url`` are there
+    only when the station uploaded it to this hub (``held``)."""
+    held = clip_urls(clip) if clip is not None and clip.station == row.station else {}
     return {
         "id": row.id,
         "station": row.station,
@@ -124,6 +133,7 @@ def detection_json(row: DetectionRow) -> Dict[str, Any]:
         "received": iso(row.received_ms),
         "resends": row.resends,
         "clip": row.message().get("clip"),
+        **held,
     }
 
 
@@ -192,8 +202,9 @@ def detections_json(store: Store, params: Dict[str, str]) -> Dict[str, Any]:
     query = detection_query(params)
     rows = store.detections(query)
     cursor = rows[-1].cursor if len(rows) == query.limit else None
+    clips = store.clips([row.id for row in rows])
     return {
-        "detections": [detection_json(row) for row in rows],
+        "detections": [detection_json(row, clips.get(row.id)) for row in rows],
         "next": f"{cursor[0]}.{cursor[1]}" if cursor else None,
     }
 

@@ -26,6 +26,8 @@ POSTGRES_CREDENTIAL = "postgres-password"
 DEFAULT_LISTEN = "127.0.0.1:8640"
 HUB_TOKEN_ENV = "BIRDD_HUB_TOKEN"
 HUB_TOKEN_CREDENTIAL = "hub-token"
+CLIP_TOKENS_CREDENTIAL = "hub-clip-tokens"
+MIN_TOKEN_CHARS = 16
 
 
 class Strict(BaseModel):
@@ -188,11 +190,70 @@ def _secret(env: str, path: Optional[Path], credential: str, setting: str) -> Op
         raise ValueError(f"{setting} {path}: cannot read it ({exc.strerror})") from None
 
 
+class ClipsConfig(Strict):
+    dir: Path = Field(
+        default_factory=lambda: data_dir() / "hub-clips",
+        description="Folder for the clips stations upload (PUT /api/clips/STATION/ID) and "
+        "their spectrograms: <dir>/<first 2 hex of the SHA-256>/<SHA-256>.flac and .png.",
+    )
+    max_mb: float = Field(
+        16.0, gt=0, le=1024, description="Largest clip accepted, megabytes (10^6 bytes)."
+    )
+    tokens_file: Optional[Path] = Field(
+        None,
+        description="File of the stations allowed to upload: one 'STATION TOKEN' per line "
+        "(# comments); unset: $CREDENTIALS_DIRECTORY/hub-clip-tokens when it exists. Without "
+        "it the hub takes no clips.",
+    )
+
+    @field_validator("dir")
+    @classmethod
+    def _expand_dir(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def tokens(self) -> Dict[str, str]:
+        """Each station's upload token (empty: uploads are refused); ValueError in one line."""
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        path = self.tokens_file
+        if path is None and credentials and (Path(credentials) / CLIP_TOKENS_CREDENTIAL).is_file():
+            path = Path(credentials) / CLIP_TOKENS_CREDENTIAL
+        if path is None:
+            return {}
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"clips.tokens_file {path}: cannot read it ({exc.strerror})") from None
+        return parse_tokens(text, path)
+
+
+def parse_tokens(text: str, path: Path) -> Dict[str, str]:
+    """``STATION TOKEN`` lines as a mapping; ValueError naming the line and the fix."""
+    tokens: Dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        where = f"clips.tokens_file {path}, line {number}"
+        if len(words) != 2:
+            raise ValueError(f"{where}: give 'STATION TOKEN' (two words)")
+        station, token = words
+        if station in tokens:
+            raise ValueError(f"{where}: station {station!r} twice; keep one line per station")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"{where}: the token is shorter than {MIN_TOKEN_CHARS} characters; make one "
+                "with `openssl rand -hex 16`"
+            )
+        tokens[station] = token
+    return tokens
+
+
 class HubConfig(Strict):
     mqtt: HubMqttConfig = Field(default_factory=HubMqttConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    clips: ClipsConfig = Field(default_factory=ClipsConfig)
 
 
 def load_hub_config(path: Optional[Path], overrides: Dict[str, Any]) -> HubConfig:

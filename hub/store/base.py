@@ -225,6 +225,20 @@ class RejectedRow:
     received_ms: int
 
 
+@dataclass(frozen=True)
+class ClipRow:
+    """A detection's clip as the hub holds it: the file is ``<clips.dir>/<sha256[:2]>/<sha256>
+    .flac`` (content-addressed: two detections with the same audio share one file)."""
+
+    detection_id: str
+    station: str
+    sha256: str
+    size: int
+    duration_s: float
+    sample_rate: int
+    received_ms: int
+
+
 class Store(ABC):
     """The hub's database. Every method is one transaction."""
 
@@ -296,6 +310,15 @@ class Store(ABC):
     @abstractmethod
     def rejected(self, limit: int = 100, before_id: Optional[int] = None) -> List[RejectedRow]:
         """Rejected messages, newest first."""
+
+    @abstractmethod
+    def add_clip(self, clip: ClipRow) -> Tuple[ClipRow, bool]:
+        """Store a clip's row unless its detection id has one: (the row now stored, whether
+        this call stored it). The caller compares a row that was already there."""
+
+    @abstractmethod
+    def clips(self, detection_ids: List[str]) -> Dict[str, ClipRow]:
+        """The clips of these detections that the hub holds, by detection id."""
 
     @abstractmethod
     def close(self) -> None: ...

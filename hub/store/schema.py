@@ -91,6 +91,22 @@ MIGRATIONS: List[Tuple[int, str, List[str]]] = [
         "detection_hours: detections per station, species and hour, backfilled",
         rollup.MIGRATION,
     ),
+    (
+        3,
+        "clips: the audio stations upload, one per detection id (files under clips.dir)",
+        [
+            """CREATE TABLE clips (
+                detection_id TEXT PRIMARY KEY,
+                station TEXT NOT NULL,
+                sha256 TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                duration_s DOUBLE PRECISION NOT NULL,
+                sample_rate INTEGER NOT NULL,
+                received_ms BIGINT NOT NULL
+            )""",
+            "CREATE INDEX clips_sha256 ON clips (sha256)",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

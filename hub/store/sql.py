@@ -29,6 +29,7 @@ from birdd.hub.store.base import (
     StatusEvent,
     Store,
 )
+from birdd.hub.store.clip_sql import ClipSql
 
 T = TypeVar("T")
 
@@ -58,7 +59,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class SqlStore(Store):
+class SqlStore(ClipSql, Store):
     """The shared implementation; a backend gives the connection, its transactions and what
     its errors mean."""
 

@@ -16,13 +16,17 @@ from fastapi.staticfiles import StaticFiles
 
 from birdd.hub import api
 from birdd.hub.store import Store, StoreError, StoreUnavailable
+from birdd.hub.web.clips import ClipService, add_clips
 from birdd.hub.web.pages import add_pages
 
 log = logging.getLogger("birdd")
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def create_app(store: Store, refresh_s: float = 5.0) -> FastAPI:
+def create_app(
+    store: Store, refresh_s: float = 5.0, clips: Optional[ClipService] = None
+) -> FastAPI:
+    """``clips``: the clips' routes (upload, playback, spectrogram); None: no clips."""
     app = FastAPI(
         title="birdd hub",
         summary="Detections from a network of birdd stations.",
@@ -34,6 +38,8 @@ def create_app(store: Store, refresh_s: float = 5.0) -> FastAPI:
     app.state.store = store
     add_errors(app, store)
     add_api(app, store)
+    if clips is not None:
+        add_clips(app, store, clips)
     add_pages(app, refresh_s)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app

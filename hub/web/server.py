@@ -10,10 +10,12 @@ from typing import Callable, Optional
 
 import uvicorn
 
+from birdd.hub.clipfiles import ClipFiles
 from birdd.hub.config import HubConfig
 from birdd.hub.store import Store
 from birdd.hub.web.app import create_app
 from birdd.hub.web.auth import TokenAuth, check_listen
+from birdd.hub.web.clips import ClipService, is_upload
 
 log = logging.getLogger("birdd")
 STOP_WAIT_S = 5.0
@@ -47,8 +49,8 @@ class WebServer:
         self.sock = bind(config.web.listen)
         port = self.sock.getsockname()[1]
         self.address = f"http://{host}:{port}"
-        app = create_app(store, config.web.refresh_s)
-        served = TokenAuth(app, token) if token else app
+        app = create_app(store, config.web.refresh_s, clip_service(config))
+        served = TokenAuth(app, token, is_upload) if token else app
         settings = uvicorn.Config(
             served, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30
         )
@@ -74,6 +76,21 @@ class WebServer:
         self._thread.join(STOP_WAIT_S)
         self.sock.close()
         self.store.close()
+
+
+def clip_service(config: HubConfig) -> ClipService:
+    """The clips' folder, the stations' tokens (read now: a bad file stops the start) and
+    the size limit."""
+    clips = config.clips
+    tokens = clips.tokens()
+    try:
+        if tokens:  # uploads on: the folder must be there (else only read, when it is)
+            clips.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"clips.dir {clips.dir}: cannot create it ({exc.strerror}); give a writable folder"
+        ) from None
+    return ClipService(ClipFiles(clips.dir), tokens, int(clips.max_mb * 1e6))
 
 
 def start_web(config: HubConfig, opener: Callable[[], Store]) -> Optional[WebServer]:

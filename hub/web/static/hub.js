@@ -132,17 +132,39 @@
         until: hubToEpoch(data.get("until")),
       };
     }
+    // A clip the station uploaded plays here, with its spectrogram; one it kept but has not
+    // (yet) uploaded is only marked.
+    function clipCell(d) {
+      if (!d.clip_url) {
+        return el("span", d.clip ? "on the station" : "—",
+          { class: "clip", title: d.clip ? "the station kept a clip; not uploaded to this hub (yet)" : "" });
+      }
+      const box = el("div", null, { class: "clip held" });
+      box.append(el("audio", null, { controls: "", preload: "none", src: d.clip_url }),
+        el("img", null, { class: "spectrogram", loading: "lazy", src: d.spectrogram_url,
+          alt: `spectrogram of the ${d.species.common} clip` }));
+      return box;
+    }
     function detectionRow(d, fresh) {
-      const clip = el("span", d.clip ? "clip" : "—",
-        { class: "clip", title: "clip playback: once stations send clips" });
       return row([hubTime(d.start, true), stationLink(d.station),
         speciesLink(d.species.scientific, d.species.common), d.species.scientific,
-        d.confidence.toFixed(3), el("span", d.source.split("/").pop(), { title: d.source }), clip],
-        { "data-id": d.id, class: fresh ? "new" : "" });
+        d.confidence.toFixed(3), el("span", d.source.split("/").pop(), { title: d.source }),
+        clipCell(d)],
+        { "data-id": d.id, "data-clip": d.clip_url ? "held" : "", class: fresh ? "new" : "" });
+    }
+    // A row shown before its clip arrived gets the player once the hub holds the clip.
+    function addClips(detections) {
+      for (const d of detections) {
+        const tr = d.clip_url && tbody.querySelector(`tr[data-id="${CSS.escape(d.id)}"][data-clip=""]`);
+        if (!tr) continue;
+        tr.lastElementChild.replaceChildren(clipCell(d));
+        tr.setAttribute("data-clip", "held");
+      }
     }
     async function load(reset) {
       if (reset) { state.seen.clear(); state.next = null; state.filters = filters(); tbody.replaceChildren(); }
       const page = await getJSON(`/api/detections?${query({ ...state.filters, limit: PAGE_SIZE })}`);
+      addClips(page.detections);
       const fresh = page.detections.filter((d) => !state.seen.has(d.id));
       const nodes = fresh.map((d) => detectionRow(d, !reset && state.seen.size > 0));
       fresh.forEach((d) => state.seen.add(d.id));

@@ -1,0 +1,142 @@
+"""The clips' routes: stations upload (``PUT``, with their own token), pages play them back
+(``GET``: the FLAC and its spectrogram PNG, behind the hub's own token like every page).
+
+``PUT /api/clips/STATION/DETECTION_ID`` with the FLAC as the body and
+``Authorization: Bearer TOKEN`` (the station's line in ``clips.tokens_file``) answers 201 when
+stored, 200 when the hub already holds this clip for this detection (a retry: stored once),
+409 when it holds another clip for it, 4xx with one line naming the problem and the fix for a
+body it refuses (nothing is stored), and 503 while its database is unreachable (retry)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from birdd.hub.api import clip_urls
+from birdd.hub.clipfiles import BadClip, ClipFiles, check_digest, check_names, inspect_flac
+from birdd.hub.store import Store
+from birdd.hub.store.base import ClipRow
+from birdd.hub.store.sql import now_ms
+from birdd.hub.web.auth import presented_token
+
+UPLOAD_PREFIX = "/api/clips/"
+DIGEST_HEADER = "x-clip-sha256"
+
+
+@dataclass(frozen=True)
+class ClipService:
+    """What the routes need: the folder, the stations' tokens and the size limit."""
+
+    files: ClipFiles
+    tokens: Dict[str, str]
+    max_bytes: int
+
+
+def is_upload(scope: Dict) -> bool:
+    """A clip upload, which the station's token guards instead of the hub's (``TokenAuth``)."""
+    return scope.get("method") == "PUT" and str(scope.get("path", "")).startswith(UPLOAD_PREFIX)
+
+
+def add_clips(app: FastAPI, store: Store, service: ClipService) -> None:
+    @app.exception_handler(BadClip)
+    async def refused(request: Request, exc: BadClip) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.put("/api/clips/{station}/{detection_id}", tags=["clips"], status_code=201)
+    async def upload(station: str, detection_id: str, request: Request) -> JSONResponse:
+        """A station's clip of one of its detections (FLAC body, the station's token)."""
+        check_names(station, detection_id)
+        authenticate(service.tokens, station, request.headers.get("authorization"))
+        data = await read_body(request, service.max_bytes)
+        digest = hashlib.sha256(data).hexdigest()
+        check_digest(digest, request.headers.get(DIGEST_HEADER))
+        audio = inspect_flac(data)
+        row = ClipRow(
+            detection_id, station, digest, len(data), audio.duration_s, audio.sample_rate, 0
+        )
+        return await run_in_threadpool(keep, store, service.files, data, row)
+
+    @app.get("/api/clips/{station}/{detection_id}", tags=["clips"], response_class=FileResponse)
+    def audio(station: str, detection_id: str) -> Response:
+        """The clip of a detection (audio/flac)."""
+        row = held(store, station, detection_id)
+        return FileResponse(service.files.audio(row.sha256), media_type="audio/flac")
+
+    @app.get(
+        "/api/clips/{station}/{detection_id}/spectrogram.png",
+        tags=["clips"],
+        response_class=FileResponse,
+    )
+    def spectrogram(station: str, detection_id: str) -> Response:
+        """The clip's spectrogram (image/png; 0-12 kHz, rendered once and kept)."""
+        row = held(store, station, detection_id)
+        return FileResponse(service.files.spectrogram(row.sha256), media_type="image/png")
+
+
+def authenticate(tokens: Dict[str, str], station: str, header: Optional[str]) -> None:
+    if not tokens:
+        raise BadClip(403, "this hub takes no clips: give it clips.tokens_file (hub.yaml)")
+    expected = tokens.get(station)
+    given = presented_token(header)
+    if expected is None:
+        raise BadClip(
+            401, f"station {station!r} has no upload token here: add it to clips.tokens_file"
+        )
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise BadClip(
+            401,
+            f"wrong or missing token for station {station!r}: send 'Authorization: Bearer "
+            "TOKEN' with its line of the hub's clips.tokens_file (clips.upload.token_file)",
+        )
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused (413) once it passes ``max_bytes``, before it is all read."""
+    too_big = BadClip(
+        413, f"the clip is larger than this hub's clips.max_mb ({max_bytes / 1e6:g} MB)"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def keep(store: Store, files: ClipFiles, data: bytes, row: ClipRow) -> JSONResponse:
+    """Store the file, then its row; answer what became of it."""
+    found = store.clips([row.detection_id]).get(row.detection_id)
+    if found is None:
+        files.save(data, row.sha256)
+        found, stored = store.add_clip(ClipRow(**{**row.__dict__, "received_ms": now_ms()}))
+        if stored:
+            return JSONResponse(answer(found, "stored"), status_code=201)
+    if (found.sha256, found.station) != (row.sha256, row.station):
+        raise BadClip(
+            409,
+            f"detection {row.detection_id} already has another clip here (station "
+            f"{found.station!r}, SHA-256 {found.sha256}); detection ids are unique per clip",
+        )
+    files.save(data, row.sha256)  # the file back if it was lost
+    return JSONResponse(answer(found, "already stored"), status_code=200)
+
+
+def answer(row: ClipRow, what: str) -> Dict[str, object]:
+    return {"result": what, "sha256": row.sha256, "duration_s": row.duration_s, **clip_urls(row)}
+
+
+def held(store: Store, station: str, detection_id: str) -> ClipRow:
+    row = store.clips([detection_id]).get(detection_id)
+    if row is None or row.station != station:
+        raise BadClip(404, f"no clip of detection {detection_id!r} from station {station!r}")
+    return row
