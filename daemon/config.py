@@ -176,7 +176,9 @@ class StorageConfig(Strict):
 
 class OutputConfig(Strict):
     format: str = Field(
-        "table", description="Output printed by simulate and run: table, jsonl, csv or raven."
+        "table",
+        description="Output printed by simulate and run: table, jsonl, csv or raven; or "
+        "parquet, to a file only (needs the birdd[parquet] extra).",
     )
     path: Optional[Path] = Field(None, description="Write the output to this file, not stdout.")
 
@@ -188,7 +190,7 @@ class OutputConfig(Strict):
         return value
 
 
-OUTPUT_FORMATS = ("table", "jsonl", "csv", "raven")
+OUTPUT_FORMATS = ("table", "jsonl", "csv", "raven", "parquet")
 
 
 class RegisteredEngines:

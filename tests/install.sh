@@ -24,7 +24,7 @@ fi
 # The training extra needs torch: pin the CPU build first (here from the local wheel
 # directory), else resolving the extra pulls torch's multi-GB CUDA build.
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0
-python3 -m pip install -q --disable-pip-version-check -e '.[dev,training,hub,ray,metrics,pyav]'
+python3 -m pip install -q --disable-pip-version-check -e '.[dev,training,hub,ray,metrics,pyav,parquet]'
 python3 -m birdd.daemon models install birdnet
 # The README's demo recording (opensoundscape's birds_10s.wav, MIT) from its PyPI wheel.
 python3 -m birdd.daemon models install demo

@@ -1,7 +1,8 @@
 """``birdd analyze --ray ADDRESS`` on a real local Ray cluster (``ray start --head``, 2 CPUs,
 a 500 MB object store): the same detections and file rows as the local pool on the same
-folder, the corrupt file listed as failed (exit 1), and a rerun that skips what is done. Without
-Ray installed, ``--ray`` fails in one line naming the extra (exit 2)."""
+folder (its combined Parquet holds the local pool's JSON lines), the corrupt file listed as
+failed (exit 1), and a rerun that skips what is done. Without Ray installed, ``--ray`` fails in
+one line naming the extra (exit 2)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
-from birdd_testing import THRUSH, recording, run_birdd
+from birdd_testing import THRUSH, jsonl_rows, recording, run_birdd
 from broker import free_port
+from parquet_rows import assert_same, read_parquet
 from ray_cluster import RayHead
 
 from birdd.daemon.app.cli import main
@@ -74,8 +76,11 @@ def test_ray_gives_what_the_local_pool_gives_and_resumes(
     birdnet_model: Path, ray_head: RayHead, card: Path, tmp_path: Path
 ) -> None:
     local_db, ray_db = tmp_path / "local.sqlite", tmp_path / "ray.sqlite"
-    local = run_birdd("analyze", str(card), "--db", str(local_db), "--workers", "2")
-    on_ray = ray_analyze(ray_head, str(card), "--db", str(ray_db))
+    local_jsonl, ray_parquet = tmp_path / "local.jsonl", tmp_path / "ray.parquet"
+    local_output = ["--format", "jsonl", "--combined", "--output", str(local_jsonl)]
+    ray_output = ["--format", "parquet", "--combined", "--output", str(ray_parquet)]
+    local = run_birdd("analyze", str(card), "--db", str(local_db), "--workers", "2", *local_output)
+    on_ray = ray_analyze(ray_head, str(card), "--db", str(ray_db), *ray_output)
     assert local.returncode == on_ray.returncode == 1, local.stderr + on_ray.stderr
     assert "of the Ray cluster at " + ray_head.address in on_ray.stderr
     assert "complete: 3 of 4 file(s) analysed, 1 failed" in on_ray.stdout.splitlines()[0]
@@ -86,6 +91,7 @@ def test_ray_gives_what_the_local_pool_gives_and_resumes(
     files = "SELECT path, size, mtime_ns, status, audio_seconds, windows, detections, clock_origin"
     files += " FROM analyzed_files ORDER BY path"
     assert query(ray_db, files) == query(local_db, files)
+    assert_same(read_parquet(ray_parquet), jsonl_rows(local_jsonl.read_text()))
     assert query(ray_db, "SELECT mode, status FROM runs") == [("analyze", "complete")]
 
     again = ray_analyze(ray_head, str(card), "--db", str(ray_db), "-q")  # resume

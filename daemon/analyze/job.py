@@ -105,8 +105,8 @@ def analyze(config: BirddConfig, options: JobOptions) -> int:
         )
     if options.ray is not None:
         import_ray()  # without the extra: one line naming it, before any work
-    files = expand_paths(options.paths)
     outputs = TextOutputs(options.fmt, options.output, options.combined)
+    files = expand_paths(options.paths)
     recover_damaged(config.storage.db)
     engine = create_engine(config.engine.for_mode(live=False))
     new_postprocessor(config, engine)  # refuses unknown species, a missing location model

@@ -1,9 +1,10 @@
-"""The text outputs of ``birdd analyze``: one table per file under ``--output DIR`` (Raven
+"""The file outputs of ``birdd analyze``: one table per file under ``--output DIR`` (Raven
 selection tables by default, named as BirdNET-Analyzer names them), or one combined output
 (``--combined``, or ``--format`` without ``--output``: stdout) with the files in job order.
 
-Each per-file table is written through the simulate mode's ``OutputSink`` (a temporary name
-renamed once complete), so an interrupted job leaves no half table behind.
+Each per-file table is written through the simulate mode's sinks (``file_sink``: a temporary
+name renamed once complete), so an interrupted job leaves no half table behind. Parquet (a
+file only) is written as the text formats are, one row group per 65,536 detections.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import Dict, List, Optional, Sequence
 from birdd.daemon.analyze.paths import AudioFile
 from birdd.daemon.records import Detection, RunInfo
 from birdd.daemon.sinks.base import Sink
-from birdd.daemon.sinks.files import OutputSink, make_output_sink
+from birdd.daemon.sinks.files import file_sink, make_output_sink
+from birdd.daemon.sinks.parquet import import_pyarrow
 
 SUFFIXES = {
     "raven": ".BirdNET.selection.table.txt",
     "csv": ".BirdNET.results.csv",
     "jsonl": ".birdd.jsonl",
     "table": ".birdd.txt",
+    "parquet": ".birdd.parquet",
 }
 
 
@@ -60,7 +63,7 @@ class TextOutputs:
         """A file analysed (in any order): its table now, the combined output in job order."""
         table = self.table_path(item)
         if table is not None and self._run is not None:
-            sink = OutputSink(str(self.fmt), path=table)
+            sink = file_sink(str(self.fmt), table)
             sink.open(self._run)
             sink.write(detections)
             sink.close("complete")
@@ -97,4 +100,11 @@ class TextOutputs:
                 "give a file name, or drop --combined for one table per recording"
             )
         if self.combined and self.fmt is None:
-            raise ValueError("--combined needs --format (table, jsonl, csv or raven)")
+            raise ValueError("--combined needs --format (table, jsonl, csv, raven or parquet)")
+        if self.fmt == "parquet":
+            import_pyarrow()  # without the extra: one line naming it, before any work
+            if self.to_stdout:
+                raise ValueError(
+                    "--format parquet writes a binary file, not text: give --output DIR for "
+                    "one file per recording, or --combined --output FILE.parquet"
+                )

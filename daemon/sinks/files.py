@@ -17,6 +17,7 @@ from typing import Optional, Sequence, TextIO, Union
 from birdd.daemon.records import Detection, RunInfo, check_end_status
 from birdd.daemon.sinks.base import Sink, SinkError
 from birdd.daemon.sinks.formats import FORMATS, TextFormat
+from birdd.daemon.sinks.parquet import ParquetSink
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,20 @@ class OutputSink(Sink):
 
 
 def make_output_sink(fmt: str, path: Union[str, Path, None]) -> Sink:
-    """A sink printing ``fmt`` to stdout when ``path`` is None or "-", else writing that file."""
+    """A sink printing ``fmt`` to stdout when ``path`` is None or "-", else writing that file
+    (Parquet: a file only)."""
     if path is None or str(path) == "-":
+        if fmt == "parquet":
+            raise ValueError(
+                "--format parquet writes a binary file, not text: give --output FILE.parquet"
+            )
         return OutputSink(fmt, stream=sys.stdout)
-    return OutputSink(fmt, path=path)
+    return file_sink(fmt, Path(path))
+
+
+def file_sink(fmt: str, path: Path) -> Sink:
+    """The sink writing ``fmt`` (a text format or parquet) to the file ``path``."""
+    return ParquetSink(path) if fmt == "parquet" else OutputSink(fmt, path=path)
 
 
 def _is_special(path: Path) -> bool:
