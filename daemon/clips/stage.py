@@ -116,8 +116,19 @@ class ClipStage:
         post-processing flushed); the clips are cut short where their streams ended."""
         for detection in detections:
             self._wait(self._streams[(detection.source, detection.channel)], detection)
-        for stream in self._streams.values():
+        for stream in list(self._streams.values()):
             self._decide(stream, list(stream.waiting))
+
+    def add_stream(self, key: StreamKey, ring: RingBuffer) -> None:
+        """A stream started by a reload (an input added or restarted)."""
+        self._streams[key] = _Stream(RingHold(ring) if self.writer is not None else None)
+
+    def end_stream(self, key: StreamKey, detections: Sequence[Detection]) -> None:
+        """One stream ended while the others go on: decide on what it left and forget it."""
+        stream = self._streams.pop(key)
+        for detection in detections:
+            self._wait(stream, detection)
+        self._decide(stream, list(stream.waiting))
 
     def stats(self) -> Dict[str, int]:
         """The stage's fields of the ``…/stats`` message."""

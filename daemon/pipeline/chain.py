@@ -13,82 +13,35 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from birdd.daemon.clips.stage import ClipSettings, ClipStage, build_clip_stage, ring_seconds
-from birdd.daemon.clips.writer import ClipCounts
+from birdd.daemon.clips.stage import ClipStage, build_clip_stage, ring_seconds
 from birdd.daemon.pipeline.capture import SourceStage, Stream
-from birdd.daemon.pipeline.clock import LiveClock
-from birdd.daemon.pipeline.inference import END_OF_STREAM, InferenceStage, QueuedWindow
+from birdd.daemon.pipeline.health import pipeline_health
+from birdd.daemon.pipeline.inference import (
+    END_OF_STREAM,
+    InferenceStage,
+    QueuedWindow,
+    StreamEnd,
+)
+from birdd.daemon.pipeline.specs import (
+    PipelineSettings,
+    PipelineStats,
+    SourceSpec,
+)
 from birdd.daemon.pipeline.windower import hop_samples
 from birdd.daemon.postprocess import PostProcessor
-from birdd.daemon.postprocess.gate import GateCounts
-from birdd.daemon.records import Channel, Clock, Detection, Gap, ScoredWindow, Window
+from birdd.daemon.records import Detection, Gap, ScoredWindow, Window
 from birdd.daemon.sinks.fanout import SinkFanout
 from birdd.daemon.sources.base import AudioSource
 from birdd.engines.base import Engine
 from birdd.engines.errors import BatchFailed
 
+__all__ = ["Pipeline", "PipelineSettings", "PipelineStats", "SourceSpec"]
+
 log = logging.getLogger("birdd")
 
 WINDOW_QUEUE_SIZE = 32
-DEFAULT_SILENCE_WARN_S = 60.0
-
-
-@dataclass
-class PipelineSettings:
-    channels: Sequence[Channel] = ("mix",)
-    """The streams cut from every source: the downmix, one channel, or several separately."""
-    overlap_s: float = 0.0
-    ring_buffer_s: float = 120.0
-    realtime_factor: Optional[float] = None
-    """Pace a file source at this multiple of real time (simulate --realtime); None = flat out."""
-    silence_warn_s: float = DEFAULT_SILENCE_WARN_S
-    clips: Optional[ClipSettings] = None
-    """Detection clips and the privacy guard (None: neither)."""
-
-
-@dataclass
-class PipelineStats:
-    sample_rate: int
-    samples: int = 0
-    windows: int = 0
-    windows_dropped: int = 0
-    windows_unscored: int = 0
-    """Windows the engine failed on and that were skipped (each recorded as a gap)."""
-    detections: int = 0
-    gate: Optional[GateCounts] = None
-    """What the bird / no-bird gate did (None: no gate)."""
-    clips: Optional[ClipCounts] = None
-    """What became of the clips (None: no clip stage)."""
-    engine_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    gaps: List[Gap] = field(default_factory=list)
-
-    @property
-    def audio_seconds(self) -> float:
-        return self.samples / self.sample_rate
-
-    @property
-    def realtime_factor(self) -> float:
-        """Audio seconds processed per wall-clock second."""
-        return self.audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """A source and the clock that dates its samples at the model's rate: a ``StreamClock``
-    from the recording's start, or a ``LiveClock`` that the capture anchors to the audio
-    clock."""
-
-    source: AudioSource
-    clock: Clock
-
-    @property
-    def live_clock(self) -> Optional[LiveClock]:
-        """The clock for the capture to anchor; None when it needs no anchoring."""
-        return self.clock if isinstance(self.clock, LiveClock) else None
 
 
 class Pipeline:
@@ -111,30 +64,16 @@ class Pipeline:
         ring_s = ring_seconds(
             settings.clips, settings.ring_buffer_s, spec.sample_rate, spec.window_samples, hop
         )
-        self.stages = [
-            SourceStage(
-                item.source,
-                [
-                    Stream(
-                        item.source,
-                        channel,
-                        item.clock,
-                        spec.window_samples,
-                        hop,
-                        ring_s,
-                    )
-                    for channel in settings.channels
-                ],
-                item.live_clock,
-                self._on_gap,
-                settings.silence_warn_s,
-                settings.realtime_factor,
-            )
-            for item in sources
-        ]
+        self._stream_shape = (spec.window_samples, hop, ring_s)
+        self._settings = settings
+        self.stages = [self._stage(item) for item in sources]
         self.streams = [stream for stage in self.stages for stream in stage.streams]
         self.inference = InferenceStage(
-            engine, self._on_scored, self._on_unscored, postprocessor.needs_embeddings
+            engine,
+            self._on_scored,
+            self._on_unscored,
+            postprocessor.needs_embeddings,
+            self._on_stream_end,
         )
         self.windows: queue.Queue = queue.Queue(WINDOW_QUEUE_SIZE)
         self._publish_lock = threading.Lock()
@@ -154,12 +93,27 @@ class Pipeline:
         self._errors: List[BaseException] = []
         self._windowers_left = len(self.streams)
         self._windowers_lock = threading.Lock()
+        self._threads: List[threading.Thread] = []
+        self._threads_lock = threading.Lock()
+        """Guards the thread list and the inputs being added and removed (a reload)."""
+        self._retiring: Dict[str, SourceStage] = {}
+        """Inputs removed whose last windows are not all scored yet, by name."""
+        self._waiting: List[SourceStage] = []
+        """Inputs added while one of their name was still being removed."""
+        self._stage_threads: Dict[str, List[threading.Thread]] = {}
+        self._ended: Dict[str, int] = {}
+        """Per input, how many of its streams had their end handled by the inference thread."""
+        self._retired_samples = 0
 
     def stop(self) -> None:
         """Ask the pipeline to finish early (signal handlers call this); it drains and flushes."""
         self.stop_event.set()
         for stage in self.stages:
             stage.source.stop()
+        with self._threads_lock:
+            waiting, self._waiting = self._waiting, []
+        for stage in waiting:  # never started: its windowers will not count down
+            self._windowers_done(len(stage.streams))
 
     def replace_postprocessor(self, replacement: PostProcessor) -> None:
         """Hand the inference thread a post-processor to use from its next window on (a
@@ -177,78 +131,132 @@ class Pipeline:
     def run(self, progress: Optional[Callable[[PipelineStats], None]] = None) -> PipelineStats:
         """Run to the end of the sources or until stopped; re-raise the first stage failure."""
         began = time.monotonic()
-        targets: List[Any] = [
-            (f"capture {stage.source.name}", stage.run, (self.stop_event,)) for stage in self.stages
-        ]
-        targets += [
-            (f"windows {stream.source_name}:{stream.channel}", self._cut_windows, (stream,))
-            for stream in self.streams
-        ]
-        targets.append(("inference", self._score, ()))
+        for stage in self.stages:
+            self._start(stage)
+        self._spawn("inference", self._score, ())
         if self.clips is not None and self.clips.writer is not None:
-            targets.append(("clips", self.clips.writer.run, ()))
-        threads = [
-            threading.Thread(target=self._guard, args=(target, args), name=name, daemon=True)
-            for name, target, args in targets
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.25)
-                self._update(began)
-                if progress:
-                    progress(self.stats)
+            self._spawn("clips", self.clips.writer.run, ())
+        while True:
+            with self._threads_lock:
+                alive = [thread for thread in self._threads if thread.is_alive()]
+            if not alive:
+                break
+            alive[0].join(0.25)
+            self._retire()
+            self._update(began)
+            if progress:
+                progress(self.stats)
         self._update(began)
         if self._errors:
             raise self._errors[0]
         return self.stats
 
-    def health(self) -> Dict[str, Any]:
-        """The pipeline's part of the ``…/stats`` message (read from any thread); ``gate``
-        only with a bird / no-bird gate."""
-        first = self.streams[0].level
-        gate = {} if self.stats.gate is None else {"gate": asdict(self.stats.gate)}
-        return {
-            "audio_seconds": round(self.stats.audio_seconds, 3),
-            "windows": self.stats.windows,
-            "detections": self.stats.detections,
-            "realtime_factor": round(self.stats.realtime_factor, 2),
-            "inference_latency_ms": self.inference.latencies.percentiles_ms(),
-            "queue_depths": {"windows": self.windows.qsize(), **self.fanout.queue_depths()},
-            "dropped": {
-                "windows": self.stats.windows_dropped,
-                "windows_unscored": self.stats.windows_unscored,
-                "overwritten_samples": sum(stream.ring.overwritten for stream in self.streams),
-            },
-            "input_level_dbfs": _rounded(first.level_dbfs),
-            "silence_s": round(first.silence_s, 3),
-            "sources": [self._source_health(stage) for stage in self.stages],
-            "gaps": {
-                "count": len(self.stats.gaps),
-                "seconds": round(sum(gap.seconds for gap in self.stats.gaps), 3),
-            },
-            **gate,
-            **(self.clips.stats() if self.clips else {}),
-        }
+    def add_source(self, item: SourceSpec) -> None:
+        """Start an input while the others run (a config reload). One of the same name that
+        is still being removed finishes first: this one starts once its last window is
+        scored."""
+        stage = self._stage(item)
+        self.live = self.live or item.source.paced
+        with self._windowers_lock:
+            self._windowers_left += len(stage.streams)
+        with self._threads_lock:
+            if stage.source.name in self._retiring:
+                self._waiting.append(stage)
+                return
+        self._start(stage)
 
-    @staticmethod
-    def _source_health(stage: SourceStage) -> Dict[str, Any]:
-        return {
-            "source": stage.source.name,
-            "status": stage.source.status(),
-            "channels": [
-                {
-                    "channel": stream.channel,
-                    "input_level_dbfs": _rounded(stream.level.level_dbfs),
-                    "silence_s": round(stream.level.silence_s, 3),
-                }
-                for stream in stage.streams
-            ],
-        }
+    def remove_source(self, name: str) -> None:
+        """Stop one input while the others run (a config reload): what it already captured
+        is cut into windows, scored and stored; then its source is closed."""
+        with self._threads_lock:
+            stage = next(stage for stage in self.stages if stage.source.name == name)
+            self.stages = [other for other in self.stages if other is not stage]
+            self.streams = [stream for stream in self.streams if stream not in stage.streams]
+            self._retiring[name] = stage
+        stage.source.stop()
+
+    def _stage(self, item: SourceSpec) -> SourceStage:
+        window, hop, ring_s = self._stream_shape
+        settings = self._settings
+        streams = [
+            Stream(item.source, channel, item.clock, window, hop, ring_s)
+            for channel in settings.channels
+        ]
+        return SourceStage(
+            item.source,
+            streams,
+            item.live_clock,
+            self._on_gap,
+            settings.silence_warn_s,
+            settings.realtime_factor,
+        )
+
+    def _start(self, stage: SourceStage) -> None:
+        """Start one input's capture and windower threads (at the start, or added later)."""
+        with self._threads_lock:
+            if stage not in self.stages:
+                self.stages = [*self.stages, stage]
+                self.streams = [*self.streams, *stage.streams]
+                if self.clips is not None:
+                    for stream in stage.streams:
+                        self.clips.add_stream((stream.source_name, stream.channel), stream.ring)
+            self._ended[stage.source.name] = 0
+        threads = [self._spawn(f"capture {stage.source.name}", stage.run, (self.stop_event,))]
+        threads += [
+            self._spawn(
+                f"windows {stream.source_name}:{stream.channel}", self._cut_windows, (stream,)
+            )
+            for stream in stage.streams
+        ]
+        self._stage_threads[stage.source.name] = threads
+
+    def _spawn(
+        self, name: str, target: Callable[..., None], args: Sequence[Any]
+    ) -> threading.Thread:
+        thread = threading.Thread(target=self._guard, args=(target, args), name=name, daemon=True)
+        with self._threads_lock:
+            self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def _retire(self) -> None:
+        """Close the removed inputs whose last windows are scored, and start what waited for
+        them (a restarted input of the same name)."""
+        with self._threads_lock:
+            done = [
+                stage
+                for name, stage in self._retiring.items()
+                if self._ended.get(name) == len(stage.streams)
+                and not any(thread.is_alive() for thread in self._stage_threads[name])
+            ]
+            for stage in done:
+                name = stage.source.name
+                del self._retiring[name], self._stage_threads[name], self._ended[name]
+                self._retired_samples += stage.samples
+            self._threads = [thread for thread in self._threads if thread.is_alive()]
+            names = {stage.source.name for stage in done}
+            starting = [stage for stage in self._waiting if stage.source.name in names]
+            self._waiting = [stage for stage in self._waiting if stage not in starting]
+        for stage in done:
+            stage.source.close()
+            log.info("%s: stopped; its last windows are scored", stage.source.name)
+        for stage in starting:
+            self._start(stage)
+
+    def sources(self) -> List[AudioSource]:
+        """Every source the pipeline has, running, being removed or waiting to start (to
+        close at the end)."""
+        with self._threads_lock:
+            stages = [*self.stages, *self._retiring.values(), *self._waiting]
+        return [stage.source for stage in stages]
+
+    def health(self) -> Dict[str, Any]:
+        """The pipeline's part of the ``…/stats`` message (read from any thread)."""
+        return pipeline_health(self)
 
     def _update(self, began: float) -> None:
-        self.stats.samples = sum(stage.samples for stage in self.stages)
+        stages = self.stages
+        self.stats.samples = self._retired_samples + sum(stage.samples for stage in stages)
         self.stats.windows = self.inference.windows_scored
         self.stats.windows_unscored = self.inference.windows_failed
         self.stats.engine_seconds = self.inference.engine_seconds
@@ -271,8 +279,15 @@ class Pipeline:
     def _cut_windows(self, stream: Stream) -> None:
         for window in stream.windower.windows():
             self._put(QueuedWindow(window, time.monotonic()))
+        removed = self._retiring.get(stream.source_name)
+        if removed is not None and stream in removed.streams and not self.stop_event.is_set():
+            self._put(StreamEnd(stream.source_name, stream.channel))
+        self._windowers_done(1)
+
+    def _windowers_done(self, count: int) -> None:
+        """``count`` windowers ended (or will never start): the last one ends the queue."""
         with self._windowers_lock:
-            self._windowers_left -= 1
+            self._windowers_left -= count
             last = self._windowers_left == 0
         if last:
             self._put(END_OF_STREAM)
@@ -294,8 +309,8 @@ class Pipeline:
             dropped = self.windows.get_nowait()
         except queue.Empty:
             return
-        if dropped is END_OF_STREAM:
-            self.windows.put(END_OF_STREAM)
+        if not isinstance(dropped, QueuedWindow):
+            self.windows.put(dropped)  # the end, or a stream's end: kept
         else:
             self.stats.windows_dropped += 1
 
@@ -322,6 +337,17 @@ class Pipeline:
             else:
                 detections.extend(closed)
         self._publish(detections)
+
+    def _on_stream_end(self, end: StreamEnd) -> None:
+        """A removed input's stream has its last window scored: close its open events."""
+        self._take_replacement()
+        flushed = self.postprocessor.flush_stream(end.source, end.channel)
+        if self.clips is not None:
+            self.clips.end_stream((end.source, end.channel), flushed)
+        else:
+            self._publish(flushed)
+        with self._threads_lock:
+            self._ended[end.source] = self._ended.get(end.source, 0) + 1
 
     def _on_unscored(self, windows: List[Window], failure: BatchFailed) -> None:
         """Record the audio of a batch the engine failed on as a gap of each source in it."""
@@ -350,7 +376,3 @@ class Pipeline:
             with self._publish_lock:
                 self.stats.detections += len(detections)
             self.fanout.publish(detections)
-
-
-def _rounded(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 2)

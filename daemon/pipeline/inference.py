@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Callable, List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
 from birdd.daemon.pipeline.meters import RecentLatencies
-from birdd.daemon.records import ScoredWindow, Window
+from birdd.daemon.records import Channel, ScoredWindow, Window
 from birdd.engines.base import Engine
 from birdd.engines.errors import BatchFailed, EngineError
 
@@ -24,26 +24,38 @@ class QueuedWindow(NamedTuple):
     ready_at: float
 
 
-def next_batch(windows: queue.Queue, size: int) -> List[QueuedWindow]:
-    """Wait for one window, then take what is already queued, up to ``size``.
+class StreamEnd(NamedTuple):
+    """Queued after the last window of a stream whose input was removed or restarted while
+    the others go on (a config reload): its open events are closed when it is reached."""
 
-    Returns an empty list at the end of the stream. Never waits for a batch to fill: in live
+    source: str
+    channel: Channel
+
+
+Queued = Union[QueuedWindow, StreamEnd, None]
+
+
+def next_batch(windows: queue.Queue, size: int) -> Tuple[List[QueuedWindow], Queued]:
+    """Wait for one window, then take what is already queued, up to ``size``; and the
+    marker that ended the batch (a ``StreamEnd`` to handle after it, or END_OF_STREAM).
+
+    An empty batch with END_OF_STREAM is the end. Never waits for a batch to fill: in live
     mode a window is scored as soon as it exists; in simulate mode the queue is full anyway.
     """
-    first = windows.get()
-    if first is END_OF_STREAM:
-        return []
-    batch = [first]
+    batch: List[QueuedWindow] = []
     while len(batch) < size:
         try:
-            item = windows.get_nowait()
+            item = windows.get() if not batch else windows.get_nowait()
         except queue.Empty:
             break
         if item is END_OF_STREAM:
-            windows.put(END_OF_STREAM)  # seen again on the next call, which then ends
-            break
+            if batch:
+                windows.put(END_OF_STREAM)  # seen again on the next call, which then ends
+            return batch, END_OF_STREAM
+        if isinstance(item, StreamEnd):
+            return batch, item
         batch.append(item)
-    return batch
+    return batch, None
 
 
 class InferenceStage:
@@ -62,11 +74,13 @@ class InferenceStage:
         on_scored: Callable[[List[ScoredWindow]], None],
         on_failed: Callable[[List[Window], BatchFailed], None],
         embeddings: bool = False,
+        on_stream_end: Callable[[StreamEnd], None] = lambda _: None,
     ) -> None:
         self.engine = engine
         self.embeddings = embeddings  # also the embeddings, from the same engine call (a gate)
         self.on_scored = on_scored
         self.on_failed = on_failed
+        self.on_stream_end = on_stream_end
         self.batch_size = engine.input_spec.max_batch
         self.engine_seconds = 0.0
         self.windows_scored = 0
@@ -79,12 +93,15 @@ class InferenceStage:
 
     def run(self, windows: queue.Queue) -> None:
         while True:
-            batch = next_batch(windows, self.batch_size)
-            if not batch:
+            batch, marker = next_batch(windows, self.batch_size)
+            if batch:
+                self.busy_since = time.monotonic()
+                self._handle(batch)
+                self.busy_since = None
+            if isinstance(marker, StreamEnd):
+                self.on_stream_end(marker)
+            elif marker is END_OF_STREAM and not batch:
                 return
-            self.busy_since = time.monotonic()
-            self._handle(batch)
-            self.busy_since = None
 
     def _handle(self, batch: List[QueuedWindow]) -> None:
         try:

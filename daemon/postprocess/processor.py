@@ -118,6 +118,14 @@ class PostProcessor:
             detections += self._detections(tracker.flush(), source, channel)
         return sorted(detections, key=_report_order)
 
+    def flush_stream(self, source: str, channel: Channel) -> List[Detection]:
+        """A stream ended while the others go on (its input removed or restarted by a
+        reload): report its open events and forget it."""
+        tracker = self._trackers.pop((source, channel), None)
+        if tracker is None:
+            return []
+        return sorted(self._detections(tracker.flush(), source, channel), key=_report_order)
+
     def _location_model(self) -> LocationModel:
         path = location_model_beside(self._artifact.path)
         if path is None:
