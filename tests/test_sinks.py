@@ -83,7 +83,7 @@ def run_info(run_id: str = "run-1", mode: str = "simulate") -> RunInfo:
 def test_new_database_has_schema_version_and_wal(tmp_path: Path) -> None:
     path = tmp_path / "birdd.db"
     with SQLiteStore(path) as store:
-        assert store.schema_version == len(MIGRATIONS) == 4
+        assert store.schema_version == len(MIGRATIONS) == 5
         synchronous = store._conn.execute("PRAGMA synchronous").fetchone()[0]
     assert synchronous == 1  # NORMAL
     raw = sqlite3.connect(str(path))
@@ -91,7 +91,7 @@ def test_new_database_has_schema_version_and_wal(tmp_path: Path) -> None:
     assert {"runs", "detections", "detections_start", "detections_species_start"} <= names
     assert {"detections_run", "detections_unpublished", "gaps", "gaps_start"} <= names
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 5
     columns = {row[1] for row in raw.execute("PRAGMA table_info(detections)")}
     assert {"rowid", "id", "published_at", "record_json", "start_epoch"} <= columns
     raw.close()
@@ -104,7 +104,7 @@ def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
         store.add_detections("run-1", TWO)
     for _ in range(2):
         with SQLiteStore(path) as store:
-            assert store.schema_version == 4
+            assert store.schema_version == 5
             assert [run["run_id"] for run in store.runs()] == ["run-1"]
             assert len(store.detections()) == 2
 
@@ -121,7 +121,7 @@ def test_version_1_database_is_upgraded_with_its_rows(tmp_path: Path) -> None:
         store.begin_run(run_info())
         store.add_detections("run-1", TWO)
     with SQLiteStore(path) as store:
-        assert store.schema_version == 4
+        assert store.schema_version == 5
         assert len(store.detections()) == 2 and store.gaps() == []
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Tuple
 
 from birdd.daemon.app.signals import StopOnSignals
 from birdd.daemon.clips.stage import ClipSettings
+from birdd.daemon.clips.upload import ClipUploader, build_uploader
 from birdd.daemon.config import BirddConfig
 from birdd.daemon.mqtt.service import MqttPublisher
 from birdd.daemon.pipeline.chain import Pipeline, PipelineSettings, PipelineStats
@@ -108,6 +110,7 @@ def run_session(
     The housekeeping (clips' budget, free floor, WAL checkpoint, vacuum) runs on its own
     thread during a live run, and once after every run; ``on_housekeeping`` is handed it
     (a config reload changes its clips' budget)."""
+    uploader = build_uploader(config.storage.db, config.clips.upload)
     fanout.open(run)
     status = "failed"
     keeping = housekeeping_during(config, live=run.mode == "live")
@@ -117,6 +120,8 @@ def run_session(
             on_housekeeping(keeper)
         if publisher is not None:
             publisher.start(pipeline.health)
+        if uploader is not None:
+            uploader.start()
         try:
             stats = pipeline.run(progress)
             missing = shortfall() if shortfall is not None else None
@@ -134,6 +139,8 @@ def run_session(
             try:
                 fanout.close(status)
             finally:
+                if uploader is not None:
+                    _finish_uploads(uploader, signals, config.clips.upload.drain_timeout_s)
                 if publisher is not None:
                     signals.action, signals.reason = publisher.cancel, LEAVE_OUTBOX
                     _finish_publishing(publisher, config.mqtt.drain_timeout_s)
@@ -145,6 +152,7 @@ def run_session(
 
 
 LEAVE_OUTBOX = "leaving the unpublished detections in the outbox for the next run"
+LEAVE_CLIPS = "leaving the clips not yet uploaded in the outbox for the next run"
 
 
 def _finish_publishing(publisher: MqttPublisher, timeout_s: float) -> None:
@@ -155,6 +163,21 @@ def _finish_publishing(publisher: MqttPublisher, timeout_s: float) -> None:
         log.warning(
             "mqtt: %d detection(s) not acknowledged by the broker stay in the outbox; "
             "the next run or `birdd publish` sends them",
+            remaining,
+        )
+
+
+def _finish_uploads(uploader: ClipUploader, signals: StopOnSignals, timeout_s: float) -> None:
+    """Give the hub up to ``timeout_s`` to take the clips still waiting (SIGINT / SIGTERM
+    cuts it short), then stop the uploader."""
+    cancel = threading.Event()
+    signals.action, signals.reason = cancel.set, LEAVE_CLIPS
+    uploader.drain(timeout_s, cancel)
+    remaining = uploader.stop()
+    if remaining:
+        log.warning(
+            "clips: %d clip(s) not yet on the hub stay in the upload outbox; the next run "
+            "sends them",
             remaining,
         )
 

@@ -10,8 +10,10 @@ The rule (docs/clips.md, "Disk budget"):
    lowest confidence), oldest first; then every other clip, oldest first.
 
 So repeats go before variety: a dawn chorus of 300 robin clips loses its weakest robins before
-yesterday's one warbler. Detection rows are never deleted here; the caller marks the rows of
-deleted clips.
+yesterday's one warbler. With ``clips.upload`` on, a clip not yet on the hub (*unsent*) never
+expires and goes only after every sent one, in the same order among themselves: the disk's
+floor and the size budget still win over the upload. Detection rows are never deleted here;
+the caller marks the rows of deleted clips.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class ClipFile:
     detection_id: str
     confidence: Optional[float] = None
     """Its detection's confidence; None when the row is gone (purged, another database)."""
+    unsent: bool = False
+    """Waiting to be uploaded to the hub (``clips.upload``): deleted last, never for age."""
 
     @property
     def day(self) -> str:
@@ -90,8 +94,9 @@ def select(
     bring the rest within ``max_total_bytes`` and to free ``bytes_needed`` (the free floor's
     shortfall) in all."""
     cutoff = None if budget.max_age_s is None else now - budget.max_age_s
-    expired = [clip for clip in clips if cutoff is not None and clip.start < cutoff]
-    kept = [clip for clip in clips if cutoff is None or clip.start >= cutoff]
+    old = [cutoff is not None and c.start < cutoff and not c.unsent for c in clips]
+    expired = [clip for clip, gone in zip(clips, old) if gone]
+    kept = [clip for clip, gone in zip(clips, old) if not gone]
     over = 0
     if budget.max_total_bytes is not None:
         over = _total(kept) - budget.max_total_bytes
@@ -108,7 +113,7 @@ def select(
 
 def deletion_order(clips: Iterable[ClipFile], keep_per_species_day: int) -> List[ClipFile]:
     """The surplus of each species and day (beyond its best ``keep_per_species_day``), oldest
-    first, then the rest, oldest first."""
+    first, then the rest, oldest first; the unsent clips after all the others."""
     groups: Dict[tuple, List[ClipFile]] = defaultdict(list)
     for clip in clips:
         groups[(clip.species, clip.day)].append(clip)
@@ -118,7 +123,8 @@ def deletion_order(clips: Iterable[ClipFile], keep_per_species_day: int) -> List
         ranked = sorted(group, key=_best_first)
         rest.extend(ranked[:keep_per_species_day])
         surplus.extend(ranked[keep_per_species_day:])
-    return sorted(surplus, key=_oldest_first) + sorted(rest, key=_oldest_first)
+    order = sorted(surplus, key=_oldest_first) + sorted(rest, key=_oldest_first)
+    return [clip for clip in order if not clip.unsent] + [clip for clip in order if clip.unsent]
 
 
 def _best_first(clip: ClipFile) -> tuple:

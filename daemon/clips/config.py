@@ -43,6 +43,46 @@ class PrivacyConfig(_Strict):
         return self
 
 
+DEFAULT_TOKEN_ENV = "BIRDD_CLIP_TOKEN"
+
+
+class UploadConfig(_Strict):
+    url: Optional[str] = Field(
+        None,
+        description="The hub's address, http(s)://HOST:PORT: each clip is sent to "
+        "PUT <url>/api/clips/<station id>/<detection id>. null: clips stay on the station.",
+    )
+    token_env: str = Field(
+        DEFAULT_TOKEN_ENV,
+        description="Environment variable holding this station's upload token (its line in "
+        "the hub's clips.tokens_file).",
+    )
+    token_file: Optional[Path] = Field(
+        None,
+        description="File holding the token; unset: $CREDENTIALS_DIRECTORY/clip-token when it "
+        "exists.",
+    )
+    timeout_s: float = Field(30.0, gt=0, le=600, description="One upload's time limit.")
+    retry_min_s: float = Field(1.0, gt=0, le=60, description="First wait after a failure.")
+    retry_max_s: float = Field(
+        300.0, gt=0, le=3600, description="Longest wait between tries (the hub down)."
+    )
+    drain_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="At the end of a run, how long to wait for the clips not yet uploaded "
+        "(those left are sent by the next run).",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("give the hub's address as http://HOST:PORT or https://HOST:PORT")
+        return None if value is None else value.rstrip("/")
+
+
 class ClipsConfig(_Strict):
     enabled: bool = Field(
         False, description="Save the audio of every detection event (`--clips DIR` turns it on)."
@@ -78,7 +118,15 @@ class ClipsConfig(_Strict):
         "clips of a UTC day until the others (its surplus) are gone.",
     )
 
+    upload: UploadConfig = Field(default_factory=UploadConfig)
+
     @field_validator("dir")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @model_validator(mode="after")
+    def _upload_flac(self) -> ClipsConfig:
+        if self.upload.url is not None and self.format != "flac":
+            raise ValueError("upload.url needs format: flac (the hub keeps FLAC clips)")
+        return self

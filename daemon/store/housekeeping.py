@@ -43,7 +43,10 @@ class Housekeeping:
         budget: Budget,
         min_free_bytes: int,
         settings: HousekeepingConfig,
+        keep_unsent: bool = False,
     ) -> None:
+        """``keep_unsent`` (``clips.upload`` on): clips not yet uploaded go last."""
+        self.keep_unsent = keep_unsent
         self.database = database
         self.clips_dir = clips_dir
         self.budget = budget
@@ -62,6 +65,7 @@ class Housekeeping:
             clip_budget(config),
             int(config.storage.min_free_mb * 1e6),
             config.storage.housekeeping,
+            keep_unsent=clips.upload.url is not None,
         )
 
     def rebudget(self, config: BirddConfig) -> None:
@@ -115,7 +119,13 @@ class Housekeeping:
             return []
         with closing(db.connect(self.database)) as conn:
             confidences = db.clip_confidences(conn, [clip.detection_id for clip in clips])
-            clips = [replace(c, confidence=confidences.get(c.detection_id)) for c in clips]
+            unsent = db.unsent_clips(conn) if self.keep_unsent else set()
+            clips = [
+                replace(
+                    c, confidence=confidences.get(c.detection_id), unsent=c.detection_id in unsent
+                )
+                for c in clips
+            ]
             chosen = select(clips, self.budget, time.time(), needed)
             if not chosen:
                 return []
@@ -124,10 +134,11 @@ class Housekeeping:
         log.info(
             "housekeeping: deleted %d clip(s), %.1f MB, oldest from %s (clips.max_total_mb, "
             "clips.max_age_days, storage.min_free_mb); their detections stay, with clip_path "
-            "NULL",
+            "NULL%s",
             len(gone),
             sum(clip.size for clip in gone) / 1e6,
             min((clip.day for clip in gone), default="-"),
+            _unsent_note(gone),
         )
         return gone
 
@@ -182,6 +193,11 @@ class Housekeeping:
             self.min_free_bytes / 1e6,
             action,
         )
+
+
+def _unsent_note(gone: List[ClipFile]) -> str:
+    unsent = sum(clip.unsent for clip in gone)
+    return f"; {unsent} of them never reached the hub (disk first)" if unsent else ""
 
 
 def clip_budget(config: BirddConfig) -> Budget:

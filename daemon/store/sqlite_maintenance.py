@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 CHUNK = 500
 """Detection ids per ``IN (…)`` query (SQLite allows 999 parameters in old builds)."""
@@ -38,6 +38,15 @@ def clip_confidences(conn: sqlite3.Connection, detection_ids: Sequence[str]) -> 
         rows = conn.execute(f"SELECT id, confidence FROM detections WHERE id IN ({marks})", chunk)
         found.update((str(row[0]), float(row[1])) for row in rows)
     return found
+
+
+def unsent_clips(conn: sqlite3.Connection) -> Set[str]:
+    """The detection ids whose clips wait to be uploaded (``sqlite_uploads``)."""
+    rows = conn.execute(
+        "SELECT id FROM detections WHERE clip_path IS NOT NULL AND clip_uploaded_at IS NULL "
+        "AND clip_upload_error IS NULL"
+    )
+    return {str(row[0]) for row in rows}
 
 
 def forget_clips(conn: sqlite3.Connection, detection_ids: Sequence[str]) -> int:

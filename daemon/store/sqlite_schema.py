@@ -151,11 +151,31 @@ def _v4_clips(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE detections ADD COLUMN clip_duration_s REAL")
 
 
+def _v5_clip_uploads(conn: sqlite3.Connection) -> None:
+    """The clips' upload outbox (``clips.upload``), kept like MQTT's in the detection rows: a
+    clip is waiting while ``clip_path`` is set and neither ``clip_uploaded_at`` (ISO 8601 UTC,
+    the hub stored it) nor ``clip_upload_error`` (the hub refused it for good) is; the
+    partial index keeps the scan cheap. ``clip_sha256`` is taken from the record where a
+    clip was kept before."""
+    conn.execute("ALTER TABLE detections ADD COLUMN clip_sha256 TEXT")
+    conn.execute("ALTER TABLE detections ADD COLUMN clip_uploaded_at TEXT")
+    conn.execute("ALTER TABLE detections ADD COLUMN clip_upload_error TEXT")
+    conn.execute(
+        "UPDATE detections SET clip_sha256 = json_extract(record_json, '$.clip.sha256') "
+        "WHERE clip_duration_s IS NOT NULL"
+    )
+    conn.execute(
+        "CREATE INDEX detections_clips_unsent ON detections (rowid) WHERE clip_path IS NOT "
+        "NULL AND clip_uploaded_at IS NULL AND clip_upload_error IS NULL"
+    )
+
+
 MIGRATIONS: List[Callable[[sqlite3.Connection], None]] = [
     _v1_initial,
     _v2_gaps,
     _v3_analyzed_files,
     _v4_clips,
+    _v5_clip_uploads,
 ]
 
 
@@ -195,6 +215,7 @@ DETECTION_COLUMNS = (
     "record_json",
     "clip_path",
     "clip_duration_s",
+    "clip_sha256",
 )
 
 
@@ -277,6 +298,7 @@ def detection_row(run_id: str, detection: Detection) -> Dict[str, object]:
         "record_json": json.dumps(record),
         "clip_path": detection.clip.path if detection.clip else None,
         "clip_duration_s": detection.clip.duration_s if detection.clip else None,
+        "clip_sha256": detection.clip.sha256 if detection.clip else None,
     }
 
 
