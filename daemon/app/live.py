@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
-from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Callable, Optional
 
 from birdd.daemon.app.health import RunHealth
+from birdd.daemon.app.inputs import CLOCK_ORIGIN, LiveInputs, open_sources, refuse_recordings
 from birdd.daemon.app.reload import ConfigReload
 from birdd.daemon.app.sdnotify import notify
 from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
@@ -25,70 +24,13 @@ from birdd.daemon.pipeline.chain import Pipeline, PipelineStats, SourceSpec
 from birdd.daemon.pipeline.clock import LiveClock
 from birdd.daemon.postprocess import PostProcessor
 from birdd.daemon.postprocess.config import PostprocessConfig
-from birdd.daemon.sources.base import AudioSource, SourceError, check_channel
-from birdd.daemon.sources.device import DeviceSource
-from birdd.daemon.sources.ffmpeg import FfmpegSource, is_url
-from birdd.daemon.sources.live import ReconnectPolicy
-from birdd.daemon.sources.pyav import PyavSource
-from birdd.daemon.sources.stdin import PcmFormat, StdinSource
 from birdd.engines.registry import create_engine
 
 log = logging.getLogger("birdd")
 
-CLOCK_ORIGIN = "audio clock"
 LOSS_CHECK_S = 60.0
 LOSS_WARN_FRACTION = 0.01
 STATUS_LOG_S = 600.0
-
-
-def channels_needed(channels: Any) -> Optional[int]:
-    """How many channels to capture for ``audio.channels`` (None: 'mix', take them all)."""
-    if channels == "mix":
-        return None
-    indices = channels if isinstance(channels, list) else [channels]
-    return max(indices) + 1
-
-
-def open_source(spec: Any, config: BirddConfig, model_rate: int) -> AudioSource:
-    """The source for one ``audio.inputs`` entry: a device, a URL (for ffmpeg or PyAV, by
-    ``audio.decoder``), or '-'."""
-    audio = config.audio
-    policy = ReconnectPolicy(audio.watchdog_s, audio.reconnect_max_s, audio.require_device_at_start)
-    wanted = channels_needed(audio.channels)
-    text = str(spec)
-    if text == "-":
-        raw = PcmFormat(audio.stdin.sample_rate, audio.stdin.channels, audio.stdin.format)
-        return StdinSource(raw, audio.block_s, sys.stdin.buffer)
-    if is_url(text):
-        decoder = PyavSource if audio.decoder == "pyav" else FfmpegSource
-        return decoder(text, policy, audio.block_s, model_rate, wanted or 1)
-    if "://" in text:
-        raise SourceError(
-            f"audio.inputs: {text!r} is a URL ffmpeg is not asked to read here; use rtsp://, "
-            "rtsps://, http(s)://, srt://, rtmp://, udp://, rtp:// or tcp://"
-        )
-    return DeviceSource(spec, policy, audio.block_s, audio.sample_rate, wanted)
-
-
-def refuse_recordings(inputs: Sequence[Any]) -> None:
-    """A recording given as a live input would be waited for as a device of that name."""
-    for spec in inputs:
-        text = str(spec)
-        if text != "-" and not text.isdigit() and "://" not in text and Path(text).is_file():
-            raise SourceError(
-                f"{text} is a recording, not a live input: play it through the live pipeline "
-                f"with `birdd --simulate {text} --realtime`"
-            )
-
-
-def open_sources(config: BirddConfig, model_rate: int) -> List[AudioSource]:
-    sources = [open_source(spec, config, model_rate) for spec in config.audio.inputs]
-    names = [source.name for source in sources]
-    if len(set(names)) < len(names):
-        raise SourceError(f"audio.inputs names one input twice: {', '.join(names)}")
-    for source in sources:
-        check_channel(config.audio.channels, source.channels, source.name)
-    return sources
 
 
 class LiveMonitor:
@@ -186,6 +128,7 @@ def _run_live(config: BirddConfig, duration_s: Optional[float], reload: ConfigRe
         pipeline.replace_postprocessor(new)
 
     reload.apply = apply
+    reload.reinput = LiveInputs(pipeline, rate, config).change
     if publisher is not None:
         reload.reconnect = publisher.reconnect
     names = ", ".join(source.name for source in sources)
@@ -208,7 +151,7 @@ def _run_live(config: BirddConfig, duration_s: Optional[float], reload: ConfigRe
         )
     finally:
         health.close()
-        for source in sources:
+        for source in pipeline.sources():
             source.close()
 
 

@@ -8,7 +8,9 @@ buffered audio is the post-processing that picks detections from the scores (thr
 species lists, sensitivity, location filter): a new post-processor takes over the open events
 of the old one in the inference thread; and the MQTT connection, which reconnects (the outbox
 in SQLite keeps what the broker has not acknowledged); and the clips' budget, which the
-housekeeping applies on its next pass. Every other changed key is named in
+housekeeping applies on its next pass; and in ``birdd run`` the inputs, of which only those
+added, removed or opened differently are started, stopped (their buffered windows scored
+first) or restarted. Every other changed key is named in
 one warning line as needing a restart, and the daemon keeps running on its old value.
 """
 
@@ -22,6 +24,7 @@ from birdd.daemon.app.sdnotify import notify
 from birdd.daemon.config import BirddConfig, ConfigError
 from birdd.daemon.postprocess import PostprocessError
 from birdd.daemon.postprocess.config import PostprocessConfig
+from birdd.daemon.sources.base import SourceError
 
 log = logging.getLogger("birdd")
 
@@ -40,6 +43,17 @@ LIVE_POSTPROCESS = (
 )
 # The clips' budget, which only the housekeeping reads (on its next pass).
 LIVE_BUDGET = ("clips.max_total_mb", "clips.max_age_days", "clips.keep_per_species_day")
+# What the inputs are and how each is opened: inputs added, removed or opened differently are
+# started, stopped or restarted; the others keep running. The channels, the ring buffer and
+# the silence warning shape every input's streams: those need a restart.
+LIVE_AUDIO = (
+    "audio.inputs",
+    "audio.decoder",
+    "audio.watchdog_s",
+    "audio.reconnect_max_s",
+    "audio.block_s",
+    "audio.sample_rate",
+)
 RESTART = "systemctl restart birdd"
 
 
@@ -54,11 +68,16 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> List[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def split_live(keys: List[str], mqtt_live: bool) -> Tuple[List[str], List[str]]:
+def split_live(
+    keys: List[str], mqtt_live: bool, inputs_live: bool = False
+) -> Tuple[List[str], List[str]]:
     """``keys`` as (applied live, needing a restart). ``mqtt.*`` is live when MQTT is on and
     stays on (``mqtt_live``): the publisher reconnects with the new block; turning MQTT on or
-    off changes how long SQLite keeps rows, which is decided at start."""
+    off changes how long SQLite keeps rows, which is decided at start. The inputs are live
+    in ``birdd run`` (``inputs_live``)."""
     live = {f"postprocess.{name}" for name in LIVE_POSTPROCESS} | set(LIVE_BUDGET)
+    if inputs_live:
+        live |= set(LIVE_AUDIO)
     mqtt_live = mqtt_live and "mqtt.enabled" not in keys
     applied = [
         key for key in keys if _top(key, 2) in live or (mqtt_live and key.startswith("mqtt."))
@@ -71,7 +90,7 @@ def applied_config(old: BirddConfig, new: BirddConfig, applied: List[str]) -> Bi
     ``mqtt`` block when one of its keys is there, taken from ``new``."""
     blocks: Dict[str, Any] = {
         block: _fields(getattr(old, block), getattr(new, block), block, applied)
-        for block in ("postprocess", "clips")
+        for block in ("postprocess", "clips", "audio")
     }
     if any(key.startswith("mqtt.") for key in applied):
         blocks["mqtt"] = new.mqtt
@@ -92,7 +111,8 @@ class ConfigReload:
     swaps in a post-processor for a new postprocess config (raising PostprocessError when it
     cannot be built, e.g. an unknown species), ``reconnect`` (None without MQTT) restarts the
     publisher with a new config's mqtt block, ``rebudget`` hands the housekeeping the clips'
-    budget."""
+    budget, ``reinput`` (None outside ``birdd run``) changes the inputs to a config's
+    (raising SourceError, nothing changed, when one cannot be opened)."""
 
     def __init__(
         self,
@@ -101,11 +121,13 @@ class ConfigReload:
         apply: Callable[[PostprocessConfig], None],
         reconnect: Optional[Callable[[BirddConfig], None]] = None,
         rebudget: Optional[Callable[[BirddConfig], None]] = None,
+        reinput: Optional[Callable[[BirddConfig], None]] = None,
     ) -> None:
         self.config = config
         """The config in effect: what was started with, plus what reloads applied."""
         self._load = load
         self.apply, self.reconnect, self.rebudget = apply, reconnect, rebudget
+        self.reinput = reinput
         """Set once the pipeline and the publisher exist (the polls come after)."""
         self._requested = threading.Event()
 
@@ -125,6 +147,13 @@ class ConfigReload:
         finally:
             notify("READY=1")
 
+    def _kept(
+        self, target: BirddConfig, applied: List[str], block: str
+    ) -> Tuple[BirddConfig, List[str]]:
+        """``target`` with the running ``block`` back, and ``applied`` without its keys."""
+        kept = target.model_copy(update={block: getattr(self.config, block)})
+        return kept, [key for key in applied if not key.startswith(f"{block}.")]
+
     def reload(self) -> None:
         try:
             new = self._load()
@@ -135,7 +164,7 @@ class ConfigReload:
         if not keys:
             log.info("reload: the config has not changed")
             return
-        applied, restart = split_live(keys, self.reconnect is not None)
+        applied, restart = split_live(keys, self.reconnect is not None, self.reinput is not None)
         target = applied_config(self.config, new, applied)
         if target.postprocess != self.config.postprocess:
             try:
@@ -148,7 +177,15 @@ class ConfigReload:
                 self.reconnect(target)
             except ValueError as exc:
                 log.error("reload: mqtt not changed, still on its previous settings: %s", exc)
-                target = target.model_copy(update={"mqtt": self.config.mqtt})
+                target, applied = self._kept(target, applied, "mqtt")
+        if self.reinput is not None and target.audio != self.config.audio:
+            try:
+                self.reinput(target)
+            except SourceError as exc:
+                log.error(
+                    "reload: inputs not changed, still listening to the previous ones: %s", exc
+                )
+                target, applied = self._kept(target, applied, "audio")
         if self.rebudget is not None and target.clips != self.config.clips:
             self.rebudget(target)
         self.config = target
