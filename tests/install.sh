@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # dashboard tests run: Playwright drives /usr/bin/chromium, no 'playwright install') are listed here.
 DEBIAN_PACKAGES=(mosquitto openssl pulseaudio pulseaudio-utils libasound2-plugins libportaudio2
   ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  systemd postgresql chromium)
+  systemd libseccomp2 postgresql chromium)
 missing=()
 for package in ${DEBIAN_PACKAGES[@]+"${DEBIAN_PACKAGES[@]}"}; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
