@@ -6,8 +6,10 @@ interpreter holds its own packed weights and activations (BirdNET: about 170 MB 
 and zero-pads a partial batch.
 
 ONNX Runtime: the config lists execution providers in order of preference and the model keeps
-those this installation offers (CPU when none), so one config serves a desktop and a Jetson. A
-model exported with a dynamic batch runs each batch as it comes; a fixed batch is zero-padded.
+those this installation offers (CPU when none), so one config serves a desktop and a Jetson;
+a provider listed but unable to start here (onnxruntime-gpu without a GPU) falls back to CPU in
+one log line (``onnx_session.py``). A model exported with a dynamic batch runs each batch as
+it comes; a fixed batch is zero-padded.
 """
 
 import logging
@@ -18,10 +20,10 @@ import numpy as np
 from .base import Model
 from .errors import ModelError, first_line
 from .native_log import without_delegate_banner
+from .onnx_session import CPU_PROVIDER, open_session
 
 log = logging.getLogger(__name__)
 
-CPU_PROVIDER = "CPUExecutionProvider"
 TFLITE_EXTRAS = {"litert": "birdd (ai-edge-litert)", "tflite-runtime": "birdd[tflite-runtime]"}
 ONNX_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 
@@ -139,9 +141,7 @@ class ONNXModel(Model):
         wanted = list(self.config.get("providers") or [CPU_PROVIDER])
         providers = choose_providers(wanted, ort.get_available_providers())
         try:
-            session = ort.InferenceSession(
-                self.path, sess_options=self.options(ort), providers=providers
-            )
+            session = open_session(ort, self.path, self.options(ort), providers)
         except Exception as exc:  # ONNX Runtime raises its own types for corrupt files
             raise ModelError(f"cannot load ONNX model {self.path}: {first_line(exc)}") from None
         self.input_name, self.fixed_batch = self.check_input(session.get_inputs())
