@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages that tests drive for real (a broker, ffmpeg, PortAudio, the browser the hub's
 # dashboard tests run: Playwright drives /usr/bin/chromium, no 'playwright install') are listed here.
+# python3-venv, libsndfile1, shellcheck: deploy/install.sh checks for the first two, its test lints it.
 DEBIAN_PACKAGES=(mosquitto openssl pulseaudio pulseaudio-utils libasound2-plugins libportaudio2
   ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  systemd libseccomp2 postgresql chromium)
+  systemd libseccomp2 postgresql chromium python3-venv libsndfile1 shellcheck)
 missing=()
 for package in ${DEBIAN_PACKAGES[@]+"${DEBIAN_PACKAGES[@]}"}; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
