@@ -74,11 +74,18 @@ def thrush_play() -> bytes:
 
 
 def write_config(
-    path: Path, db: Path, min_confidence: object, inputs: Sequence[str] = ("-",), **blocks: dict
+    path: Path,
+    db: Path,
+    min_confidence: object,
+    inputs: Sequence[str] = ("-",),
+    audio: Optional[dict] = None,
+    **blocks: dict,
 ) -> None:
+    """stdin (and ``inputs``) with ``audio``'s other keys."""
+    stdin = {"sample_rate": RATE, "format": "s16le"}
     config = {
         **blocks,
-        "audio": {"inputs": list(inputs), "stdin": {"sample_rate": RATE, "format": "s16le"}},
+        "audio": {"inputs": list(inputs), "stdin": stdin, **(audio or {})},
         "postprocess": {
             "min_confidence": min_confidence,
             "model_thresholds": False,

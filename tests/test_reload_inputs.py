@@ -72,12 +72,14 @@ def gap_sources(db: Path) -> list:
 
 
 @pytest.mark.system
-def test_sighup_swaps_a_stream_and_stdin_loses_no_window(
+def test_sighup_swaps_and_restarts_streams_and_stdin_loses_no_window(
     birdnet_model: Path, tmp_path: Path
 ) -> None:
-    """stdin gets the thrush once before and once after a reload that removes HTTP stream 0
-    and adds stream 1: the second play's rows are the first's, 36 s later to the sample (no
-    reset, no gap, no window lost or repeated); stream 0 stopped, stream 1 started."""
+    """stdin gets the thrush once before and once after three reloads: one removes HTTP
+    stream 0 and adds stream 1, the next restarts stream 1 (a new watchdog), the last adds an
+    input that cannot be opened (refused, nothing touched). The second play's rows
+    are the first's, 36 s later to the sample (no reset, no gap, no window lost or repeated);
+    stream 0 stopped, stream 1 started and started again."""
     config, db = tmp_path / "config.yaml", tmp_path / "birdd.db"
     with StreamServer([recording(THRUSH)]) as server:
         first, second = server.url(0), server.url(1)
@@ -92,6 +94,12 @@ def test_sighup_swaps_a_stream_and_stdin_loses_no_window(
         daemon.wait_for("stream 0 stopped", lambda: any("stopped;" in e for e in daemon.err))
         after_stop = len(source_rows(daemon, first))
         daemon.wait_for("rows from stream 1", lambda: source_rows(daemon, second))
+        write_config(config, db, 0.4, inputs=["-", second], audio={"watchdog_s": 4})
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for("stream 1 restarted", lambda: len(started(daemon, second)) == 2)
+        write_config(config, db, 0.4, inputs=["-", second, "ftp://x/a.wav"])
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for("the refusal", lambda: any("inputs not changed" in e for e in daemon.err))
         daemon.feed(play)
         daemon.wait_for("stdin's second play", lambda: len(source_rows(daemon, "stdin")) >= 36)
         assert daemon.stop(signal.SIGTERM) == 0, "".join(daemon.err)
@@ -100,4 +108,13 @@ def test_sighup_swaps_a_stream_and_stdin_loses_no_window(
     assert len(source_rows(daemon, first)) == after_stop, "stream 0 went on after it stopped"
     assert "stdin" not in gap_sources(db)
     changed = [line for line in daemon.err if "reload: inputs:" in line]
-    assert len(changed) == 1 and f"added {second}; removed {first}; kept running -" in changed[0]
+    assert len(changed) == 2 and f"added {second}; removed {first}; kept running -" in changed[0]
+    assert f"restarted {second}; kept running -" in changed[1], changed
+    assert len([line for line in daemon.err if "stopped;" in line]) == 2, daemon.err
+    assert len(started(daemon, second)) == 2, "the refused reload touched stream 1"
+    refused = [line for line in daemon.err if "inputs not changed" in line]
+    assert len(refused) == 1 and "'ftp://x/a.wav' is a URL ffmpeg is not asked" in refused[0]
+
+
+def started(daemon: Daemon, url: str) -> list:
+    return [line for line in daemon.err if f"receiving {url} through ffmpeg" in line]
