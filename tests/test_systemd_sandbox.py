@@ -26,6 +26,8 @@ from audio_servers import PulseServer
 from birdd_testing import THRUSH, birdd_command, jsonl_rows, read_mono, recording
 from broker import Mosquitto, Subscriber
 from http_streams import StreamServer
+from systemd_units import parse_unit
+from unit_seccomp import allowed_syscalls, syscall_groups
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "systemd" / "birdd.service"
@@ -116,6 +118,16 @@ def test_systemd_analyze_security_rates_the_unit_at_most_2(tmp_path: Path) -> No
     found = re.search(r"Overall exposure level for birdd.service: (\d+\.\d)", result.stdout)
     assert found, result.stdout + result.stderr
     assert float(found.group(1)) <= EXPOSURE_MAX, result.stdout
+
+
+def test_the_allow_list_is_the_units(seccomp: None) -> None:
+    """What the emulation allows, from the unit's own lines: the calls the runtimes were seen
+    to make, none of @privileged, and nothing from the groups @system-service leaves out."""
+    service = parse_unit(UNIT.read_text(encoding="utf-8"))["Service"]
+    assert service["SystemCallErrorNumber"] == ["EPERM"]
+    allowed = allowed_syscalls(service["SystemCallFilter"], syscall_groups())
+    assert {"ioctl", "socket", "mmap", "clone", "sched_setaffinity", "mbind"} <= allowed
+    assert not {"setuid", "chown", "fchown", "mount", "ptrace", "init_module"} & allowed
 
 
 def detections(rows: List[dict]) -> List[tuple]:
