@@ -13,8 +13,9 @@ ffmpeg) run as they would under the unit:
 - ``MemoryDenyWriteExecute=yes`` as systemd 252 does it (Debian 12, Raspberry Pi OS
   bookworm): ``mmap`` with PROT_WRITE|PROT_EXEC, ``mprotect``/``pkey_mprotect`` adding
   PROT_EXEC and ``shmat`` with SHM_EXEC fail with EPERM.
-- ``RestrictNamespaces=yes``: ``unshare``, ``setns`` and ``clone`` with a CLONE_NEW* flag fail
-  with EPERM; ``clone3`` (whose flags seccomp cannot see) with ENOSYS, so glibc uses clone.
+- ``RestrictNamespaces=yes``: ``setns``, and ``unshare`` and ``clone`` with a CLONE_NEW* flag,
+  fail with EPERM; ``clone3`` (whose flags seccomp cannot see) with ENOSYS, so that glibc falls
+  back to clone (a systemd that lets clone3 through is no stricter than this).
 - ``RestrictRealtime=yes``: ``sched_setscheduler`` to SCHED_FIFO, SCHED_RR or SCHED_DEADLINE
   fails with EPERM.
 
@@ -173,10 +174,10 @@ def unit_filters(lib: ctypes.CDLL, service: Dict[str, List[str]], log: bool) -> 
             restrict.add(eperm, name, (2, MASKED_EQ, PROT_EXEC, PROT_EXEC))
         restrict.add(eperm, "shmat", (2, MASKED_EQ, SHM_EXEC, SHM_EXEC))
     if service.get("RestrictNamespaces") == ["yes"]:
-        for name in ("unshare", "setns"):
-            restrict.add(eperm, name)
+        restrict.add(eperm, "setns")
         for flag in (*CLONE_NEW, CLONE_NEWTIME):
-            restrict.add(eperm, "clone", (0, MASKED_EQ, flag, flag))
+            for name in ("unshare", "clone"):
+                restrict.add(eperm, name, (0, MASKED_EQ, flag, flag))
         restrict.add(errno_action(errno.ENOSYS), "clone3")
     if service.get("RestrictRealtime") == ["yes"]:
         for policy in (SCHED_FIFO, SCHED_RR):
