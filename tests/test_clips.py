@@ -355,3 +355,24 @@ def test_the_schema_takes_a_clip_object_a_path_string_or_none():
     assert check({**plain, "clip": None}) is None
     assert check({**plain, "clip": {"path": "x.flac"}}) is not None
     assert check({**plain, "clip": {**CLIP.to_json(), "duration_s": -1}}) is not None
+
+
+def test_a_retune_applies_to_the_clips_decided_after_it(tmp_path):
+    """A reload at window 4 turns the speech guard off and asks for 0.5 s before, none after,
+    as wav in another folder: the clip of 21-24 s next to speech at 18-21 s is now kept, as
+    20.5-24 s; the clip of 3-6 s, decided before, keeps its 2-7 s (written after: new folder)."""
+    station = Station(tmp_path / "a", pre_s=1.0, post_s=1.0)
+    early, near = detection(3.0, 6.0, 1), detection(21.0, 24.0, 2)
+    closes = {2: [early], 8: [near]}
+    moved = ClipsConfig(enabled=True, dir=tmp_path / "b", pre_s=0.5, post_s=0.0, format="wav")
+    for index in range(10):
+        if index == 4:
+            station.stage.retune(ClipSettings(moved, max_event_s=15.0, sensitivity=1.0), None)
+        station.stage.process(scored(index, speech=index == 6), closes.get(index, []))
+    station.finish()
+    clips = {found.id: found.clip for found in station.published}
+    assert [clips[early.id].duration_s, clips[near.id].duration_s] == [5.0, 3.5]
+    assert all(Path(clip.path).suffix == ".wav" for clip in clips.values())
+    assert sorted(path.name for path in (tmp_path / "b").rglob("*.wav")) == sorted(
+        Path(clip.path).name for clip in clips.values()
+    )

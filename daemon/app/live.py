@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from birdd.daemon.app.health import RunHealth
 from birdd.daemon.app.inputs import CLOCK_ORIGIN, LiveInputs, open_sources, refuse_recordings
+from birdd.daemon.app.reclips import retune_clips
 from birdd.daemon.app.reload import ConfigReload
 from birdd.daemon.app.sdnotify import notify
 from birdd.daemon.app.session import open_sinks, pipeline_settings, run_info, run_session
@@ -129,6 +130,8 @@ def _run_live(config: BirddConfig, duration_s: Optional[float], reload: ConfigRe
 
     reload.apply = apply
     reload.reinput = LiveInputs(pipeline, rate, config).change
+    if pipeline.clips is not None:
+        reload.reclip = lambda new: retune_clips(pipeline, engine.artifact, new)
     if publisher is not None:
         reload.reconnect = publisher.reconnect
     names = ", ".join(source.name for source in sources)

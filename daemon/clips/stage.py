@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -78,25 +79,44 @@ class ClipStage:
         writer: Optional[ClipWriter],
         publish: Publish,
     ) -> None:
-        config = settings.config
         self.counts = writer.counts if writer is not None else ClipCounts(clips_on=False)
         self.writer = writer
-        self._config = config
-        self._guard = guard
         self._rate = rate
+        self._window_samples = window_samples
         self._publish = publish
-        within = config.privacy.drop_detections_within_s
-        self._within = None if within is None else round(within * rate)
-        self._after = round(settings.after_s * rate)
-        behind = max(config.pre_s, within or 0.0) + settings.max_event_s
-        self._keep_behind = round(behind * rate) + window_samples
+        self._tune(settings, guard)
+        self._retuned: Optional[Tuple[ClipSettings, Optional[SpeechGuard]]] = None
+        self._retuned_lock = threading.Lock()
         self._streams: Dict[StreamKey, _Stream] = {
             key: _Stream(RingHold(ring) if writer is not None else None)
             for key, ring in rings.items()
         }
 
+    def _tune(self, settings: ClipSettings, guard: Optional[SpeechGuard]) -> None:
+        config, rate = settings.config, self._rate
+        self._config = config
+        self._guard = guard
+        within = config.privacy.drop_detections_within_s
+        self._within = None if within is None else round(within * rate)
+        self._after = round(settings.after_s * rate)
+        behind = max(config.pre_s, within or 0.0) + settings.max_event_s
+        self._keep_behind = round(behind * rate) + self._window_samples
+
+    def retune(self, settings: ClipSettings, guard: Optional[SpeechGuard]) -> None:
+        """A reload's clips settings (folder, format, pre- and post-roll, privacy), from the
+        next detection on: the folder and format at once, the rest handed to the inference
+        thread for its next window. The detections already waiting keep their clip spans."""
+        if self.writer is not None:
+            self.writer.retarget(settings.config.dir, settings.config.format)
+        with self._retuned_lock:
+            self._retuned = (settings, guard)
+
     def process(self, scored: ScoredWindow, detections: Sequence[Detection]) -> None:
         """One scored window of a stream and the detections it closed."""
+        with self._retuned_lock:
+            retuned, self._retuned = self._retuned, None
+        if retuned is not None:
+            self._tune(*retuned)
         window = scored.window
         stream = self._streams[(window.source, window.channel)]
         for detection in detections:
@@ -201,21 +221,23 @@ def build_clip_stage(
         return None
     config = settings.config
     rate = artifact.sample_rate
-    guard = None
-    if config.privacy.human_threshold is not None:
-        guard = SpeechGuard(
-            artifact.species,
-            artifact.activation,
-            settings.sensitivity,
-            config.privacy.human_threshold,
-            artifact.name,
-        )
+    guard = speech_guard(settings, artifact)
     writer = None
     if config.enabled:
         check_folder(config)
         floor = int(settings.min_free_mb * 1e6)
         writer = ClipWriter(config.dir, config.format, rate, publish, live, ClipCounts(), floor)
     return ClipStage(settings, guard, rings, rate, window_samples, writer, publish)
+
+
+def speech_guard(settings: ClipSettings, artifact: ModelArtifact) -> Optional[SpeechGuard]:
+    """The privacy guard (None without ``clips.privacy.human_threshold``)."""
+    threshold = settings.config.privacy.human_threshold
+    if threshold is None:
+        return None
+    return SpeechGuard(
+        artifact.species, artifact.activation, settings.sensitivity, threshold, artifact.name
+    )
 
 
 def check_folder(config: ClipsConfig) -> None:

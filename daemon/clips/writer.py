@@ -21,7 +21,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 import soundfile
@@ -166,6 +166,19 @@ class DiskGuard:
             return False
 
 
+class ClipTarget(NamedTuple):
+    folder: Path
+    fmt: str
+    disk: DiskGuard
+
+
+def _room(disk: DiskGuard, needed: int) -> bool:
+    try:
+        return disk.room(needed)
+    except OSError:
+        return True  # the folder is gone or unreadable: the write says why
+
+
 class ClipWriter:
     def __init__(
         self,
@@ -177,15 +190,19 @@ class ClipWriter:
         counts: ClipCounts,
         min_free_bytes: int = 0,
     ) -> None:
-        self.folder = folder
-        self.disk = DiskGuard(folder, min_free_bytes)
-        self.fmt = fmt
+        self.target = ClipTarget(folder, fmt, DiskGuard(folder, min_free_bytes))
+        """Where and how clips are written; a reload swaps it whole, for the next clip."""
         self.rate = rate
         self.live = live
         self.counts = counts
         self._publish = publish
         self._jobs: queue.Queue = queue.Queue(QUEUE_SIZE)
         self._ended = threading.Event()
+
+    def retarget(self, folder: Path, fmt: str) -> None:
+        """Write the next clips to ``folder`` as ``fmt`` (a config reload)."""
+        floor = self.target.disk.min_free_bytes
+        self.target = ClipTarget(folder, fmt, DiskGuard(folder, floor))
 
     def submit(self, job: ClipJob) -> bool:
         """Queue a job; False when it was not: live, at once when the queue is full; in
@@ -220,6 +237,7 @@ class ClipWriter:
     def _done(self, job: ClipJob) -> Detection:
         if job.span is None or job.hold is None:
             return job.detection
+        target = self.target
         try:
             audio = self._cut(job.span, job.hold)
         finally:
@@ -228,14 +246,14 @@ class ClipWriter:
             self.counts.add("dropped_backlog")
             return job.detection
         needed = audio.size * 2 + 4096  # 16-bit samples and a header: FLAC's most
-        if not self._room(needed):
+        if not _room(target.disk, needed):
             self.counts.add("dropped_disk")
             return job.detection
         try:
-            clip = self._write(job.detection, job.span, audio)
+            clip = self._write(target, job.detection, job.span, audio)
         except (OSError, RuntimeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
-            if self.disk.full(exc, needed):
-                self.disk.stop(f"no space left ({exc})")
+            if target.disk.full(exc, needed):
+                target.disk.stop(f"no space left ({exc})")
                 self.counts.add("dropped_disk")
                 return job.detection
             self.counts.add("failed")
@@ -250,12 +268,6 @@ class ClipWriter:
         self.counts.add("written")
         return replace(job.detection, clip=clip)
 
-    def _room(self, needed: int) -> bool:
-        try:
-            return self.disk.room(needed)
-        except OSError:
-            return True  # the folder is gone or unreadable: the write says why
-
     def _cut(self, span: ClipSpan, hold: RingHold) -> Optional[np.ndarray]:
         """The clip's samples (fewer where the stream ended); None when the ring overwrote
         some before they were cut."""
@@ -266,13 +278,16 @@ class ClipWriter:
             return None
         return audio[: max(0, end - span.start)]
 
-    def _write(self, detection: Detection, span: ClipSpan, audio: np.ndarray) -> ClipInfo:
+    def _write(
+        self, target: ClipTarget, detection: Detection, span: ClipSpan, audio: np.ndarray
+    ) -> ClipInfo:
         """Encode in memory (hashed there, not read back from disk), then write through a
         temporary name and rename, so no half-written clip is ever seen."""
         encoded = io.BytesIO()
-        soundfile.write(encoded, audio, self.rate, subtype="PCM_16", format=FORMATS[self.fmt])
+        fmt = target.fmt
+        soundfile.write(encoded, audio, self.rate, subtype="PCM_16", format=FORMATS[fmt])
         data = encoded.getvalue()
-        path = (self.folder / clip_name(detection, span, self.rate, self.fmt)).resolve()
+        path = (target.folder / clip_name(detection, span, self.rate, fmt)).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".part")
         try:

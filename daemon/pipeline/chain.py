@@ -64,7 +64,8 @@ class Pipeline:
         ring_s = ring_seconds(
             settings.clips, settings.ring_buffer_s, spec.sample_rate, spec.window_samples, hop
         )
-        self._stream_shape = (spec.window_samples, hop, ring_s)
+        self.stream_shape = (spec.window_samples, hop, ring_s)
+        """Per stream: the window and the hop in samples, the ring buffer in seconds."""
         self._settings = settings
         self.stages = [self._stage(item) for item in sources]
         self.streams = [stream for stage in self.stages for stream in stage.streams]
@@ -176,7 +177,7 @@ class Pipeline:
         stage.source.stop()
 
     def _stage(self, item: SourceSpec) -> SourceStage:
-        window, hop, ring_s = self._stream_shape
+        window, hop, ring_s = self.stream_shape
         settings = self._settings
         streams = [
             Stream(item.source, channel, item.clock, window, hop, ring_s)

@@ -69,8 +69,11 @@ class Housekeeping:
         )
 
     def rebudget(self, config: BirddConfig) -> None:
-        """Take the clips' budget of a reloaded config; the next pass deletes by it."""
+        """Take the clips' budget and folder of a reloaded config; the next pass deletes by
+        them (clips left in a previous folder are no longer counted)."""
         self.budget = clip_budget(config)
+        if self.clips_dir is not None:
+            self.clips_dir = config.clips.dir
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="birdd-housekeeping", daemon=True)
