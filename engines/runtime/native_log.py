@@ -29,7 +29,7 @@ _redirecting = threading.Lock()  # fd 2 is one per process
 def captured_stderr():
     """Run the block with what it writes on fd 2 (C++ code included) collected instead of
     printed: the yielded list holds those bytes afterwards, for the caller to print or drop."""
-    output = []
+    output = []  # type: list
     with _redirecting, tempfile.TemporaryFile() as captured:
         sys.stderr.flush()
         try:
@@ -51,7 +51,7 @@ def captured_stderr():
 @contextlib.contextmanager
 def without_delegate_banner():
     """Run the block with TFLite's XNNPACK INFO line dropped from what it prints on fd 2."""
-    output = []
+    output = []  # type: list
     try:
         with captured_stderr() as output:
             yield
