@@ -10,8 +10,11 @@ lost (issue #14's acceptance).
   durable session, so a restart is an outage both sides must ride out.
 - Every ``SAMPLE_S``: RSS of the birdd process, PSS of its tree (ffmpeg decoders included),
   open file descriptors and threads, from /proc.
+- Clips: each detection's FLAC clip, uploaded to the hub's ``PUT /api/clips`` (the station's
+  clip outbox rides out the hub's broker-side outages too: the upload is HTTP, direct).
 - At the end (SIGTERM, drain): every detection row in the station's SQLite is in the hub
-  (by id), the station's outbox is empty, every detection's clip exists on disk.
+  (by id), every kept clip is in the hub's ``clips`` table, both outboxes are empty, every
+  clip still exists on the station's disk.
 
 Prints a table, writes docs/img/soak.png and rewrites the soak section of docs/benchmarks.md.
 
@@ -32,14 +35,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Set
+from typing import List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from common import ROOT, audio_dir, clean_env, host_lines, replace_section, section_text, step
 from streams import RECORDINGS, tree
 
 sys.path.insert(0, str(ROOT / "tests"))
-from broker import Mosquitto
+from broker import Mosquitto, free_port
 from http_streams import StreamServer
 from postgres import PASSWORD, Postgres, make_template
 
@@ -51,6 +54,7 @@ WARM_UP_S = 120.0
 """Flatness is judged from here on: the model, the rings and the first clips are in place."""
 STATION = "soak"
 HUB_ID = "soak-hub"
+TOKEN = "soak-station-clip-token"
 DRAIN_S = 120.0
 
 
@@ -75,6 +79,9 @@ class Soak:
     outbox_left: int = 0
     clips: int = 0
     clips_missing: int = 0
+    clip_outbox_left: int = 0
+    hub_clips: int = 0
+    clips_missing_at_hub: int = 0
     gaps: int = 0
     exit_code: Optional[int] = None
     load: str = ""
@@ -120,7 +127,10 @@ def restart_broker(broker: Mosquitto, soak: Soak, every_s: float, stop: threadin
         step(f"broker restarted ({soak.restarts})")
 
 
-def station_config(path: Path, broker: Mosquitto, clips: Path, args: argparse.Namespace) -> None:
+def station_config(
+    path: Path, broker: Mosquitto, clips: Path, hub_url: str, args: argparse.Namespace
+) -> None:
+    (path.parent / "clip-token").write_text(TOKEN)
     path.write_text(
         f"station:\n  id: {STATION}\n"
         "audio:\n  decoder: ffmpeg\n"
@@ -129,12 +139,19 @@ def station_config(path: Path, broker: Mosquitto, clips: Path, args: argparse.Na
         f"mqtt:\n  enabled: true\n  host: 127.0.0.1\n  port: {broker.port}\n"
         "  reconnect_max_s: 5\n  drain_timeout_s: 60\n"
         f"clips:\n  enabled: true\n  dir: {clips}\n"
+        f"  upload:\n    url: {hub_url}\n    token_file: {path.parent / 'clip-token'}\n"
+        "    retry_max_s: 10\n    drain_timeout_s: 60\n"
     )
 
 
-def start_hub(broker: Mosquitto, dsn: str, work: Path) -> subprocess.Popen:
+def start_hub(broker: Mosquitto, dsn: str, work: Path, listen: str) -> subprocess.Popen:
+    (work / "tokens").write_text(f"{STATION} {TOKEN}\n")
+    (work / "hub.yaml").write_text(
+        f"clips: {{dir: {work / 'hub-clips'}, tokens_file: {work / 'tokens'}}}\n"
+    )
     command = [sys.executable, "-m", "birdd.daemon", "hub", "serve", "--mqtt", broker.url]
-    command += ["--postgres", dsn, "--no-web", "--client-id", HUB_ID]
+    command += ["--config", str(work / "hub.yaml"), "--postgres", dsn, "--listen", listen]
+    command += ["--client-id", HUB_ID]
     log = (work / "hub.log").open("ab")
     env = {**clean_env(), "BIRDD_POSTGRES_PASSWORD": PASSWORD}
     hub = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -142,35 +159,38 @@ def start_hub(broker: Mosquitto, dsn: str, work: Path) -> subprocess.Popen:
     return hub
 
 
-def hub_ids(dsn: str) -> Set[str]:
+def hub_ids(dsn: str, table: str) -> Set[str]:
+    """Detection ids of the station in the hub's ``detections`` or ``clips`` table."""
     import psycopg
 
+    column = "id" if table == "detections" else "detection_id"
+    query = f"SELECT {column} FROM {table} WHERE station = %s"
     with psycopg.connect(f"{dsn} password={PASSWORD}", autocommit=True) as conn:
-        rows = conn.execute("SELECT id FROM detections WHERE station = %s", (STATION,))
-        return {row[0] for row in rows}
+        return {row[0] for row in conn.execute(query, (STATION,))}
 
 
-def check_station(db: Path, soak: Soak) -> Set[str]:
+def check_station(db: Path, soak: Soak) -> Tuple[Set[str], Set[str]]:
+    """The station's detection ids and the ids of those with a clip kept."""
     conn = sqlite3.connect(str(db))
-    ids = {row[0] for row in conn.execute("SELECT id FROM detections")}
-    soak.outbox_left = conn.execute(
-        "SELECT count(*) FROM detections WHERE published_at IS NULL"
-    ).fetchone()[0]
-    clip_paths = [row[0] for row in conn.execute("SELECT clip_path FROM detections")]
+    rows = conn.execute("SELECT id, clip_path, published_at, clip_uploaded_at FROM detections")
+    rows = rows.fetchall()
     soak.gaps = conn.execute("SELECT count(*) FROM gaps").fetchone()[0]
     conn.close()
-    soak.clips = sum(1 for path in clip_paths if path)
-    soak.clips_missing = sum(1 for path in clip_paths if path and not Path(path).exists())
-    soak.station_rows = len(ids)
-    return ids
+    clipped = [(rid, path, sent) for rid, path, _, sent in rows if path]
+    soak.station_rows = len(rows)
+    soak.outbox_left = sum(1 for row in rows if row[2] is None)
+    soak.clips = len(clipped)
+    soak.clips_missing = sum(1 for _, path, _ in clipped if not Path(path).exists())
+    soak.clip_outbox_left = sum(1 for _, _, sent in clipped if sent is None)
+    return {row[0] for row in rows}, {rid for rid, _, _ in clipped}
 
 
-def wait_for_hub(dsn: str, want: Set[str], timeout_s: float) -> Set[str]:
+def wait_for_hub(dsn: str, want: Set[str], table: str, timeout_s: float) -> Set[str]:
     deadline = time.monotonic() + timeout_s
-    have = hub_ids(dsn)
+    have = hub_ids(dsn, table)
     while not want <= have and time.monotonic() < deadline:
         time.sleep(2)
-        have = hub_ids(dsn)
+        have = hub_ids(dsn, table)
     return have
 
 
@@ -179,9 +199,10 @@ def run_soak(args: argparse.Namespace, work: Path) -> Soak:
     template = Path(tempfile.mkdtemp(prefix="birdd-soak-pg-"))
     postgres = Postgres(make_template(template), fsync=True).start()
     broker = Mosquitto(work / "broker", persistent=True).start()
-    hub = start_hub(broker, postgres.dsn, work)
+    listen = f"127.0.0.1:{free_port()}"
+    hub = start_hub(broker, postgres.dsn, work, listen)
     db, clips, config = work / "station.sqlite", work / "clips", work / "station.yaml"
-    station_config(config, broker, clips, args)
+    station_config(config, broker, clips, f"http://{listen}", args)
     recordings = [audio_dir() / "soundscapes" / name for name in RECORDINGS]
     stop = threading.Event()
     try:
@@ -205,10 +226,13 @@ def run_soak(args: argparse.Namespace, work: Path) -> Soak:
             restarter.join()
             station.send_signal(signal.SIGTERM)
             soak.exit_code = station.wait(timeout=DRAIN_S)
-        want = check_station(db, soak)
-        have = wait_for_hub(postgres.dsn, want, DRAIN_S)
+        rows, clipped = check_station(db, soak)
+        have = wait_for_hub(postgres.dsn, rows, "detections", DRAIN_S)
         soak.hub_rows = len(have)
-        soak.missing_at_hub = len(want - have)
+        soak.missing_at_hub = len(rows - have)
+        have = wait_for_hub(postgres.dsn, clipped, "clips", DRAIN_S)
+        soak.hub_clips = len(have)
+        soak.clips_missing_at_hub = len(clipped - have)
         soak.load = " / ".join(f"{value:.1f}" for value in os.getloadavg())
     finally:
         stop.set()
@@ -259,7 +283,9 @@ def outcome(soak: Soak) -> List[str]:
         f" birdd exited {soak.exit_code}",
         f"- detections: {soak.station_rows} in the station's SQLite, {soak.hub_rows} at the hub,"
         f" **{soak.missing_at_hub} missing at the hub**; outbox left: **{soak.outbox_left}**",
-        f"- clips: {soak.clips} written, {soak.clips_missing} missing on disk; gaps: {soak.gaps}",
+        f"- clips: {soak.clips} kept, {soak.clips_missing} missing on disk, {soak.hub_clips} at"
+        f" the hub, **{soak.clips_missing_at_hub} missing at the hub**; upload queue left:"
+        f" **{soak.clip_outbox_left}**; gaps in the audio: {soak.gaps}",
     ]
 
 
@@ -283,7 +309,7 @@ def plot(soak: Soak) -> Path:
     for axis in axes:
         axis.set_ylim(bottom=0)
         axis.grid(alpha=0.3)
-    figure.suptitle(f"birdd run soak: {soak.streams} real-time streams, MQTT, clips, hub")
+    figure.suptitle(f"birdd run soak: {soak.streams} real-time streams, MQTT, clips to the hub")
     figure.tight_layout()
     figure.savefig(PNG, dpi=90)
     plt.close(figure)
@@ -328,6 +354,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plot(soak)
         replace_section(START, END, section(soak, args), "\n")
     lost = soak.missing_at_hub or soak.outbox_left or soak.clips_missing
+    lost = lost or soak.clips_missing_at_hub or soak.clip_outbox_left
     return 1 if lost or soak.exit_code != 0 else 0
 
 
