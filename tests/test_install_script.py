@@ -61,12 +61,14 @@ class Installed(NamedTuple):
     second: subprocess.CompletedProcess
     passwd_after_first: str
     config_after_edit: str
+    reference_config: str  # config.yaml as the first run read it (others may edit it meanwhile)
 
 
 @pytest.fixture(scope="module")
 def installed() -> Iterator[Installed]:
     """Install, edit the config as a user would, install again."""
     root = make_root()
+    reference = (REPO / "config.yaml").read_text()
     first = run_script("--root", str(root))
     assert first.returncode == 0, first.stdout + first.stderr
     passwd = (root / "etc" / "passwd").read_text()
@@ -75,7 +77,7 @@ def installed() -> Iterator[Installed]:
     edited = config.read_text()
     second = run_script("--root", str(root))
     assert second.returncode == 0, second.stdout + second.stderr
-    yield Installed(root, first, second, passwd, edited)
+    yield Installed(root, first, second, passwd, edited, reference)
     shutil.rmtree(root)
 
 
@@ -127,7 +129,7 @@ def test_first_run_installs_user_venv_model_config_and_unit(installed: Installed
     wants = root / "etc/systemd/system/multi-user.target.wants/birdd.service"
     assert os.readlink(wants) == "/etc/systemd/system/birdd.service"
 
-    reference = (REPO / "config.yaml").read_text().splitlines()
+    reference = installed.reference_config.splitlines()
     config = installed.config_after_edit.splitlines()[:-1]
     differ = [b for a, b in zip(reference, config) if a != b]
     assert len(config) == len(reference) and len(differ) == 1, differ
@@ -289,3 +291,57 @@ def test_uninstall_keeps_data_and_config_then_purge_removes_them(installed: Inst
     assert again.returncode == 0, again.stderr
     assert "already gone: /opt/birdd" in again.stdout
     assert not (root / "var/lib/birdd").exists() and not (root / "etc/birdd").exists()
+
+
+# The real paths, without --root: /etc, /opt, /usr/local and /var/lib are overlays in a private
+# mount namespace, so the script writes where it would on a station and this machine keeps none
+# of it. Each mount is checked before the script runs.
+IN_NAMESPACE = r"""
+set -euo pipefail
+work=$1 script=$2 audio=$3
+for dir in /etc /opt /usr/local /var/lib; do
+  name=$(echo "$dir" | tr / _)
+  mkdir -p "$work/$name/upper" "$work/$name/work"
+  layers="lowerdir=$dir,upperdir=$work/$name/upper,workdir=$work/$name/work"
+  mount -t overlay overlay -o "$layers" "$dir"
+  mountpoint -q "$dir"
+done
+bash "$script"
+echo "== passwd $(getent passwd birdd)"
+echo "== groups $(id -nG birdd)"
+echo "== wants $(readlink /etc/systemd/system/multi-user.target.wants/birdd.service)"
+cp "$audio" /var/lib/birdd/robin.ogg
+cd /var/lib/birdd
+runuser -u birdd -- env BIRDD_DATA_DIR=/var/lib/birdd birdd --simulate robin.ogg \
+  --config /etc/birdd/config.yaml --format jsonl --db robin.sqlite >robin.jsonl
+cd /
+bash "$script" --uninstall
+echo "== after uninstall: $(getent passwd birdd || echo no user birdd), $(ls /var/lib/birdd/models)"
+"""
+
+
+def test_install_at_slash_in_a_private_mount_namespace(tmp_path: Path) -> None:
+    """No --root: sysusers, `systemctl enable` and the `birdd` link at their real paths, the
+    'systemd is not running' branch, then the installed birdd run by name as user birdd."""
+    make_root(host_etc=False)  # the same preconditions (root, systemd's tools)
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
+    if probe.returncode != 0 or shutil.which("runuser") is None:
+        pytest.skip(f"needs unshare -m and runuser as root: {probe.stderr.strip()}")
+    args = [str(tmp_path), str(SCRIPT), str(recording("Erithacus_rubecula_robin.ogg"))]
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "bash", "-c", IN_NAMESPACE, "ns", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "== passwd birdd:x:" in out and ":/var/lib/birdd:/usr/sbin/nologin" in out
+    assert "== groups birdd audio" in out
+    assert "== wants /etc/systemd/system/birdd.service" in out
+    if not Path("/run/systemd/system").is_dir():
+        assert "systemd is not running here" in out
+    # The overlay's upper layer holds what birdd wrote in /var/lib/birdd.
+    rows = jsonl_rows((tmp_path / "_var_lib" / "upper" / "birdd" / "robin.jsonl").read_text())
+    assert [row["species"]["scientific"] for row in rows] == ["Erithacus rubecula"]
+    assert "== after uninstall: no user birdd, birdnet" in out
