@@ -331,7 +331,9 @@ ensure_unit() {
 
 start_service() {
   local start="sudo -u $USER_NAME env BIRDD_DATA_DIR=$STATE $PREFIX/bin/birdd run --config $CONFIG"
-  if [ -n "$ROOT" ]; then
+  if ! command -v systemctl >/dev/null; then
+    say "no systemctl here: the unit is installed but not enabled; by hand: $start"
+  elif [ -n "$ROOT" ]; then
     act "enable birdd.service in $ROOT (systemctl --root; nothing is started there)" \
       systemctl --quiet --root="$ROOT" enable birdd.service
   elif ! systemd_running; then
@@ -367,7 +369,10 @@ install_all() {
 # --- uninstall ------------------------------------------------------------------------------
 uninstall_all() {
   if [ -e "$ROOT$UNIT" ]; then
-    if systemd_running; then
+    if ! command -v systemctl >/dev/null; then
+      act "remove the unit's link in multi-user.target.wants (no systemctl here)" \
+        rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/birdd.service"
+    elif systemd_running; then
       act "stop and disable birdd.service" systemctl --quiet disable --now birdd.service
     else
       act "disable birdd.service" systemctl --quiet "${SYSTEMD_ROOT[@]}" disable birdd.service
