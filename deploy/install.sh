@@ -338,7 +338,7 @@ start_service() {
       systemctl --quiet --root="$ROOT" enable birdd.service
   elif ! systemd_running; then
     act "enable birdd.service for the next boot" systemctl --quiet enable birdd.service
-    say "systemd is not running here (PID 1 is $(ps -p 1 -o comm=)): not started; by hand: $start"
+    say "systemd is not running here (PID 1 is $(cat /proc/1/comm 2>/dev/null || echo unknown)): not started; by hand: $start"
   elif systemctl --quiet is-active birdd.service; then
     act "reload systemd's units" systemctl daemon-reload
     act "enable birdd.service" systemctl --quiet enable birdd.service
