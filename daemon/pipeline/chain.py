@@ -21,6 +21,7 @@ from birdd.daemon.pipeline.health import pipeline_health
 from birdd.daemon.pipeline.inference import (
     END_OF_STREAM,
     InferenceStage,
+    Queued,
     QueuedWindow,
     StreamEnd,
 )
@@ -293,7 +294,7 @@ class Pipeline:
         if last:
             self._put(END_OF_STREAM)
 
-    def _put(self, item: Optional[QueuedWindow]) -> None:
+    def _put(self, item: Queued) -> None:
         """Queue a window: wait in simulate mode; in live mode drop the oldest and count it."""
         while True:
             try:
