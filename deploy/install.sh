@@ -75,6 +75,12 @@ parse_args() {
   /?*) ;; *) fail 2 "--prefix '$PREFIX' must be an absolute path other than /" ;;
   esac
   [ "$PURGE" -eq 0 ] || [ "$ACTION" = uninstall ] || fail 2 "--purge goes with --uninstall"
+  if [ -d "$FROM" ]; then
+    [ -f "$FROM/setup.cfg" ] || fail 2 "--from $FROM: no setup.cfg there, not a birdd source tree"
+  elif [[ ! -e $FROM && ($FROM == /* || $FROM == ./* || $FROM == ../*) ]]; then
+    fail 2 "--from $FROM: no such file or directory"
+  fi
+  [ -z "$PYTHON" ] || [ -x "$PYTHON" ] || fail 2 "--python $PYTHON: no such interpreter"
   if [ -n "$ROOT" ]; then
     [ -d "$ROOT" ] || fail 2 "--root $ROOT is not a directory: create it first"
     ROOT=$(cd "$ROOT" && pwd)
@@ -131,19 +137,22 @@ detect_board() {
   say "board: $BOARD_DESC"
 }
 
-choose_python() {
+choose_python() { # after the Debian packages: a minimal system has no python3 before them
   if [ -z "$PYTHON" ]; then
     PYTHON=/usr/bin/python3
-    [ -x "$PYTHON" ] || PYTHON=$(command -v python3) || fail 1 "no python3: apt-get install python3"
+    [ -x "$PYTHON" ] || PYTHON=$(command -v python3) || PYTHON=""
   fi
+  if [ -z "$PYTHON" ] && [ "$DRY_RUN" -eq 1 ]; then
+    PYTHON=/usr/bin/python3 PY_VERSION="(python3 once installed)"
+    return
+  fi
+  [ -n "$PYTHON" ] || fail 1 "no python3 after the Debian packages: apt-get install python3"
   PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
     || fail 2 "--python $PYTHON does not run: give a Python 3.8+ interpreter"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 8))' \
     || fail 1 "Python $PY_VERSION at $PYTHON is too old: birdd needs 3.8 or later"
 }
 
-# The pip extras: live (sound devices) always, the engine's, and tflite-runtime where
-# ai-edge-litert has no wheel (Python 3.8, 32-bit ARM) so that the default config still runs.
 choose_engine() {
   local why
   if [ "$ENGINE" = auto ]; then
@@ -156,13 +165,20 @@ choose_engine() {
   else
     why="chosen with --engine"
   fi
+  say "engine: $ENGINE: $why"
+}
+
+# The pip extras: live (sound devices) always, the engine's, and tflite-runtime where
+# ai-edge-litert has no wheel (Python 3.8, 32-bit ARM) so that the default config still runs.
+choose_extras() {
+  local why=""
   EXTRAS=live
   if [ "$ENGINE" != tflite ]; then EXTRAS="$EXTRAS,$ENGINE"; fi
-  if [ "$ARCH" = armv7l ] || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))'; then
+  if [ "$ARCH" = armv7l ] || ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
     EXTRAS="$EXTRAS,tflite-runtime"
-    why="$why; tflite-runtime because ai-edge-litert has no wheel for Python $PY_VERSION on $ARCH"
+    why=": tflite-runtime because ai-edge-litert has no wheel for Python $PY_VERSION on $ARCH"
   fi
-  say "engine: $ENGINE, pip extras [$EXTRAS]: $why"
+  say "pip extras [$EXTRAS] for Python $PY_VERSION$why"
 }
 
 # --- the steps ------------------------------------------------------------------------------
@@ -174,7 +190,7 @@ apt_install() {
 ensure_packages() {
   command -v dpkg-query >/dev/null \
     || fail 1 "no dpkg: this installer is for Debian, Ubuntu, Raspberry Pi OS and JetPack; elsewhere follow deploy/systemd/README.md"
-  local wanted=(python3-venv libportaudio2 libsndfile1 ffmpeg ca-certificates) missing=() p
+  local wanted=(python3 python3-venv libportaudio2 libsndfile1 ffmpeg ca-certificates) missing=() p
   [ "$ENGINE" != tensorrt ] || wanted+=(python3-dev build-essential) # pycuda is built on the board
   for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -238,12 +254,9 @@ ensure_venv() {
 pip_spec() { # SPEC: what pip installs, the source tree or wheel with the extras, or the requirement
   local from=${FROM:-$SRC_DIR}
   if [ -d "$from" ]; then
-    [ -f "$from/setup.cfg" ] || fail 2 "--from $from: no setup.cfg there, not a birdd source tree"
     SPEC="$(cd "$from" && pwd)[$EXTRAS]"
   elif [ -f "$from" ]; then
     SPEC="$(cd "$(dirname "$from")" && pwd)/$(basename "$from")[$EXTRAS]"
-  elif [[ $from == /* || $from == ./* ]]; then
-    fail 2 "--from $from: no such file or directory"
   elif [[ $from =~ ^birdd([^[:alnum:]_.-].*)?$ && $from != *"["* ]]; then
     SPEC="birdd[$EXTRAS]${from#birdd}"
   else
@@ -353,10 +366,11 @@ start_service() {
 
 install_all() {
   detect_board
-  choose_python
   choose_engine
-  pip_spec # checks --from before anything changes
   ensure_packages
+  choose_python
+  choose_extras
+  pip_spec
   ensure_user
   ensure_venv
   ensure_birdd

@@ -143,7 +143,8 @@ def test_first_run_installs_user_venv_model_config_and_unit(installed: Installed
     )
     manifest = state / "models" / "birdnet" / "manifest.json"
     assert manifest.stat().st_uid == uid
-    assert "engine: tflite, pip extras [live]" in installed.first.stdout
+    assert "engine: tflite: x86_64" in installed.first.stdout
+    assert "pip extras [live] for Python" in installed.first.stdout
 
 
 def test_second_run_says_already_and_keeps_the_users_config(installed: Installed) -> None:
@@ -219,12 +220,17 @@ def test_dry_run_prints_the_plan_and_changes_nothing() -> None:
             {"etc/nv_tegra_release": "# R35 (release), REVISION: 4.1, GCID: 33958178\n"},
             [
                 "board: Jetson, L4T 35.4.1 (JetPack 5)",
-                "engine: tensorrt, pip extras [live,tensorrt]",
+                "engine: tensorrt: a Jetson",
+                "pip extras [live,tensorrt] for Python",
             ],
         ),
         (
             {"proc/device-tree/model": "Raspberry Pi 4 Model B Rev 1.4\0"},
-            ["board: Raspberry Pi 4 Model B Rev 1.4, Debian", "engine: tflite, pip extras [live]"],
+            [
+                "board: Raspberry Pi 4 Model B Rev 1.4, Debian",
+                "engine: tflite: a Raspberry Pi",
+                "pip extras [live] for Python",
+            ],
         ),
     ],
     ids=["jetson", "pi"],
