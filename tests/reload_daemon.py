@@ -58,10 +58,14 @@ class Daemon:
     def rows(self) -> list:
         return jsonl_rows("".join(line for line in self.out if line.endswith("\n")))
 
+    def stop_feeding(self) -> None:
+        """Close stdin: its input ends."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+
     def stop(self, how: Optional[signal.Signals]) -> int:
         if how is None:
-            assert self.process.stdin is not None
-            self.process.stdin.close()
+            self.stop_feeding()
         else:
             self.process.send_signal(how)
         return self.process.wait(timeout=60)

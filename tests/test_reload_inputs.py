@@ -118,3 +118,24 @@ def test_sighup_swaps_and_restarts_streams_and_stdin_loses_no_window(
 
 def started(daemon: Daemon, url: str) -> list:
     return [line for line in daemon.err if f"receiving {url} through ffmpeg" in line]
+
+
+@pytest.mark.system
+def test_sighup_removes_an_ended_stdin_and_its_audio_still_counts(
+    birdnet_model: Path, tmp_path: Path
+) -> None:
+    """stdin played once and closed, then removed by a reload: it is closed at once, and the
+    run, stopped before the stream it kept delivered anything, still heard audio (exit 0)."""
+    config, db = tmp_path / "config.yaml", tmp_path / "birdd.db"
+    with StreamServer([recording(THRUSH)]) as server:
+        write_config(config, db, 0.4, inputs=["-", server.url(0)])
+        daemon = Daemon(config)
+        daemon.feed(thrush_play())
+        daemon.stop_feeding()
+        daemon.wait_for("stdin's play", lambda: len(source_rows(daemon, "stdin")) >= 18)
+        write_config(config, db, 0.4, inputs=[server.url(0)])
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for("stdin closed", lambda: any("stdin: stopped;" in e for e in daemon.err))
+        assert daemon.stop(signal.SIGTERM) == 0, "".join(daemon.err)
+    assert not any("no audio from any input" in line for line in daemon.err), daemon.err
+    assert len(source_rows(daemon, "stdin")) == 18

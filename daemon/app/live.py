@@ -161,7 +161,7 @@ def _run_live(config: BirddConfig, duration_s: Optional[float], reload: ConfigRe
 def no_audio(pipeline: Pipeline) -> Optional[str]:
     """Why no input delivered any audio, each with the reason its supervisor last gave; None
     when one did."""
-    if any(stage.samples for stage in pipeline.stages):
+    if pipeline.stats.samples:  # counts the inputs a reload removed too
         return None
     reasons = "; ".join(
         f"{stage.source.name}: {stage.source.problem or 'nothing arrived'}"

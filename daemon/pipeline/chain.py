@@ -175,6 +175,8 @@ class Pipeline:
             self.stages = [other for other in self.stages if other is not stage]
             self.streams = [stream for stream in self.streams if stream not in stage.streams]
             self._retiring[name] = stage
+            if not any(thread.is_alive() for thread in self._stage_threads.get(name, [])):
+                self._ended[name] = len(stage.streams)  # it had ended (stdin): nothing to wait for
         stage.source.stop()
 
     def _stage(self, item: SourceSpec) -> SourceStage:
@@ -228,7 +230,7 @@ class Pipeline:
             done = [
                 stage
                 for name, stage in self._retiring.items()
-                if self._ended.get(name) == len(stage.streams)
+                if self._ended.get(name, 0) >= len(stage.streams)
                 and not any(thread.is_alive() for thread in self._stage_threads[name])
             ]
             for stage in done:
