@@ -14,6 +14,8 @@ import sqlite3
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set
 
+from birdd.daemon.store.sqlite_uploads import UNSENT
+
 CHUNK = 500
 """Detection ids per ``IN (…)`` query (SQLite allows 999 parameters in old builds)."""
 INCREMENTAL = 2
@@ -42,11 +44,7 @@ def clip_confidences(conn: sqlite3.Connection, detection_ids: Sequence[str]) -> 
 
 def unsent_clips(conn: sqlite3.Connection) -> Set[str]:
     """The detection ids whose clips wait to be uploaded (``sqlite_uploads``)."""
-    rows = conn.execute(
-        "SELECT id FROM detections WHERE clip_path IS NOT NULL AND clip_uploaded_at IS NULL "
-        "AND clip_upload_error IS NULL"
-    )
-    return {str(row[0]) for row in rows}
+    return {str(row[0]) for row in conn.execute(f"SELECT id {UNSENT}")}
 
 
 def forget_clips(conn: sqlite3.Connection, detection_ids: Sequence[str]) -> int:
