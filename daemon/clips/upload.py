@@ -100,10 +100,6 @@ class ClipUploader:
     def start(self) -> None:
         self._thread.start()
 
-    def notify(self) -> None:
-        """New clips may be waiting (returns at once)."""
-        self._wake.set()
-
     def drain(self, timeout_s: float, cancel: threading.Event) -> bool:
         """Wait until no clip waits; False at the timeout or on ``cancel``."""
         self._idle.clear()
