@@ -10,7 +10,6 @@ body it refuses (nothing is stored), and 503 while its database is unreachable (
 from __future__ import annotations
 
 import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -23,7 +22,7 @@ from birdd.hub.clipfiles import BadClip, ClipFiles, check_digest, check_names, i
 from birdd.hub.store import Store
 from birdd.hub.store.base import ClipRow
 from birdd.hub.store.sql import now_ms
-from birdd.hub.web.auth import presented_token
+from birdd.hub.web.auth import authorised
 
 UPLOAD_PREFIX = "/api/clips/"
 DIGEST_HEADER = "x-clip-sha256"
@@ -83,12 +82,11 @@ def authenticate(tokens: Dict[str, str], station: str, header: Optional[str]) ->
     if not tokens:
         raise BadClip(403, "this hub takes no clips: give it clips.tokens_file (hub.yaml)")
     expected = tokens.get(station)
-    given = presented_token(header)
     if expected is None:
         raise BadClip(
             401, f"station {station!r} has no upload token here: add it to clips.tokens_file"
         )
-    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not authorised(header, expected):
         raise BadClip(
             401,
             f"wrong or missing token for station {station!r}: send 'Authorization: Bearer "
