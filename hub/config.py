@@ -173,15 +173,21 @@ class WebConfig(Strict):
         return _secret(self.token_env, self.token_file, HUB_TOKEN_CREDENTIAL, "web.token_file")
 
 
+def _secret_path(path: Optional[Path], credential: str) -> Optional[Path]:
+    """``path``, else the systemd credential ``credential`` when it exists; None: neither."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and credentials and (Path(credentials) / credential).is_file():
+        return Path(credentials) / credential
+    return path
+
+
 def _secret(env: str, path: Optional[Path], credential: str, setting: str) -> Optional[str]:
     """A secret from the environment variable ``env``, else the file ``path``, else the
     systemd credential ``credential``; None when none is set."""
     from_env = os.environ.get(env)
     if from_env:
         return from_env
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if path is None and credentials and (Path(credentials) / credential).is_file():
-        path = Path(credentials) / credential
+    path = _secret_path(path, credential)
     if path is None:
         return None
     try:
@@ -213,10 +219,7 @@ class ClipsConfig(Strict):
 
     def tokens(self) -> Dict[str, str]:
         """Each station's upload token (empty: uploads are refused); ValueError in one line."""
-        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-        path = self.tokens_file
-        if path is None and credentials and (Path(credentials) / CLIP_TOKENS_CREDENTIAL).is_file():
-            path = Path(credentials) / CLIP_TOKENS_CREDENTIAL
+        path = _secret_path(self.tokens_file, CLIP_TOKENS_CREDENTIAL)
         if path is None:
             return {}
         try:
