@@ -104,7 +104,8 @@ class Pipeline:
         """Inputs added while one of their name was still being removed."""
         self._stage_threads: Dict[str, List[threading.Thread]] = {}
         self._ended: Dict[str, int] = {}
-        """Per input, how many of its streams had their end handled by the inference thread."""
+        """Per input, how many of its streams' ends are handled: by the inference thread for
+        an input being removed, by the windower for one that ended by itself (stdin)."""
         self._retired_samples = 0
 
     def stop(self) -> None:
@@ -175,8 +176,6 @@ class Pipeline:
             self.stages = [other for other in self.stages if other is not stage]
             self.streams = [stream for stream in self.streams if stream not in stage.streams]
             self._retiring[name] = stage
-            if not any(thread.is_alive() for thread in self._stage_threads.get(name, [])):
-                self._ended[name] = len(stage.streams)  # it had ended (stdin): nothing to wait for
         stage.source.stop()
 
     def _stage(self, item: SourceSpec) -> SourceStage:
@@ -283,10 +282,22 @@ class Pipeline:
     def _cut_windows(self, stream: Stream) -> None:
         for window in stream.windower.windows():
             self._put(QueuedWindow(window, time.monotonic()))
-        removed = self._retiring.get(stream.source_name)
-        if removed is not None and stream in removed.streams and not self.stop_event.is_set():
+        if self._end_goes_to_inference(stream):
             self._put(StreamEnd(stream.source_name, stream.channel))
         self._windowers_done(1)
+
+    def _end_goes_to_inference(self, stream: Stream) -> bool:
+        """True when ``stream``'s input is being removed: its end is queued behind its last
+        windows. Otherwise its end counts as handled now; decided under the lock that
+        ``remove_source`` takes, so an input that ends by itself while it is removed is
+        counted either way."""
+        name = stream.source_name
+        with self._threads_lock:
+            removed = self._retiring.get(name)
+            if removed is not None and stream in removed.streams and not self.stop_event.is_set():
+                return True
+            self._ended[name] = self._ended.get(name, 0) + 1
+            return False
 
     def _windowers_done(self, count: int) -> None:
         """``count`` windowers ended (or will never start): the last one ends the queue."""
