@@ -10,8 +10,8 @@ body it refuses (nothing is stored), and 503 while its database is unreachable (
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, replace
+from typing import Dict, Optional, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -53,13 +53,9 @@ def add_clips(app: FastAPI, store: Store, service: ClipService) -> None:
         check_names(station, detection_id)
         authenticate(service.tokens, station, request.headers.get("authorization"))
         data = await read_body(request, service.max_bytes)
-        digest = hashlib.sha256(data).hexdigest()
-        check_digest(digest, request.headers.get(DIGEST_HEADER))
-        audio = inspect_flac(data)
-        row = ClipRow(
-            detection_id, station, digest, len(data), audio.duration_s, audio.sample_rate, 0
-        )
-        return await run_in_threadpool(keep, store, service.files, data, row)
+        claimed = request.headers.get(DIGEST_HEADER)
+        names = (station, detection_id)
+        return await run_in_threadpool(accept, store, service.files, names, data, claimed)
 
     @app.get("/api/clips/{station}/{detection_id}", tags=["clips"], response_class=FileResponse)
     def audio(station: str, detection_id: str) -> Response:
@@ -111,12 +107,25 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def accept(
+    store: Store, files: ClipFiles, names: Tuple[str, str], data: bytes, claimed: Optional[str]
+) -> JSONResponse:
+    """Check the body (its SHA-256, FLAC) and keep it: in a worker thread, as hashing a
+    clip of up to ``clips.max_mb`` would hold up the event loop."""
+    digest = hashlib.sha256(data).hexdigest()
+    check_digest(digest, claimed)
+    audio = inspect_flac(data)
+    station, detection_id = names
+    row = ClipRow(detection_id, station, digest, len(data), audio.duration_s, audio.sample_rate, 0)
+    return keep(store, files, data, row)
+
+
 def keep(store: Store, files: ClipFiles, data: bytes, row: ClipRow) -> JSONResponse:
     """Store the file, then its row; answer what became of it."""
     found = store.clips([row.detection_id]).get(row.detection_id)
     if found is None:
         files.save(data, row.sha256)
-        found, stored = store.add_clip(ClipRow(**{**row.__dict__, "received_ms": now_ms()}))
+        found, stored = store.add_clip(replace(row, received_ms=now_ms()))
         if stored:
             return JSONResponse(answer(found, "stored"), status_code=201)
     if (found.sha256, found.station) != (row.sha256, row.station):
