@@ -69,7 +69,6 @@ class Pipeline:
         """Per stream: the window and the hop in samples, the ring buffer in seconds."""
         self._settings = settings
         self.stages = [self._stage(item) for item in sources]
-        self.streams = [stream for stage in self.stages for stream in stage.streams]
         self.inference = InferenceStage(
             engine,
             self._on_scored,
@@ -107,6 +106,12 @@ class Pipeline:
         """Per input, how many of its streams' ends are handled: by the inference thread for
         an input being removed, by the windower for one that ended by itself (stdin)."""
         self._retired_samples = 0
+
+    @property
+    def streams(self) -> List[Stream]:
+        """The running inputs' streams (``stages`` is replaced whole, never changed in place,
+        so this is consistent from any thread)."""
+        return [stream for stage in self.stages for stream in stage.streams]
 
     def stop(self) -> None:
         """Ask the pipeline to finish early (signal handlers call this); it drains and flushes."""
@@ -174,7 +179,6 @@ class Pipeline:
         with self._threads_lock:
             stage = next(stage for stage in self.stages if stage.source.name == name)
             self.stages = [other for other in self.stages if other is not stage]
-            self.streams = [stream for stream in self.streams if stream not in stage.streams]
             self._retiring[name] = stage
         stage.source.stop()
 
@@ -199,7 +203,6 @@ class Pipeline:
         with self._threads_lock:
             if stage not in self.stages:
                 self.stages = [*self.stages, stage]
-                self.streams = [*self.streams, *stage.streams]
                 if self.clips is not None:
                     for stream in stage.streams:
                         self.clips.add_stream((stream.source_name, stream.channel), stream.ring)

@@ -16,11 +16,13 @@ class Observed(Protocol):
 
     stats: Any
     stages: List[SourceStage]
-    streams: List[Stream]
     inference: InferenceStage
     windows: queue.Queue
     fanout: SinkFanout
     clips: Any
+
+    @property
+    def streams(self) -> List[Stream]: ...
 
 
 def pipeline_health(pipeline: Observed) -> Dict[str, Any]:
