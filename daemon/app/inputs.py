@@ -81,9 +81,12 @@ def open_sources(config: BirddConfig, model_rate: int) -> List[AudioSource]:
     return sources
 
 
-def check_sources(sources: Sequence[AudioSource], config: BirddConfig) -> None:
-    """Every input's name once, and the channels asked for in each."""
-    names = [source.name for source in sources]
+def check_sources(
+    sources: Sequence[AudioSource], config: BirddConfig, running: Sequence[str] = ()
+) -> None:
+    """Every input's name once, also among those of the inputs ``running`` (a reload), and
+    the channels asked for in each of ``sources``."""
+    names = [*running, *(source.name for source in sources)]
     if len(set(names)) < len(names):
         raise SourceError(f"audio.inputs names one input twice: {', '.join(names)}")
     for source in sources:
@@ -191,11 +194,7 @@ class LiveInputs:
             for key in keys:
                 opened.append(open_source(new.spec(key), config, self.rate, at_start=False))
             staying = [key for key in self._names if key in new.settings() and key not in keys]
-            names = [self._names[key] for key in staying] + [source.name for source in opened]
-            if len(set(names)) < len(names):
-                raise SourceError(f"audio.inputs names one input twice: {', '.join(names)}")
-            for source in opened:
-                check_channel(config.audio.channels, source.channels, source.name)
+            check_sources(opened, config, [self._names[key] for key in staying])
         except BaseException:
             for source in opened:
                 source.close()
