@@ -29,6 +29,7 @@ from typing import NamedTuple, Optional
 
 from birdd.daemon.clips.config import UploadConfig
 from birdd.daemon.clips.privacy import ClipsError
+from birdd.daemon.netblock import SANDBOX_HINT, blocked_here
 from birdd.daemon.retry import Backoff
 from birdd.daemon.store.sqlite_store import StoreError
 from birdd.daemon.store.sqlite_uploads import UnsentClip, UploadStore
@@ -186,6 +187,8 @@ class ClipUploader:
             return classify(error.code, _error_text(error.read()))
         except (OSError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
+            if blocked_here(exc):
+                return Outcome(RETRY, f"{self.url}: {SANDBOX_HINT}")
             return Outcome(RETRY, f"{self.url} did not answer ({reason})")
 
     def _failing(self, problem: str) -> None:

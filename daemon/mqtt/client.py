@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 
 from birdd.daemon.mqtt.config import MqttConfig
 from birdd.daemon.mqtt.topics import Topics
+from birdd.daemon.netblock import SANDBOX_HINT, blocked_here
 from birdd.daemon.retry import Backoff
 
 log = logging.getLogger("birdd")
@@ -158,7 +159,8 @@ class Connection:
             self._set_state(f"tls error: {_tls_problem(error)}", hint)
         else:
             reason = getattr(error, "strerror", None) or str(error) or "no answer"
-            self._set_state(f"unreachable: {reason}", "detections wait in the outbox")
+            hint = SANDBOX_HINT if blocked_here(error) else "detections wait in the outbox"
+            self._set_state(f"unreachable: {reason}", hint)
         self._schedule_retry()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
