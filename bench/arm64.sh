@@ -42,12 +42,17 @@ rm -rf "$ROOT/src" && mkdir -p "$ROOT/src/birdd"
 git -C "$REPO" archive HEAD | tar -x -C "$ROOT/src/birdd"
 cp "$AUDIO" "$ROOT/src/soundscape.mp3"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# This machine's own CAs (here: the egress proxy's), so that pip in the root reaches PyPI.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+fi
 
 # In the chroot: /proc, /sys and /dev in a private mount namespace (gone when it ends).
 # shellcheck disable=SC2016 # expanded inside the chroot
 INSIDE='
 set -euo pipefail
 echo "arm64: inside: $(uname -m), $(. /etc/os-release && echo "$PRETTY_NAME")"
+update-ca-certificates >/dev/null
 SECONDS=0
 bash /src/birdd/deploy/install.sh
 echo "arm64: install took $SECONDS s"
