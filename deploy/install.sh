@@ -13,7 +13,7 @@
 # the board is detected from DIR's files, the user goes into DIR/etc/passwd, the unit is enabled
 # with `systemctl --root` and nothing is started. Debian packages are checked on this machine
 # and not installed there (apt cannot install into a bare directory).
-set -euo pipefail
+set -Eeuo pipefail # -E: the ERR trap below also reports a failure inside a function
 
 PROG=birdd-install
 SRC_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -103,6 +103,7 @@ act() {
 }
 
 user_field() { # user_field N: field N of the birdd line in the root's passwd, empty if none
+  [ -f "$ROOT/etc/passwd" ] || return 0
   awk -F: -v u="$USER_NAME" -v f="$1" '$1 == u { print $f }' "$ROOT/etc/passwd" 2>/dev/null
 }
 
@@ -147,8 +148,8 @@ choose_python() { # after the Debian packages: a minimal system has no python3 b
     return
   fi
   [ -n "$PYTHON" ] || fail 1 "no python3 after the Debian packages: apt-get install python3"
-  PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
-    || fail 2 "--python $PYTHON does not run: give a Python 3.8+ interpreter"
+  PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+  [ -n "$PY_VERSION" ] || fail 2 "$PYTHON does not run: give a Python 3.8+ interpreter (--python)"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 8))' \
     || fail 1 "Python $PY_VERSION at $PYTHON is too old: birdd needs 3.8 or later"
 }
@@ -233,7 +234,7 @@ ensure_user() {
 
 venv_ok() { # the virtualenv exists and runs on the Python it would be made with now
   [ -x "$ROOT$PREFIX/bin/python" ] && [ "$("$ROOT$PREFIX/bin/python" -c \
-    'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$PY_VERSION" ]
+    'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)" = "$PY_VERSION" ]
 }
 
 ensure_venv() {
@@ -310,7 +311,7 @@ ensure_model() {
 
 station_id() { # this machine's name, as a valid station.id
   local name
-  name=$(cat "$ROOT/etc/hostname" 2>/dev/null || hostname)
+  name=$(cat "$ROOT/etc/hostname" 2>/dev/null || uname -n)
   name=$(printf '%s' "${name%%.*}" | tr -c 'A-Za-z0-9_.-' '_')
   printf '%s' "${name:-birdd}"
 }
