@@ -50,6 +50,7 @@ RECORDINGS = ("opensoundscape_1min.wav", "monitoR_survey.wav", "tawnyowl.wav")
 SAMPLE_S = 1.0
 STATS_S = 5
 WINDOW_S = 3.0
+ENGINE_NAMES = {"tflite": "TFLite", "onnx": "ONNX Runtime"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -203,6 +204,8 @@ def measure(
     db, config = work / f"{decoder}{count}.sqlite", work / f"{decoder}{count}.yaml"
     config.write_text(
         f"audio:\n  ring_buffer_s: {args.ring_buffer_s}\n  decoder: {decoder}\n"
+        f"  block_s: {args.block_s}\n"
+        f"engine:\n  type: {args.engine}\n"
         f"mqtt:\n  enabled: true\n  host: 127.0.0.1\n  port: {broker.port}\n"
         f"  topic_prefix: bench\n  stats_interval_s: {STATS_S}\n"
     )
@@ -299,8 +302,8 @@ def section(results: List[Result], args: argparse.Namespace) -> str:
         f"- Streams: endless 16-bit WAV of {', '.join(RECORDINGS)} (looped, 32 kHz), paced at "
         "real time by an HTTP server on 127.0.0.1 in the bench process (tests/http_streams.py), "
         "decoded by one ffmpeg process per stream or by PyAV in birdd (`audio.decoder`); "
-        "BirdNET V2.4 on TFLite, 2 threads, "
-        f"batch {args.batch}, overlap 0, `audio.ring_buffer_s: {args.ring_buffer_s:g}`, "
+        f"BirdNET V2.4 on {ENGINE_NAMES[args.engine]}, 2 threads, batch {args.batch}, overlap 0, "
+        f"`audio.ring_buffer_s: {args.ring_buffer_s:g}`, `audio.block_s: {args.block_s:g}`, "
         f"`--per-window`; {args.duration:g} s per N, CPU after {args.warm_up:g} s",
     ]
     reading = (
@@ -330,6 +333,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--warm-up", type=float, default=30.0, help="seconds before CPU counts")
     parser.add_argument("--batch", type=int, default=8, help="engine batch size")
     parser.add_argument("--ring-buffer-s", type=float, default=10.0, help="audio.ring_buffer_s")
+    parser.add_argument("--block-s", type=float, default=0.5, help="audio.block_s")
+    parser.add_argument("--engine", choices=sorted(ENGINE_NAMES), default="tflite")
     parser.add_argument("--no-write", action="store_true", help="print; leave docs/ alone")
     args = parser.parse_args(argv)
     try:
