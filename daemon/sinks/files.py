@@ -7,8 +7,6 @@ over a device node would replace it.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,8 +16,7 @@ from birdd.daemon.records import Detection, RunInfo, check_end_status
 from birdd.daemon.sinks.base import Sink, SinkError
 from birdd.daemon.sinks.formats import FORMATS, TextFormat
 from birdd.daemon.sinks.parquet import ParquetSink
-
-log = logging.getLogger(__name__)
+from birdd.daemon.sinks.staged import finish, temporary_path
 
 
 class OutputSink(Sink):
@@ -59,17 +56,7 @@ class OutputSink(Sink):
         if _is_special(self.path):
             self._require_stream().close()
             return
-        temporary = _temporary_path(self.path)
-        try:
-            self._require_stream().close()
-            if status != "failed":  # an interrupted run keeps what it detected, as SQLite does
-                os.replace(temporary, self.path)
-                return
-        except BaseException:
-            _remove(temporary)
-            raise
-        _remove(temporary)
-        log.info("%s not written: the run ended %s", self.path, status)
+        finish(self.path, status, self._require_stream().close)
 
     def _emit(self, text: str) -> None:
         """Write and flush; a reader that went away (``| head``) ends the output quietly."""
@@ -111,24 +98,15 @@ def _is_special(path: Path) -> bool:
     return path.exists() and not path.is_file() and not path.is_dir()
 
 
-def _temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _open_temporary(path: Path) -> TextIO:
     if path.is_dir():
         raise SinkError(f"{path} is a directory; give an output file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return _temporary_path(path).open("w", encoding="utf-8", newline="")
+        return temporary_path(path).open("w", encoding="utf-8", newline="")
     except OSError as exc:
         reason = "a parent is a file" if isinstance(exc, FileExistsError) else exc.strerror
         raise SinkError(f"cannot write {path}: {reason}") from exc
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
 
 
 def _discard_further_output(stream: TextIO) -> None:

@@ -10,10 +10,7 @@ file is written under a temporary name and renamed when the run ends, as the tex
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import logging
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
@@ -21,8 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from birdd.daemon.records import Detection, RunInfo, check_end_status
 from birdd.daemon.sinks.base import Sink, SinkError
-
-log = logging.getLogger(__name__)
+from birdd.daemon.sinks.staged import finish, temporary_path
 
 ROW_GROUP_ROWS = 65536
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -122,11 +118,10 @@ class ParquetSink(Sink):
         if self.path.is_dir():
             raise SinkError(f"{self.path} is a directory; give an output file path")
         self._run_id = run.run_id
-        temporary = self._temporary
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             parquet = importlib.import_module("pyarrow.parquet")
-            self._writer = parquet.ParquetWriter(str(temporary), self._schema)
+            self._writer = parquet.ParquetWriter(str(temporary_path(self.path)), self._schema)
         except OSError as exc:
             raise SinkError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
@@ -137,22 +132,11 @@ class ParquetSink(Sink):
 
     def close(self, status: str) -> None:
         check_end_status(status)
-        temporary = self._temporary
-        try:
-            self._flush()
-            self._require_writer().close()
-            if status != "failed":  # an interrupted run keeps what it detected, as SQLite does
-                os.replace(temporary, self.path)
-                return
-        except BaseException:
-            _remove(temporary)
-            raise
-        _remove(temporary)
-        log.info("%s not written: the run ended %s", self.path, status)
+        finish(self.path, status, self._close_writer)
 
-    @property
-    def _temporary(self) -> Path:
-        return self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+    def _close_writer(self) -> None:
+        self._flush()
+        self._require_writer().close()
 
     def _flush(self) -> None:
         if not self._rows:
@@ -165,8 +149,3 @@ class ParquetSink(Sink):
         if self._writer is None:
             raise RuntimeError("ParquetSink used before open()")
         return self._writer
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
