@@ -138,6 +138,10 @@ detect_board() {
   say "board: $BOARD_DESC"
 }
 
+py_version() { # py_version PYTHON: its major.minor ("3.11"), empty when it does not run
+  "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true
+}
+
 choose_python() { # after the Debian packages: a minimal system has no python3 before them
   if [ -z "$PYTHON" ]; then
     PYTHON=/usr/bin/python3
@@ -148,7 +152,7 @@ choose_python() { # after the Debian packages: a minimal system has no python3 b
     return
   fi
   [ -n "$PYTHON" ] || fail 1 "no python3 after the Debian packages: apt-get install python3"
-  PY_VERSION=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)
+  PY_VERSION=$(py_version "$PYTHON")
   [ -n "$PY_VERSION" ] || fail 2 "$PYTHON does not run: give a Python 3.8+ interpreter (--python)"
   "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 8))' \
     || fail 1 "Python $PY_VERSION at $PYTHON is too old: birdd needs 3.8 or later"
@@ -233,8 +237,7 @@ ensure_user() {
 }
 
 venv_ok() { # the virtualenv exists and runs on the Python it would be made with now
-  [ -x "$ROOT$PREFIX/bin/python" ] && [ "$("$ROOT$PREFIX/bin/python" -c \
-    'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true)" = "$PY_VERSION" ]
+  [ -x "$ROOT$PREFIX/bin/python" ] && [ "$(py_version "$ROOT$PREFIX/bin/python")" = "$PY_VERSION" ]
 }
 
 ensure_venv() {
