@@ -5,6 +5,8 @@ naming the extra when pyarrow is missing."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from dataclasses import replace
 from datetime import timedelta
@@ -17,6 +19,7 @@ from test_sinks import DOG_DETECTION, ROBIN_DETECTION, run_info
 
 from birdd.daemon.app.cli import main
 from birdd.daemon.records import Detection
+from birdd.daemon.sinks.base import SinkError
 from birdd.daemon.sinks.files import make_output_sink
 from birdd.daemon.sinks.parquet import MISSING, ParquetSink, import_pyarrow
 
@@ -68,6 +71,17 @@ def test_the_file_appears_only_when_the_run_ends(tmp_path: Path) -> None:
         sink.close(status)
     assert pq.read_table(str(kept)).num_rows == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.parquet"]
+
+
+def test_a_device_or_a_pipe_is_refused_never_replaced(tmp_path: Path) -> None:
+    """The file is renamed into place at the end: over /dev/null (as root) or a FIFO that
+    would replace the device or pipe, so they are refused at open."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(SinkError, match="not a regular file"):
+            ParquetSink(path).open(run_info())
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
 def test_parquet_is_a_file_never_stdout() -> None:

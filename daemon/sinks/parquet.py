@@ -110,8 +110,11 @@ class ParquetSink(Sink):
         return f"parquet output to {self.path}"
 
     def open(self, run: RunInfo) -> None:
-        if self.path.is_dir():
-            raise SinkError(f"{self.path} is a directory; give an output file path")
+        if self.path.exists() and not self.path.is_file():
+            raise SinkError(
+                f"{self.path} is not a regular file (a directory, device or pipe): Parquet is "
+                "written to a temporary file and renamed; give an output file path"
+            )
         self._run_id = run.run_id
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
