@@ -5,9 +5,12 @@ exit codes stay ``job.py``'s, and every file runs through the same ``FileAnalyse
 local worker. The Ray Data pipeline:
 
 1. a dataset of the planned files (index, path, modification time), one block per file;
-2. a read task pinned to the driver's node that adds the file's bytes: the recordings are on
+2. a reader pinned to the driver's node that adds the file's bytes: the recordings are on
    the driver's machine and no shared filesystem is assumed, so the bytes travel through
-   the object store (Ray Data's backpressure bounds how many are in flight);
+   the object store (Ray Data's backpressure bounds how many are in flight). The readers are
+   actors, not tasks: Ray keeps no more idle workers than CPUs, so the worker of a
+   zero-CPU read task was ended between files and a new one started (a Python process
+   importing Ray and birdd, ~1.4 CPU-seconds) for one file in four;
 3. ``map_batches`` with ``AnalyserActor``, a pool of N actors: each writes the model shipped
    through the object store into its own temporary folder, loads the engine once, and
    analyses whole files from their bytes (decoding streams from memory);
@@ -44,7 +47,7 @@ log = logging.getLogger("birdd")
 
 RAY_MISSING = "--ray needs Ray, an optional extra: pip install 'birdd[ray]'"
 READERS = 2
-"""Read tasks in flight at once (reading a file is I/O; they take no CPU from the actors)."""
+"""Reader actors (reading a file is I/O; they reserve no CPU, so take none from the analysers)."""
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -158,13 +161,16 @@ def _rows(batch: Dict[str, np.ndarray]) -> Iterator[Dict[str, Any]]:
         yield dict(zip(columns, values))
 
 
-def read_file(row: Dict[str, Any]) -> Dict[str, Any]:
-    """The read task (on the driver's node): the file's bytes, or why they cannot be read."""
-    try:
-        row["data"], row["error"] = Path(row["path"]).read_bytes(), ""
-    except OSError as exc:
-        row["data"], row["error"] = b"", f"cannot read {row['path']}: {exc.strerror or exc}"
-    return row
+class FileReader:
+    """A reader actor (on the driver's node): adds each file's bytes, or why they cannot be
+    read, to its row."""
+
+    def __call__(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            row["data"], row["error"] = Path(row["path"]).read_bytes(), ""
+        except OSError as exc:
+            row["data"], row["error"] = b"", f"cannot read {row['path']}: {exc.strerror or exc}"
+        return row
 
 
 class RayCluster:
@@ -203,8 +209,8 @@ class RayCluster:
         here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}  # the files' node
         dataset = ray.data.from_items(items, override_num_blocks=len(items))
         dataset = dataset.map(
-            read_file,
-            compute=ray.data.TaskPoolStrategy(size=READERS),
+            FileReader,
+            compute=ray.data.ActorPoolStrategy(size=min(READERS, len(items))),
             num_cpus=0,
             label_selector=here,
         )
