@@ -114,13 +114,19 @@ class Pipeline:
         return [stream for stage in self.stages for stream in stage.streams]
 
     def stop(self) -> None:
-        """Ask the pipeline to finish early (signal handlers call this); it drains and flushes."""
+        """Ask the pipeline to finish early; it drains and flushes. Signal handlers call this
+        on the main thread, which may hold ``_threads_lock`` in ``run`` at that moment: so it
+        takes no lock (``run`` drops the inputs still waiting to start)."""
         self.stop_event.set()
         for stage in self.stages:
             stage.source.stop()
+
+    def _drop_waiting(self) -> None:
+        """Once stopped, the inputs waiting to start never will: their windowers will not
+        count down."""
         with self._threads_lock:
             waiting, self._waiting = self._waiting, []
-        for stage in waiting:  # never started: its windowers will not count down
+        for stage in waiting:
             self._windowers_done(len(stage.streams))
 
     def replace_postprocessor(self, replacement: PostProcessor) -> None:
@@ -150,6 +156,8 @@ class Pipeline:
             if not alive:
                 break
             alive[0].join(0.25)
+            if self.stop_event.is_set():
+                self._drop_waiting()
             self._retire()
             self._update(began)
             if progress:

@@ -50,8 +50,12 @@ def add_clips(app: FastAPI, store: Store, service: ClipService) -> None:
     @app.put("/api/clips/{station}/{detection_id}", tags=["clips"], status_code=201)
     async def upload(station: str, detection_id: str, request: Request) -> JSONResponse:
         """A station's clip of one of its detections (FLAC body, the station's token)."""
-        check_names(station, detection_id)
-        authenticate(service.tokens, station, request.headers.get("authorization"))
+        try:
+            check_names(station, detection_id)
+            authenticate(service.tokens, station, request.headers.get("authorization"))
+        except BadClip:
+            await discard_body(request, service.max_bytes)
+            raise
         data = await read_body(request, service.max_bytes)
         claimed = request.headers.get(DIGEST_HEADER)
         names = (station, detection_id)
@@ -105,6 +109,17 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise too_big
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def discard_body(request: Request, max_bytes: int) -> None:
+    """Read and drop the body of a refused upload (up to ``max_bytes``): a client such as
+    urllib sends the whole body before it reads the answer, and an answer sent over an unread
+    body can reach it as a connection reset instead of the 4xx that says what to fix."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            return
 
 
 def accept(
