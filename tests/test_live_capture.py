@@ -212,8 +212,8 @@ def test_sound_server_killed_and_restarted_is_a_gap_then_capture_resumes(
     killed_at = time.time()
     live.wait_for_log("pulse lost", timeout=WATCHDOG_S + 3)
     time.sleep(3.0)
+    mark = len(live.stderr)  # before the start: birdd may reopen it before start() returns
     pulse.start()
-    mark = len(live.stderr)
     live.wait_for_log("pulse is back", timeout=20, after=mark)
     thrush_15s = write_48k(recording(THRUSH), tmp_path / "thrush_15s.wav", seconds=15)
     assert pulse.play(thrush_15s).wait(timeout=60) == 0
