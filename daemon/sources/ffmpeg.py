@@ -159,6 +159,11 @@ class NetworkSource(LiveSource):
         self.url, self.sample_rate, self.channels = url, rate, channels
         self._block_frames = max(1, int(block_s * rate))
         self._gate = gate
+        self.check_decoder()
+
+    @abstractmethod
+    def check_decoder(self) -> None:
+        """Raise ``SourceError`` (what to install) where this decoder cannot run."""
 
     def connect(self) -> Connection:
         """Start the decoder once a start slot is free; the supervisor starts its watchdog
@@ -175,16 +180,7 @@ class NetworkSource(LiveSource):
 class FfmpegSource(NetworkSource):
     """A URL read by an ffmpeg child process, restarted whenever it exits or stalls."""
 
-    def __init__(
-        self,
-        url: str,
-        policy: ReconnectPolicy,
-        block_s: float,
-        rate: int,
-        channels: int,
-        gate: StartGate = PROCESS_GATE,
-    ) -> None:
-        super().__init__(url, policy, block_s, rate, channels, gate)
+    def check_decoder(self) -> None:
         if shutil.which("ffmpeg") is None:
             raise SourceError(f"{self.name} needs ffmpeg: apt install ffmpeg")
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from birdd.daemon.sources.base import Block, SourceError
 from birdd.daemon.sources.ffmpeg import PROBE_BYTES, PROBE_MICROS, NetworkSource
-from birdd.daemon.sources.live import Connection, ReconnectPolicy
-from birdd.daemon.sources.startgate import PROCESS_GATE, StartGate, StartSlot
+from birdd.daemon.sources.live import Connection
+from birdd.daemon.sources.startgate import StartSlot
 
 AHEAD_S = 0.5
 QUEUED_BLOCKS = 64
@@ -129,16 +129,7 @@ class PyavConnection(Connection):
 class PyavSource(NetworkSource):
     """A URL decoded in-process by PyAV, reopened whenever it ends or stalls."""
 
-    def __init__(
-        self,
-        url: str,
-        policy: ReconnectPolicy,
-        block_s: float,
-        rate: int,
-        channels: int,
-        gate: StartGate = PROCESS_GATE,
-    ) -> None:
-        super().__init__(url, policy, block_s, rate, channels, gate)
+    def check_decoder(self) -> None:
         try:
             import av  # noqa: F401 (only whether it is there)
         except ImportError:
@@ -146,7 +137,7 @@ class PyavSource(NetworkSource):
                 f"{self.name}: audio.decoder pyav needs PyAV: pip install 'birdd[pyav]' "
                 "(or set audio.decoder: ffmpeg)"
             ) from None
-        if channels > 2:
+        if self.channels > 2:
             raise SourceError(f"{self.name}: audio.decoder pyav reads 1 or 2 channels")
 
     def start(self, slot: StartSlot) -> Connection:
