@@ -6,27 +6,22 @@ Same contract as the ffmpeg source: audio at the model's rate, every end of the 
 "source lost", the watchdog covers a stall (PyAV's read timeout too), the supervisor in
 ``live`` reopens it with backoff, and starts go through the process's start gate. Like
 ffmpeg's ``-re`` on http(s), the decoder never runs more than ``AHEAD_S`` ahead of the wall
-clock, so a file on a web server arrives as live audio.
+clock, so a file on a web server arrives as live audio (``streamblocks``).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
-import time
 from typing import Any, Dict, Optional
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from birdd.daemon.sources.base import Block, SourceError
 from birdd.daemon.sources.ffmpeg import PROBE_BYTES, PROBE_MICROS, NetworkSource
+from birdd.daemon.sources.httpaudio import open_shared
 from birdd.daemon.sources.live import Connection
 from birdd.daemon.sources.startgate import StartSlot
-
-AHEAD_S = 0.5
-QUEUED_BLOCKS = 64
-"""Blocks decoded and not yet read (32 s at 0.5 s blocks): more means the reader is stuck."""
+from birdd.daemon.sources.streamblocks import BlockQueue, RealTimePace, Reblocker
+from birdd.daemon.sources.streamreader import process_reader
 
 
 def open_options(url: str) -> Dict[str, str]:
@@ -52,7 +47,7 @@ class PyavConnection(Connection):
     ) -> None:
         self.url, self.channels, self.rate = url, channels, rate
         self._block_frames, self._timeout_s, self._slot = block_frames, timeout_s, slot
-        self._blocks: queue.Queue = queue.Queue(QUEUED_BLOCKS)
+        self._blocks = BlockQueue()
         self._closing = threading.Event()
         self._ended: Optional[str] = None
         self._thread = threading.Thread(target=self._decode, name=f"pyav {url}", daemon=True)
@@ -78,40 +73,20 @@ class PyavConnection(Connection):
 
     def _pump(self, frames: Any, resampler: Any) -> None:
         """Resample, cut into blocks, hold back to real time, queue."""
-        pending, held = [], 0
-        began, delivered = time.monotonic(), 0
+        blocks, pace = Reblocker(self._block_frames), RealTimePace(self.rate)
         for frame in frames:
             for out in resampler.resample(frame):
-                samples = out.to_ndarray().reshape(-1, self.channels)
-                pending.append(samples)
-                held += len(samples)
-            if held < self._block_frames:
-                continue
-            block = np.concatenate(pending).astype(np.float32, copy=False)
-            pending, held = [], 0
-            self._slot.release()
-            self._put(Block(block, time.time() - len(block) / self.rate))
-            delivered += len(block)
-            ahead = delivered / self.rate - (time.monotonic() - began)
-            if ahead > AHEAD_S and self._closing.wait(ahead - AHEAD_S):
-                return
-            if self._closing.is_set():
-                return
-
-    def _put(self, block: Block) -> None:
-        """Queue a block; a reader that stopped reading loses the oldest, not the newest."""
-        while not self._closing.is_set():
-            try:
-                self._blocks.put_nowait(block)
-                return
-            except queue.Full:
-                self._blocks.get_nowait()
+                block = blocks.add(out.to_ndarray().reshape(-1, self.channels))
+                if block is None:
+                    continue
+                self._slot.release()
+                self._blocks.put(block, self.rate)
+                wait = pace.delivered(len(block))
+                if (wait and self._closing.wait(wait)) or self._closing.is_set():
+                    return
 
     def read(self, timeout: float) -> Optional[Block]:
-        try:
-            return self._blocks.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        return self._blocks.get(timeout)
 
     def lost(self) -> Optional[str]:
         if self._thread.is_alive() or not self._blocks.empty():
@@ -127,7 +102,9 @@ class PyavConnection(Connection):
 
 
 class PyavSource(NetworkSource):
-    """A URL decoded in-process by PyAV, reopened whenever it ends or stalls."""
+    """A URL decoded in-process, reopened whenever it ends or stalls."""
+
+    _via = "PyAV"
 
     def check_decoder(self) -> None:
         try:
@@ -141,6 +118,16 @@ class PyavSource(NetworkSource):
             raise SourceError(f"{self.name}: audio.decoder pyav reads 1 or 2 channels")
 
     def start(self, slot: StartSlot) -> Connection:
+        """Plain HTTP WAV/MP3/AAC on the process's one stream reader; anything else (or a
+        stream that turns out to be another format) on a PyAV thread of its own."""
+        if urlsplit(self.url).scheme.lower() == "http":
+            timeout_s = self.policy.watchdog_s
+            args = (self.channels, self.sample_rate, self._block_frames, timeout_s, slot)
+            shared = open_shared(self.url, *args, process_reader())
+            if shared is not None:
+                self._via = f"the stream reader ({getattr(shared, 'kind', 'http')})"
+                return shared
+        self._via = "PyAV"
         return PyavConnection(
             self.url,
             self.channels,
@@ -151,4 +138,4 @@ class PyavSource(NetworkSource):
         )
 
     def describe(self) -> str:
-        return f"receiving {self.name} through PyAV"
+        return f"receiving {self.name} through {self._via}"
