@@ -301,7 +301,8 @@ def section(results: List[Result], args: argparse.Namespace) -> str:
         *host_lines(" (shared with other work: see the load average of each run)"),
         f"- Streams: endless 16-bit WAV of {', '.join(RECORDINGS)} (looped, 32 kHz), paced at "
         "real time by an HTTP server on 127.0.0.1 in the bench process (tests/http_streams.py), "
-        "decoded by one ffmpeg process per stream or by PyAV in birdd (`audio.decoder`); "
+        "decoded by one ffmpeg process per stream or in birdd (`audio.decoder: pyav`: these "
+        "plain HTTP WAV streams through its one stream reader thread); "
         f"BirdNET V2.4 on {ENGINE_NAMES[args.engine]}, 2 threads, batch {args.batch}, overlap 0, "
         f"`audio.ring_buffer_s: {args.ring_buffer_s:g}`, `audio.block_s: {args.block_s:g}`, "
         f"`--per-window`; {args.duration:g} s per N, CPU after {args.warm_up:g} s",
@@ -311,7 +312,8 @@ def section(results: List[Result], args: argparse.Namespace) -> str:
         "process tree's proportional set size (PSS: libraries shared by the ffmpeg processes "
         "split among them) at its peak, and birdd's own RSS. Audio received is the audio "
         "seconds the inputs delivered over N x the run's length (each stream's start-up is "
-        "missing); audio received and then overwritten in a ring buffer, or whose window was "
+        "missing; the server sends 0.5 s at once on connecting, so it can pass 100%); audio "
+        "received and then overwritten in a ring buffer, or whose window was "
         "dropped, was not analysed. Overwritten, dropped windows and the window queue come from"
         " the `…/stats` messages (every 5 s); latency from each row's arrival on stdout minus "
         "its window's end by the audio clock (the engine queue plus one call, and ffmpeg's "

@@ -110,8 +110,9 @@ class AudioConfig(Strict):
     decoder: Literal["ffmpeg", "pyav"] = Field(
         "ffmpeg",
         description="How network streams are decoded: 'ffmpeg' (one ffmpeg process per stream) "
-        "or 'pyav' (a thread per stream in the daemon, FFmpeg's libraries through PyAV: pip "
-        "install 'birdd[pyav]'; for hundreds of streams).",
+        "or 'pyav' (inside the daemon, for hundreds of streams: plain http:// WAV, MP3 and AAC "
+        "all through one reader thread, other streams a PyAV thread each; pip install "
+        "'birdd[pyav]').",
     )
     require_device_at_start: bool = Field(
         False,

@@ -43,6 +43,7 @@ __all__ = ["Pipeline", "PipelineSettings", "PipelineStats", "SourceSpec"]
 log = logging.getLogger("birdd")
 
 WINDOW_QUEUE_SIZE = 32
+PUT_POLL_S = 0.2
 
 
 class Pipeline:
@@ -67,6 +68,7 @@ class Pipeline:
         )
         self.stream_shape = (spec.window_samples, hop, ring_s)
         """Per stream: the window and the hop in samples, the ring buffer in seconds."""
+        self._hop_s = hop / spec.sample_rate
         self._settings = settings
         self.stages = [self._stage(item) for item in sources]
         self.inference = InferenceStage(
@@ -319,15 +321,21 @@ class Pipeline:
             self._put(END_OF_STREAM)
 
     def _put(self, item: Queued) -> None:
-        """Queue a window: wait in simulate mode; in live mode drop the oldest and count it."""
+        """Queue a window: wait in simulate mode; in live mode wait up to one hop, then drop
+        the oldest and count it. Many streams started together finish their windows together
+        (250 windows at once, every hop): the engine drains such a burst within the hop if it
+        keeps up on average, while the windows wait in the ring buffers; dropping after a fixed
+        0.2 s lost 3,617 windows in 90 s at 250 streams with birdd at 1.3 of the 2 cores."""
+        waited = 0.0
         while True:
             try:
-                self.windows.put(item, timeout=0.2)
+                self.windows.put(item, timeout=PUT_POLL_S)
                 return
             except queue.Full:
+                waited += PUT_POLL_S
                 if self._errors and item is not END_OF_STREAM:
                     return
-                if self.live or self._errors:
+                if self._errors or (self.live and waited >= self._hop_s):
                     self._drop_oldest()
 
     def _drop_oldest(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import socket
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, Tuple
 from urllib.parse import unquote, urljoin, urlsplit
 
 from birdd.daemon import __version__
@@ -61,7 +61,7 @@ def _request(parts, path: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+def _read_head(sock: socket.socket) -> Tuple[bytes, bytes]:
     """The response head and what came after it (at least SNIFF_BYTES when not a redirect)."""
     data = b""
     while b"\r\n\r\n" not in data:
@@ -75,7 +75,7 @@ def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
-def _head_fields(head: bytes) -> tuple[int, str, dict]:
+def _head_fields(head: bytes) -> Tuple[int, str, Dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     status = lines[0].split(None, 2)
     if len(status) < 2 or not status[1].isdigit() or status[0].split("/")[0] not in ("HTTP", "ICY"):

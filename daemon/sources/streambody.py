@@ -155,7 +155,7 @@ class CodedBody:
         import av
 
         self.kind, self.channels, self.rate = kind, channels, rate
-        self._codec = av.CodecContext.create(kind, "r")
+        self._codec: Any = av.CodecContext.create(kind, "r")  # an audio codec: decode()
         layout = "mono" if channels == 1 else "stereo"
         self._resampler = av.AudioResampler(format="flt", layout=layout, rate=rate)
         self._invalid = av.error.InvalidDataError

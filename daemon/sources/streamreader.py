@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import Callable, Deque, List, Optional, Set, Tuple
 
 from birdd.daemon.sources.base import SourceError
@@ -54,7 +55,7 @@ class StreamReader:
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
         self._selector.register(self._wake_in, selectors.EVENT_READ, None)
-        self._orders: Deque[Tuple[Callable[[ReadStream], None], ReadStream]] = Deque()
+        self._orders: Deque[Tuple[Callable[[ReadStream], None], ReadStream]] = deque()
         self._lock = threading.Lock()
         self._paused: List[Tuple[float, int, ReadStream]] = []
         self._live: Set[ReadStream] = set()
@@ -90,7 +91,7 @@ class StreamReader:
             while self._wake_in.recv(4096):
                 pass
         with self._lock:
-            orders, self._orders = list(self._orders), Deque()
+            orders, self._orders = list(self._orders), deque()
         for action, stream in orders:
             action(stream)
 
