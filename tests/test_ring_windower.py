@@ -148,3 +148,22 @@ def test_frame_ring_reader_times_out_and_wakes_on_write():
     assert ring.read_available(0, out, timeout=0.05) == (0, 0)
     threading.Timer(0.05, ring.write, args=(np.ones((2, 1), np.float32),)).start()
     assert ring.read_available(0, out, timeout=5) == (0, 2)
+
+
+def test_a_compact_ring_keeps_16_bit_samples_and_gives_float32_back():
+    """Live capture rings keep 16-bit samples (half the memory): what comes back is the input
+    rounded to the nearest 1/32768, clipped to [-1, 1), across the ring's wrap-around and
+    after overwriting."""
+    rng = np.random.default_rng(7)
+    audio = rng.uniform(-1.2, 1.2, 2500).astype(np.float32)
+    ring = RingBuffer(1000, drop_oldest=True, compact=True)
+    for start in range(0, len(audio), 300):
+        ring.write(audio[start : start + 300])
+    assert ring._data.dtype == np.int16 and ring._data.nbytes == 2000
+    out = np.full(1000, np.nan, dtype=np.float32)
+    first, end = ring.read_span(1500, out)
+    assert (first, end) == (1500, 2500)
+    expected = np.clip(np.rint(audio[1500:] * 32768), -32768, 32767) / 32768
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+    assert ring.overwritten == 1500

@@ -41,7 +41,8 @@ class Stream:
         model_rate = clock.sample_rate
         self.source_name = source.name
         self.channel = channel
-        self.ring = RingBuffer(int(ring_buffer_s * model_rate), drop_oldest=source.paced)
+        capacity = int(ring_buffer_s * model_rate)
+        self.ring = RingBuffer(capacity, drop_oldest=source.paced, compact=source.paced)
         self.windower = Windower(self.ring, window_samples, hop, clock, source.name, channel)
         self.level = LevelMeter(source.sample_rate)
         self._resample = Resampler(source.sample_rate, model_rate)

@@ -58,6 +58,7 @@ class Windower:
         index = 0
         while True:
             start = index * self.hop
+            self.ring.wait_written(start + self.window_samples)  # then the window's memory
             samples = np.zeros(self.window_samples, dtype=np.float32)
             valid = self.ring.read(start, samples)
             if valid == 0 or (index > 0 and valid < self.min_tail):

@@ -20,7 +20,7 @@ from birdd.daemon import __version__
 from birdd.daemon.sources.base import Block, SourceError
 from birdd.daemon.sources.live import Connection
 from birdd.daemon.sources.startgate import StartSlot
-from birdd.daemon.sources.streamblocks import BlockQueue, RealTimePace, Reblocker
+from birdd.daemon.sources.streamblocks import BlockQueue, RealTimePace, Reblocker, StreamRequest
 from birdd.daemon.sources.streambody import CodedBody, StreamBody, WavBody
 from birdd.daemon.sources.streamreader import ReadStream, StreamReader
 
@@ -210,19 +210,13 @@ class FailedConnection(Connection):
 
 
 def open_shared(
-    url: str,
-    channels: int,
-    rate: int,
-    block_frames: int,
-    timeout_s: float,
-    slot: StartSlot,
-    reader: StreamReader,
+    request: StreamRequest, slot: StartSlot, reader: StreamReader
 ) -> Optional[Connection]:
     """A connection on the shared reader, its start slot given back once the server has
     answered (no probing follows); a failed one (slot given back too) when the server is not
     there or refuses; None when the stream is not ours (the slot still held, nothing open)."""
     try:
-        response = open_http(url, timeout_s)
+        response = open_http(request.url, request.timeout_s)
     except NotOurs:
         return None
     except SourceError as exc:
@@ -233,8 +227,9 @@ def open_shared(
         response.sock.close()
         return None
     slot.release()  # the costly part of a start (connecting, the answer) is over: no probing
+    channels, rate = request.channels, request.rate
     body = WavBody(channels, rate) if kind == "wav" else CodedBody(kind, channels, rate)
     try:
-        return HttpAudioConnection(response, body, block_frames, reader)
+        return HttpAudioConnection(response, body, request.block_frames, reader)
     except SourceError as exc:
         return FailedConnection(str(exc))

@@ -20,7 +20,12 @@ from birdd.daemon.sources.ffmpeg import PROBE_BYTES, PROBE_MICROS, NetworkSource
 from birdd.daemon.sources.httpaudio import open_shared
 from birdd.daemon.sources.live import Connection
 from birdd.daemon.sources.startgate import StartSlot
-from birdd.daemon.sources.streamblocks import BlockQueue, RealTimePace, Reblocker
+from birdd.daemon.sources.streamblocks import (
+    BlockQueue,
+    RealTimePace,
+    Reblocker,
+    StreamRequest,
+)
 from birdd.daemon.sources.streamreader import process_reader
 
 
@@ -36,21 +41,14 @@ class PyavConnection(Connection):
     """A decoder thread filling a bounded queue with blocks; it holds its start slot until the
     first block or the end."""
 
-    def __init__(
-        self,
-        url: str,
-        channels: int,
-        rate: int,
-        block_frames: int,
-        timeout_s: float,
-        slot: StartSlot,
-    ) -> None:
-        self.url, self.channels, self.rate = url, channels, rate
-        self._block_frames, self._timeout_s, self._slot = block_frames, timeout_s, slot
+    def __init__(self, request: StreamRequest, slot: StartSlot) -> None:
+        self.url, self.channels, self.rate = request.url, request.channels, request.rate
+        self._block_frames, self._timeout_s = request.block_frames, request.timeout_s
+        self._slot = slot
         self._blocks = BlockQueue()
         self._closing = threading.Event()
         self._ended: Optional[str] = None
-        self._thread = threading.Thread(target=self._decode, name=f"pyav {url}", daemon=True)
+        self._thread = threading.Thread(target=self._decode, name=f"pyav {self.url}", daemon=True)
         self._thread.start()
 
     def _decode(self) -> None:
@@ -120,22 +118,16 @@ class PyavSource(NetworkSource):
     def start(self, slot: StartSlot) -> Connection:
         """Plain HTTP WAV/MP3/AAC on the process's one stream reader; anything else (or a
         stream that turns out to be another format) on a PyAV thread of its own."""
+        request = StreamRequest(
+            self.url, self.channels, self.sample_rate, self._block_frames, self.policy.watchdog_s
+        )
         if urlsplit(self.url).scheme.lower() == "http":
-            timeout_s = self.policy.watchdog_s
-            args = (self.channels, self.sample_rate, self._block_frames, timeout_s, slot)
-            shared = open_shared(self.url, *args, process_reader())
+            shared = open_shared(request, slot, process_reader())
             if shared is not None:
                 self._via = f"the stream reader ({getattr(shared, 'kind', 'http')})"
                 return shared
         self._via = "PyAV"
-        return PyavConnection(
-            self.url,
-            self.channels,
-            self.sample_rate,
-            self._block_frames,
-            self.policy.watchdog_s,
-            slot,
-        )
+        return PyavConnection(request, slot)
 
     def describe(self) -> str:
         return f"receiving {self.name} through {self._via}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import time
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
@@ -20,6 +21,18 @@ AHEAD_S = 0.5
 clock, so a file on a web server arrives as live audio (and the server feels the pace)."""
 QUEUED_BLOCKS = 64
 """Blocks decoded and not yet read (32 s at 0.5 s blocks): more means the reader is stuck."""
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """What an in-process decoder is asked for: the stream, the audio it must deliver (the
+    model's channels and rate, in blocks of ``block_frames``) and how long a read may stall."""
+
+    url: str
+    channels: int
+    rate: int
+    block_frames: int
+    timeout_s: float
 
 
 class Reblocker:

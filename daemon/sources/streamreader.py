@@ -96,8 +96,12 @@ class StreamReader:
             action(stream)
 
     def _add(self, stream: ReadStream) -> None:
+        try:
+            self._selector.register(stream.sock, selectors.EVENT_READ, stream)
+        except (ValueError, OSError) as exc:  # closed meanwhile: that stream ends, not the thread
+            stream.ended(f"the connection failed: {exc}")
+            return
         self._live.add(stream)
-        self._selector.register(stream.sock, selectors.EVENT_READ, stream)
 
     def _remove(self, stream: ReadStream) -> None:
         if stream not in self._live:
