@@ -318,8 +318,8 @@ def section(results: List[Result], args: argparse.Namespace) -> str:
         " the `…/stats` messages (every 5 s); latency from each row's arrival on stdout minus "
         "its window's end by the audio clock (the engine queue plus one call, and ffmpeg's "
         "buffering). Each ffmpeg holds ~10 MB of its own (anonymous) memory; birdd's ring "
-        "buffers hold 48 kHz float32, 192 kB per second of buffer per stream (the default 120 s"
-        " would be 23 MB per stream)."
+        "buffers hold a live input at 48 kHz in 16 bits, 96 kB per second of buffer per stream "
+        "(the default 120 s would be 11.5 MB per stream)."
     )
     if PNG.is_file():
         reading += f"\n\n![CPU and RSS against streams]({PNG.relative_to(ROOT / 'docs')})"

@@ -18,11 +18,13 @@ sees from ``read_span`` what it lost.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Optional, Tuple
 
 import numpy as np
 
+NOBODY_WAITS = sys.maxsize
 INT16_SCALE = 32768.0
 INT16_STEP = np.float32(1 / INT16_SCALE)
 
@@ -51,6 +53,8 @@ class RingBuffer:
         self.held: Optional[int] = None
         """A second reader still needs the samples from this index on (None: nothing held)."""
         self.closed = False
+        self._wake_at = NOBODY_WAITS
+        """The least sample index a waiting reader needs written."""
 
     def write(self, samples: np.ndarray) -> None:
         """Append samples; in back-pressure mode this waits while the buffer is full."""
@@ -63,7 +67,9 @@ class RingBuffer:
                 chunk = samples[offset : offset + room]
                 self._copy_in(chunk)
                 offset += len(chunk)
-                self._cond.notify_all()
+                if self.written >= self._wake_at:
+                    self._wake_at = NOBODY_WAITS
+                    self._cond.notify_all()
 
     def _wait_for_room(self) -> int:
         if self.drop_oldest:
@@ -99,16 +105,25 @@ class RingBuffer:
         windower waits here before it allocates its next window: 250 windowers each holding
         an empty 576 kB window while the audio arrived were 144 MB."""
         with self._cond:
-            while not self.closed and self.written < end:
-                self._cond.wait()
+            self._wait_for_samples(end)
+
+    def _wait_for_samples(self, end: int, timeout: Optional[float] = None) -> None:
+        """Wait (the condition held) until ``end`` is written, the ring closes or ``timeout``
+        passes. A write wakes the readers only once one of them can go on: a windower needs
+        a whole window, and waking it for every block was 500 wake-ups a second at 250
+        streams."""
+        waited = False
+        while not self.closed and self.written < end and not (waited and timeout is not None):
+            self._wake_at = min(self._wake_at, end)
+            self._cond.wait(timeout)
+            waited = True
 
     def read_span(self, start: int, out: np.ndarray) -> Tuple[int, int]:
         """``read``, returning the stream indices ``(first, end)`` that were copied: ``first``
         > ``start`` when the samples before it were already overwritten, ``end`` < ``start +
         len(out)`` when the stream closed before them."""
         with self._cond:
-            while not self.closed and self.written < start + len(out):
-                self._cond.wait()
+            self._wait_for_samples(start + len(out))
             first = max(start, self.written - self.capacity)
             end = min(self.written, start + len(out))
             count = end - first
@@ -135,8 +150,7 @@ class RingBuffer:
         ``count`` is 0 when nothing arrived in time or the ring is closed and drained.
         """
         with self._cond:
-            if self.written <= start and not self.closed:
-                self._cond.wait(timeout)
+            self._wait_for_samples(start + 1, timeout)
             first = max(start, self.written - self.capacity)
             count = min(len(out), self.written - first)
             if count <= 0:
