@@ -193,22 +193,18 @@ def test_http_404_is_the_reason_and_retried(routes: Routes) -> None:
     assert running.blocks == []
 
 
-def test_redirect_is_followed(routes: Routes) -> None:
-    running = Running(routes.url("/moved"))
+@pytest.mark.parametrize(
+    "path, through",
+    [("/moved", "the stream reader (wav)"), ("/robin.ogg", "PyAV")],
+    ids=["a redirect is followed", "Ogg falls back to a PyAV thread"],
+)
+def test_who_reads_the_stream(routes: Routes, path: str, through: str) -> None:
+    running = Running(routes.url(path))
     try:
         running.wait(lambda: running.frames() >= 48000)
     finally:
         running.stop()
-    assert running.source.describe().endswith("through the stream reader (wav)")
-
-
-def test_ogg_falls_back_to_a_pyav_thread(routes: Routes) -> None:
-    running = Running(routes.url("/robin.ogg"))
-    try:
-        running.wait(lambda: running.frames() >= 48000)
-    finally:
-        running.stop()
-    assert running.source.describe().endswith("through PyAV")
+    assert running.source.describe().endswith(f"through {through}")
 
 
 def test_html_falls_back_to_pyav_and_fails_with_its_reason(routes: Routes) -> None:
