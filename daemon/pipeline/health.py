@@ -17,9 +17,11 @@ class Observed(Protocol):
     stats: Any
     stages: List[SourceStage]
     inference: InferenceStage
-    windows: queue.Queue
     fanout: SinkFanout
     clips: Any
+
+    @property
+    def windows(self) -> queue.Queue: ...
 
     @property
     def streams(self) -> List[Stream]: ...
