@@ -4,7 +4,8 @@ capture and the windower.
 Samples (frames, when ``channels`` is given) carry a monotonic index from the start of the
 stream. The writer either waits for room (simulate: nothing is lost) or overwrites the oldest
 unread audio and counts it (live: freshness matters more than completeness). In the overwriting
-mode ``write`` never waits and allocates nothing, so a PortAudio callback may call it.
+mode ``write`` never waits and allocates nothing (a ``compact`` ring aside), so a PortAudio
+callback may call it.
 
 A ring may be ``compact``: it then keeps 16-bit samples (half the memory of float32; the
 capture rings of live inputs, which are 16-bit at the source almost always: a sound card, a
@@ -58,6 +59,7 @@ class RingBuffer:
 
     def write(self, samples: np.ndarray) -> None:
         """Append samples; in back-pressure mode this waits while the buffer is full."""
+        samples = self._stored(samples)  # converted once, outside the lock
         offset = 0
         while offset < len(samples):
             with self._cond:
@@ -84,7 +86,6 @@ class RingBuffer:
     def _copy_in(self, chunk: np.ndarray) -> None:
         start = self.written % self.capacity
         first = min(len(chunk), self.capacity - start)
-        chunk = self._stored(chunk)
         self._data[start : start + first] = chunk[:first]
         self._data[: len(chunk) - first] = chunk[first:]
         self.written += len(chunk)
@@ -112,11 +113,11 @@ class RingBuffer:
         passes. A write wakes the readers only once one of them can go on: a windower needs
         a whole window, and waking it for every block was 500 wake-ups a second at 250
         streams."""
-        waited = False
-        while not self.closed and self.written < end and not (waited and timeout is not None):
+        while not self.closed and self.written < end:
             self._wake_at = min(self._wake_at, end)
             self._cond.wait(timeout)
-            waited = True
+            if timeout is not None:
+                return
 
     def read_span(self, start: int, out: np.ndarray) -> Tuple[int, int]:
         """``read``, returning the stream indices ``(first, end)`` that were copied: ``first``

@@ -108,14 +108,15 @@ class NonFiniteSamples:
 
 
 class Resampler:
-    """Streaming resampler to the model rate (soxr keeps its filter state across blocks)."""
+    """Streaming resampler to the model rate (soxr keeps its filter state across blocks), of
+    mono samples or of ``[frames, channels]``."""
 
-    def __init__(self, source_rate: int, target_rate: int) -> None:
+    def __init__(self, source_rate: int, target_rate: int, channels: int = 1) -> None:
         self._stream: Optional[Any] = None  # soxr.ResampleStream, imported only when needed
         if source_rate != target_rate:
             import soxr
 
-            self._stream = soxr.ResampleStream(source_rate, target_rate, 1, dtype="float32")
+            self._stream = soxr.ResampleStream(source_rate, target_rate, channels, "float32")
 
     def __call__(self, mono: np.ndarray, last: bool = False) -> np.ndarray:
         if self._stream is None:

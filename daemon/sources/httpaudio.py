@@ -6,6 +6,9 @@ the watchdog as timeout; then the socket goes to the reader, which hands each ar
 stream's decoder: WAV is parsed here (its PCM needs no codec), MP3 and AAC go through PyAV's
 codec parser. Anything else (https, RTSP, Ogg and other containers) is not ours: the caller
 gives it a PyAV thread.
+
+The few lines of HTTP are our own: ``http.client`` cannot hand its socket over (its buffered
+reader may already hold the first audio) and refuses SHOUTcast's ``ICY 200 OK`` status line.
 """
 
 from __future__ import annotations

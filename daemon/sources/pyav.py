@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from birdd.daemon.sources.base import Block, SourceError
 from birdd.daemon.sources.ffmpeg import PROBE_BYTES, PROBE_MICROS, NetworkSource
-from birdd.daemon.sources.httpaudio import open_shared
+from birdd.daemon.sources.httpaudio import HttpAudioConnection, open_shared
 from birdd.daemon.sources.live import Connection
 from birdd.daemon.sources.startgate import StartSlot
 from birdd.daemon.sources.streamblocks import (
@@ -43,8 +43,7 @@ class PyavConnection(Connection):
 
     def __init__(self, request: StreamRequest, slot: StartSlot) -> None:
         self.url, self.channels, self.rate = request.url, request.channels, request.rate
-        self._block_frames, self._timeout_s = request.block_frames, request.timeout_s
-        self._slot = slot
+        self._request, self._slot = request, slot
         self._blocks = BlockQueue()
         self._closing = threading.Event()
         self._ended: Optional[str] = None
@@ -56,8 +55,9 @@ class PyavConnection(Connection):
         used and closed by this thread only (PyAV objects are not for sharing)."""
         import av
 
+        options, timeout_s = open_options(self.url), self._request.timeout_s
         try:
-            with av.open(self.url, options=open_options(self.url), timeout=self._timeout_s) as box:
+            with av.open(self.url, options=options, timeout=timeout_s) as box:
                 layout = "mono" if self.channels == 1 else "stereo"
                 resampler = av.AudioResampler(format="flt", layout=layout, rate=self.rate)
                 self._pump(box.decode(box.streams.audio[0]), resampler)
@@ -71,7 +71,7 @@ class PyavConnection(Connection):
 
     def _pump(self, frames: Any, resampler: Any) -> None:
         """Resample, cut into blocks, hold back to real time, queue."""
-        blocks, pace = Reblocker(self._block_frames), RealTimePace(self.rate)
+        blocks, pace = Reblocker(self._request.block_frames), RealTimePace(self.rate)
         for frame in frames:
             for out in resampler.resample(frame):
                 block = blocks.add(out.to_ndarray().reshape(-1, self.channels))
@@ -123,8 +123,9 @@ class PyavSource(NetworkSource):
         )
         if urlsplit(self.url).scheme.lower() == "http":
             shared = open_shared(request, slot, process_reader())
+            if isinstance(shared, HttpAudioConnection):
+                self._via = f"the stream reader ({shared.kind})"
             if shared is not None:
-                self._via = f"the stream reader ({getattr(shared, 'kind', 'http')})"
                 return shared
         self._via = "PyAV"
         return PyavConnection(request, slot)

@@ -13,7 +13,7 @@ from typing import Any, Optional, Protocol, Tuple
 
 import numpy as np
 
-from birdd.daemon.sources.base import SourceError
+from birdd.daemon.sources.base import Resampler, SourceError
 
 MAX_WAV_HEAD = 65536
 EXTENSIBLE = 0xFFFE
@@ -114,7 +114,7 @@ def with_channels(frames: np.ndarray, channels: int) -> np.ndarray:
 
 
 class WavBody:
-    """A live WAV stream: the head once, then PCM frames, resampled (soxr) to ``rate``."""
+    """A live WAV stream: the head once, then PCM frames, resampled to ``rate``."""
 
     kind = "wav"
 
@@ -123,7 +123,7 @@ class WavBody:
         self._head = b""
         self._format: Optional[WavFormat] = None
         self._partial = b""
-        self._resampler: Optional[Any] = None
+        self._resample = Resampler(rate, rate)  # replaced once the head gives the rate
 
     def decode(self, data: bytes) -> np.ndarray:
         if self._format is None:
@@ -133,19 +133,11 @@ class WavBody:
                 return np.zeros((0, self.channels), np.float32)
             self._format, start = parsed
             data, self._head = self._head[start:], b""
-            if self._format.rate != self.rate:
-                import soxr
-
-                self._resampler = soxr.ResampleStream(
-                    self._format.rate, self.rate, self.channels, dtype="float32"
-                )
+            self._resample = Resampler(self._format.rate, self.rate, self.channels)
         data = self._partial + data if self._partial else data
         usable = len(data) - len(data) % self._format.frame_bytes
         self._partial = data[usable:]
-        frames = with_channels(self._format.samples(data[:usable]), self.channels)
-        if self._resampler is None:
-            return frames
-        return self._resampler.resample_chunk(np.ascontiguousarray(frames))
+        return self._resample(with_channels(self._format.samples(data[:usable]), self.channels))
 
 
 class CodedBody:

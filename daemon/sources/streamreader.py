@@ -99,6 +99,7 @@ class StreamReader:
         try:
             self._selector.register(stream.sock, selectors.EVENT_READ, stream)
         except (ValueError, OSError) as exc:  # closed meanwhile: that stream ends, not the thread
+            stream.sock.close()
             stream.ended(f"the connection failed: {exc}")
             return
         self._live.add(stream)

@@ -98,38 +98,40 @@ def authenticate(tokens: Dict[str, str], station: str, header: Optional[str]) ->
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, refused (413) once it passes ``max_bytes``. A body up to DRAIN_BYTES past
-    the limit is still read (and dropped) before the answer, as for ``discard_body``: answered
-    early, the 413 reached urllib as a connection reset (seen once in the suite); a larger
-    one is not worth reading to say so."""
+    """The body, refused (413) once it passes ``max_bytes``; one up to DRAIN_BYTES past the
+    limit is still read to its end first (``consume``), a larger one is not worth reading to
+    say so."""
     too_big = BadClip(
         413, f"the clip is larger than this hub's clips.max_mb ({max_bytes / 1e6:g} MB)"
     )
-    limit = max_bytes + DRAIN_BYTES
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + DRAIN_BYTES:
         raise too_big
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            break
-        if size <= max_bytes:
-            chunks.append(chunk)
+    kept, size = await consume(request, max_bytes, max_bytes + DRAIN_BYTES)
     if size > max_bytes:
         raise too_big
-    return b"".join(chunks)
+    return kept
 
 
 async def discard_body(request: Request, max_bytes: int) -> None:
-    """Read and drop the body of a refused upload (up to ``max_bytes``): a client such as
-    urllib sends the whole body before it reads the answer, and an answer sent over an unread
-    body can reach it as a connection reset instead of the 4xx that says what to fix."""
-    size = 0
+    """Read and drop the body of a refused upload (up to ``max_bytes``)."""
+    await consume(request, 0, max_bytes)
+
+
+async def consume(request: Request, keep_bytes: int, read_bytes: int) -> Tuple[bytes, int]:
+    """Read the body until its end or past ``read_bytes``, keeping it only while it is within
+    ``keep_bytes``; returns what was kept and how much was read. A refused body is read before
+    the answer: a client such as urllib sends the whole body before it reads the answer, and
+    an answer sent over an unread body can reach it as a connection reset instead of the 4xx
+    that says what to fix (seen in the suite)."""
+    chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > max_bytes:
-            return
+        if size > read_bytes:
+            break
+        if size <= keep_bytes:
+            chunks.append(chunk)
+    return b"".join(chunks), size
 
 
 def accept(
