@@ -152,6 +152,8 @@ class Connection:
             callback()
 
     def _on_connect_fail(self, client, userdata) -> None:
+        if self._closing:
+            return  # an attempt paho's thread was making when close() came: not news
         # paho calls this from inside its ``except OSError`` block: the error is still current.
         error = sys.exc_info()[1]
         if isinstance(error, ssl.SSLError):
