@@ -46,11 +46,13 @@ class WindowQueue(queue.Queue):
                     self._drop_oldest()
 
     def _drop_oldest(self) -> None:
-        try:
-            dropped = self.get_nowait()
-        except queue.Empty:
-            return
-        if not isinstance(dropped, QueuedWindow):
-            self.put(dropped)  # the end, or a stream's end: kept
-        else:
-            self._on_drop()
+        """Remove the oldest window, leaving stream ends and the end where they are."""
+        with self.mutex:
+            oldest = next(
+                (at for at, item in enumerate(self.queue) if isinstance(item, QueuedWindow)), None
+            )
+            if oldest is None:
+                return
+            del self.queue[oldest]
+            self.not_full.notify()
+        self._on_drop()
