@@ -1,23 +1,23 @@
 """Per-class detection events of one stream: merge, split at a maximum length, hold down.
 
 All positions are sample indices; an event's UTC times are its windows' stamps (the start of
-its first window, the end of the window that ends it). State lives in numpy arrays over every
-class, so a window costs a few vector operations plus Python work only for the classes that
-change state.
+its first window, the end of the window that ends it). State is kept only for the classes
+that have been heard (a few per window among BirdNET's 6,522): a live box with hundreds of
+streams keeps one tracker each, and arrays over every class cost 400 kB per stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from birdd.daemon.records import Window
 
-NEVER = np.iinfo(np.int64).min // 2
-"""A sample position long before any stream starts (halved so that differences cannot overflow)."""
+NEVER = -(2**62)
+"""A sample position long before any stream starts."""
 
 
 @dataclass(frozen=True)
@@ -50,77 +50,94 @@ class EventTracker:
     """
 
     def __init__(
-        self,
-        num_classes: int,
-        merge: bool,
-        max_event_samples: int,
-        hold_down_samples: Optional[int],
+        self, merge: bool, max_event_samples: int, hold_down_samples: Optional[int]
     ) -> None:
         self._merge = merge
         self._max_event_samples = max_event_samples
         self._hold_down_samples = hold_down_samples
-        self._open = np.zeros(num_classes, dtype=bool)
-        self._start = np.zeros(num_classes, dtype=np.int64)
-        self._end = np.zeros(num_classes, dtype=np.int64)
-        self._start_utc = np.empty(num_classes, dtype=object)
-        self._end_utc = np.empty(num_classes, dtype=object)
-        self._confidence = np.zeros(num_classes, dtype=np.float32)
-        self._windows = np.zeros(num_classes, dtype=np.int64)
-        self._continues = np.zeros(num_classes, dtype=bool)
-        self._split_end = np.full(num_classes, NEVER, dtype=np.int64)
-        self._reported_end = np.full(num_classes, NEVER, dtype=np.int64)
+        self._open: Dict[int, _OpenEvent] = {}
+        self._split_end: Dict[int, int] = {}
+        self._reported_end: Dict[int, int] = {}
 
     def update(self, window: Window, classes: np.ndarray, confidences: np.ndarray) -> List[Event]:
         """Take in one window (its valid samples) and the classes it detects (ascending
         indices, with their confidences); return the events that closed."""
         start = window.start_sample
-        detected = np.zeros_like(self._open)
-        detected[classes] = True
-        finished = self._open & ((start > self._end) | (~detected & (start >= self._end)))
-        events = self._close(np.flatnonzero(finished))
-        self._extend(window, classes, confidences)
+        detected = classes.tolist()
+        heard = set(detected)
+        finished = [
+            index
+            for index, event in self._open.items()
+            if start > event.end or (index not in heard and start >= event.end)
+        ]
+        events = self._close(sorted(finished))
+        self._extend(window, detected, confidences.tolist())
         if not self._merge:
-            return events + self._close(classes)
-        full = classes[self._end[classes] - self._start[classes] >= self._max_event_samples]
-        self._split_end[full] = self._end[full]
+            return events + self._close(detected)
+        full = [
+            index
+            for index in detected
+            if self._open[index].end - self._open[index].start >= self._max_event_samples
+        ]
+        for index in full:
+            self._split_end[index] = self._open[index].end
         return events + self._close(full)
 
     def flush(self) -> List[Event]:
         """Close every open event (end of stream)."""
-        return self._close(np.flatnonzero(self._open))
+        return self._close(sorted(self._open))
 
-    def _extend(self, window: Window, classes: np.ndarray, confidences: np.ndarray) -> None:
+    def _extend(self, window: Window, classes: List[int], confidences: List[float]) -> None:
         start = window.start_sample
-        new = classes[~self._open[classes]]
-        self._open[new] = True
-        self._start[new] = start
-        self._start_utc[new] = window.start_utc
-        self._end[new] = start
-        self._confidence[new] = 0.0
-        self._windows[new] = 0
-        self._continues[new] = start <= self._split_end[new]
-        longer = classes[self._end[classes] < window.end_sample]
-        self._end[longer] = window.end_sample
-        self._end_utc[longer] = window.end_utc
-        self._confidence[classes] = np.maximum(self._confidence[classes], confidences)
-        self._windows[classes] += 1
+        for index, confidence in zip(classes, confidences):
+            event = self._open.get(index)
+            if event is None:
+                continues = start <= self._split_end.get(index, NEVER)
+                event = _OpenEvent(start, start, window.start_utc, window.start_utc, continues)
+                self._open[index] = event
+            if event.end < window.end_sample:
+                event.end = window.end_sample
+                event.end_utc = window.end_utc
+            event.confidence = max(event.confidence, confidence)
+            event.windows += 1
 
-    def _close(self, classes: np.ndarray) -> List[Event]:
-        self._open[classes] = False
-        reported = classes
-        if self._hold_down_samples is not None:
-            quiet_for = self._start[classes] - self._reported_end[classes]
-            reported = classes[self._continues[classes] | (quiet_for >= self._hold_down_samples)]
-        self._reported_end[reported] = self._end[reported]
-        return [
-            Event(
-                class_index=int(index),
-                start=int(self._start[index]),
-                end=int(self._end[index]),
-                start_utc=self._start_utc[index],
-                end_utc=self._end_utc[index],
-                confidence=float(self._confidence[index]),
-                windows=int(self._windows[index]),
-            )
-            for index in reported
-        ]
+    def _close(self, classes: List[int]) -> List[Event]:
+        events = []
+        for index in classes:
+            event = self._open.pop(index)
+            if self._held_down(index, event):
+                continue
+            self._reported_end[index] = event.end
+            events.append(event.closed(index))
+        return events
+
+    def _held_down(self, index: int, event: _OpenEvent) -> bool:
+        if self._hold_down_samples is None or event.continues:
+            return False
+        quiet_for = event.start - self._reported_end.get(index, NEVER)
+        return quiet_for < self._hold_down_samples
+
+
+@dataclass
+class _OpenEvent:
+    """One class's event while it can still grow."""
+
+    start: int
+    end: int
+    start_utc: datetime
+    end_utc: datetime
+    continues: bool
+    """It starts where an event split at the maximum length ended: never held down."""
+    confidence: float = 0.0
+    windows: int = 0
+
+    def closed(self, class_index: int) -> Event:
+        return Event(
+            class_index=class_index,
+            start=self.start,
+            end=self.end,
+            start_utc=self.start_utc,
+            end_utc=self.end_utc,
+            confidence=self.confidence,
+            windows=self.windows,
+        )

@@ -171,7 +171,6 @@ class PostProcessor:
         rate = self._rate
         hold_down = self._live and not config.per_window
         return EventTracker(
-            num_classes=self._artifact.num_classes,
             merge=config.merge and not config.per_window,
             max_event_samples=round(config.max_event_s * rate),
             hold_down_samples=round(config.hold_down_s * rate) if hold_down else None,
