@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -23,6 +22,7 @@ from birdd.daemon.clips.spans import (
     sample_index,
 )
 from birdd.daemon.clips.writer import ClipCounts, ClipJob, ClipWriter, Publish, RingHold
+from birdd.daemon.handover import Handover
 from birdd.daemon.pipeline.ring import RingBuffer
 from birdd.daemon.records import Channel, Detection, ScoredWindow
 from birdd.engines.models.artifact import ModelArtifact
@@ -85,8 +85,7 @@ class ClipStage:
         self._window_samples = window_samples
         self._publish = publish
         self._tune(settings, guard)
-        self._retuned: Optional[Tuple[ClipSettings, Optional[SpeechGuard]]] = None
-        self._retuned_lock = threading.Lock()
+        self._retuned: Handover[Tuple[ClipSettings, Optional[SpeechGuard]]] = Handover()
         self._streams: Dict[StreamKey, _Stream] = {
             key: _Stream(RingHold(ring) if writer is not None else None)
             for key, ring in rings.items()
@@ -108,13 +107,11 @@ class ClipStage:
         thread for its next window. The detections already waiting keep their clip spans."""
         if self.writer is not None:
             self.writer.retarget(settings.config.dir, settings.config.format)
-        with self._retuned_lock:
-            self._retuned = (settings, guard)
+        self._retuned.give((settings, guard))
 
     def process(self, scored: ScoredWindow, detections: Sequence[Detection]) -> None:
         """One scored window of a stream and the detections it closed."""
-        with self._retuned_lock:
-            retuned, self._retuned = self._retuned, None
+        retuned = self._retuned.take()
         if retuned is not None:
             self._tune(*retuned)
         window = scored.window

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from birdd.daemon.clips.stage import ClipStage, build_clip_stage, ring_seconds
+from birdd.daemon.handover import Handover
 from birdd.daemon.pipeline.capture import SourceStage, Stream
 from birdd.daemon.pipeline.health import pipeline_health
 from birdd.daemon.pipeline.inference import (
@@ -54,8 +55,7 @@ class Pipeline:
     ) -> None:
         spec = engine.input_spec
         self.postprocessor = postprocessor
-        self._replacement: Optional[PostProcessor] = None
-        self._replacement_lock = threading.Lock()
+        self._replacement: Handover[PostProcessor] = Handover()
         self.fanout = fanout
         self.stop_event = threading.Event()
         self.live = any(item.source.paced for item in sources)
@@ -130,12 +130,10 @@ class Pipeline:
     def replace_postprocessor(self, replacement: PostProcessor) -> None:
         """Hand the inference thread a post-processor to use from its next window on (a
         config reload); it takes over the open events of the one it replaces."""
-        with self._replacement_lock:
-            self._replacement = replacement
+        self._replacement.give(replacement)
 
     def _take_replacement(self) -> None:
-        with self._replacement_lock:
-            replacement, self._replacement = self._replacement, None
+        replacement = self._replacement.take()
         if replacement is not None:
             replacement.take_over(self.postprocessor)
             self.postprocessor = replacement
