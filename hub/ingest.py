@@ -143,6 +143,8 @@ class Session:
         self.connected.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
+        if self.state == "stopped":
+            return  # an attempt paho's thread was making when stop() came: not news
         # paho calls this inside its ``except OSError``: the error is still current.
         error = sys.exc_info()[1]
         reason = getattr(error, "strerror", None) or str(error) or "no answer"
