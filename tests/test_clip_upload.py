@@ -14,7 +14,7 @@ import threading
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -182,19 +182,24 @@ def hub(tmp_path: Path, monkeypatch) -> Iterator[Tuple[WebServer, Store]]:
     store.close()
 
 
-def upload(db: Path, server: WebServer, token: str = TOKEN, drain_s: float = 20.0) -> int:
-    """One uploader's life: start, drain, stop; returns the clips left."""
+def upload(
+    db: Path, server: WebServer, token: str = TOKEN, drain_s: float = 20.0
+) -> Dict[str, Any]:
+    """One uploader's life: start, drain, stop; returns its last ``clip_uploads`` stats."""
     config = UploadConfig(url=server.address, retry_min_s=0.05, retry_max_s=0.2, timeout_s=5)
     uploader = ClipUploader(db, config, token)
     uploader.start()
     uploader.drain(drain_s, threading.Event())
-    return uploader.stop()
+    left = uploader.stop()
+    uploads = uploader.stats()["clip_uploads"]
+    assert uploads["waiting"] == left
+    return uploads
 
 
 def test_every_clip_reaches_the_hub_once_with_its_bytes(tmp_path, hub):
     server, store = hub
     db, written = station_db(tmp_path, 5)
-    assert upload(db, server) == 0
+    assert upload(db, server) == {"waiting": 0, "uploaded": 5, "failed": 0, "problem": None}
     held = store.clips([f"{n:032x}" for n in range(6)])
     assert sorted(held) == [f"{n:032x}" for n in range(5)]
     for n, clip in enumerate(written):
@@ -207,7 +212,7 @@ def test_every_clip_reaches_the_hub_once_with_its_bytes(tmp_path, hub):
     # sent again (a lost answer, a copy of the database): stored once
     with sqlite3.connect(str(db)) as conn:
         conn.execute("UPDATE detections SET clip_uploaded_at = NULL")
-    assert upload(db, server) == 0
+    assert upload(db, server)["uploaded"] == 5
     assert len(list((tmp_path / "hub-clips").rglob("*.flac"))) == 5
 
 
@@ -221,7 +226,7 @@ def test_a_refused_clip_and_a_lost_file_fail_for_good_and_the_rest_go_on(tmp_pat
     with sqlite3.connect(str(db)) as conn:  # the WAV's own hash, so the hub sees the body
         digest = hashlib.sha256(wav.getvalue()).hexdigest()
         conn.execute("UPDATE detections SET clip_sha256 = ? WHERE id = ?", (digest, f"{0:032x}"))
-    assert upload(db, server) == 0
+    assert upload(db, server) == {"waiting": 0, "uploaded": 1, "failed": 2, "problem": None}
     assert list(store.clips([f"{n:032x}" for n in range(3)])) == [f"{2:032x}"]
     with sqlite3.connect(str(db)) as conn:
         errors = [r[0] for r in conn.execute("SELECT clip_upload_error FROM detections")]
@@ -232,7 +237,9 @@ def test_a_refused_clip_and_a_lost_file_fail_for_good_and_the_rest_go_on(tmp_pat
 def test_with_a_wrong_token_the_clips_wait_for_the_next_run(tmp_path, hub):
     server, store = hub
     db, _ = station_db(tmp_path, 2)
-    assert upload(db, server, token="not-the-pond-token-xxxx", drain_s=0.5) == 2
+    refused = upload(db, server, token="not-the-pond-token-xxxx", drain_s=0.5)
+    assert refused["waiting"] == 2 and refused["uploaded"] == 0
+    assert "HTTP 401" in refused["problem"]
     assert store.clips([f"{n:032x}" for n in range(2)]) == {}
-    assert upload(db, server) == 0
+    assert upload(db, server)["waiting"] == 0
     assert len(store.clips([f"{n:032x}" for n in range(2)])) == 2

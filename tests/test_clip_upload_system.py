@@ -1,10 +1,11 @@
 """Clips reach the hub, whole system: ``birdd hub serve`` on PostgreSQL 15 (tests/postgres.py)
 and mosquitto, and a station running ``birdd --simulate`` on the thrush soundscape at 3x real
 time with real BirdNET, clips and their upload on. The hub is stopped once the first clip
-has arrived and started again a few seconds later, while the station goes on writing clips:
-at the end every clip the station kept is on the hub exactly once (one row, one file, the
-station's SHA-256), the station's outbox is empty, and the station page in Debian's Chromium
-plays each clip with its spectrogram."""
+has arrived and started again once the station's ``…/stats`` says uploads fail and clips
+wait, while the station goes on writing clips: at the end every clip the station kept is on
+the hub exactly once (one row, one file, the station's SHA-256), the station's outbox is
+empty, its last stats say so, and the station page in Debian's Chromium plays each clip
+with its spectrogram."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
+import jsonschema
 import pytest
 from birdd_testing import THRUSH, recording
-from broker import Mosquitto, free_port
+from broker import Mosquitto, Subscriber, free_port
 from postgres import PASSWORD, Postgres
 
 from birdd.hub.store import open_store
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.system
 
 TOKEN = "thrush-station-upload-token"
 FAST = "{reconnect_min_s: 0.1, reconnect_max_s: 0.5}"
+STATS_SCHEMA = json.loads((Path(__file__).parents[1] / "docs/schema/stats.v1.json").read_text())
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -98,7 +101,8 @@ def station_run(folder: Path, hub: Hub, broker: Mosquitto) -> subprocess.Popen:
     config = folder / "station.yaml"
     upload = f"{{url: {hub.address}, token_file: {folder / 'clip-token'}, retry_min_s: 0.1, "
     upload += "retry_max_s: 0.5, drain_timeout_s: 30}"
-    config.write_text(f"station: {{id: thrush}}\nmqtt: {FAST}\nclips: {{upload: {upload}}}\n")
+    mqtt = FAST[:-1] + ", stats_interval_s: 1}"
+    config.write_text(f"station: {{id: thrush}}\nmqtt: {mqtt}\nclips: {{upload: {upload}}}\n")
     command = [sys.executable, "-m", "birdd.daemon", "--simulate", str(recording(THRUSH))]
     command += ["--per-window", "--min-conf", "0.1", "--realtime", "3", "--config", str(config)]
     command += ["--clips", str(folder / "clips"), "--output", "/dev/null"]
@@ -126,18 +130,25 @@ def test_every_clip_reaches_the_hub_once_across_a_hub_restart(
     hub = Hub(tmp_path, broker, postgres)
     try:
         broker.wait_for_log(" 1 birdd/+/detections", timeout=30)
-        station = station_run(tmp_path, hub, broker)
-        wait_until(lambda: len(hub.files()) >= 1, 60, "the first clip on the hub")
-        hub.stop()
-        before = len(hub.files())
-        time.sleep(3)  # the station goes on: clips written now wait in its outbox
-        hub.start()
-        _, errors = station.communicate(timeout=120)
+        with Subscriber(broker, "birdd/thrush/stats") as stats:
+            station = station_run(tmp_path, hub, broker)
+            wait_until(lambda: len(hub.files()) >= 1, 60, "the first clip on the hub")
+            hub.stop()
+            before = len(hub.files())
+            # the station goes on: clips written now wait in its outbox, and its stats say so
+            stats.wait_for(lambda ms: any(uploads_failing(m) for m in ms), timeout=30)
+            hub.start()
+            _, errors = station.communicate(timeout=120)
+            reports = [json.loads(m.payload) for m in stats.messages]
         assert station.returncode == 0, errors
         clips = station_clips(tmp_path / "station.sqlite")
         assert before < len(clips), "every clip arrived before the hub stopped"
         assert "clips: upload failed" in errors  # the outage was seen and retried
         assert all(c["clip_uploaded_at"] and not c["clip_upload_error"] for c in clips.values())
+        for report in reports:
+            jsonschema.validate(report, STATS_SCHEMA)
+        last = {"waiting": 0, "uploaded": len(clips), "failed": 0, "problem": None}
+        assert reports[-1]["clip_uploads"] == last  # the stats published at the clean stop
         check_hub(hub, postgres, clips)
         print(f"{len(clips)} clips, {before} on the hub when it stopped")
         wait_until(lambda: len(listed(hub)) == len(clips), 30, "the clips' detections at the hub")
@@ -147,6 +158,11 @@ def test_every_clip_reaches_the_hub_once_across_a_hub_restart(
             hub.stop()
         broker.stop()
     assert "Traceback" not in hub.log.read_text(), hub.log.read_text()
+
+
+def uploads_failing(message) -> bool:
+    uploads = json.loads(message.payload)["clip_uploads"]
+    return uploads["waiting"] >= 1 and "did not answer" in (uploads["problem"] or "")
 
 
 def check_hub(hub: Hub, postgres: Postgres, clips: Dict[str, Dict[str, Any]]) -> None:

@@ -111,6 +111,8 @@ def run_session(
     thread during a live run, and once after every run; ``on_housekeeping`` is handed it
     (a config reload changes its clips' budget)."""
     uploader = build_uploader(config.storage.db, config.clips.upload)
+    if uploader is not None:
+        pipeline.reporters.append(uploader.stats)
     fanout.open(run)
     status = "failed"
     keeping = housekeeping_during(config, live=run.mode == "live")

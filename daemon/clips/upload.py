@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 from birdd.daemon.clips.config import UploadConfig
 from birdd.daemon.clips.privacy import ClipsError
@@ -95,6 +95,7 @@ class ClipUploader:
         self._idle = threading.Event()
         self.uploaded = 0
         self.failed = 0
+        self.waiting = 0
         self._problem = ""
         self._thread = threading.Thread(target=self._run, name="clip uploader", daemon=True)
 
@@ -118,9 +119,23 @@ class ClipUploader:
         self._wake.set()
         self._thread.join(self.config.timeout_s + 5)
         try:
-            return self._store.backlog()
+            self.waiting = self._store.backlog()  # for the last stats message
+            return self.waiting
         finally:
             self._store.close()
+
+    def stats(self) -> Dict[str, Any]:
+        """``clip_uploads`` of the ``…/stats`` message (read from any thread): clips waiting,
+        uploaded and failed for good in this run, and why uploads fail now (None when they
+        do not)."""
+        return {
+            "clip_uploads": {
+                "waiting": self.waiting,
+                "uploaded": self.uploaded,
+                "failed": self.failed,
+                "problem": self._problem or None,
+            }
+        }
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -133,6 +148,7 @@ class ClipUploader:
     def _round(self) -> None:
         """Send the waiting clips in order until one must wait; idle when there are none."""
         clips = self._store.unsent(0, FETCH)
+        self.waiting = len(clips) if len(clips) < FETCH else self._store.backlog()
         if not clips:
             self._idle.set()
             self._wake.wait(POLL_S)
@@ -149,11 +165,13 @@ class ClipUploader:
         if outcome.kind == DONE:
             self._store.mark_uploaded([clip.rowid])
             self.uploaded += 1
+            self.waiting = max(0, self.waiting - 1)
             self._recovered()
             return True
         if outcome.kind == FAILED:
             self._store.mark_failed(clip.rowid, outcome.detail)
             self.failed += 1
+            self.waiting = max(0, self.waiting - 1)
             log.warning(
                 "clips: %s not uploaded, for good: %s", Path(clip.path).name, outcome.detail
             )

@@ -31,6 +31,8 @@ COUNTERS: List[Tuple[Sequence[str], str, str]] = [
     (("clips_dropped_privacy",), "birdd_clips_dropped_privacy", "Clips not kept: people heard"),
     (("clips_dropped_backlog",), "birdd_clips_dropped_backlog", "Clips dropped: writer behind"),
     (("clips_failed",), "birdd_clips_failed", "Clips that could not be written"),
+    (("clip_uploads", "uploaded"), "birdd_clips_uploaded", "Clips the hub took"),
+    (("clip_uploads", "failed"), "birdd_clip_uploads_failed", "Clips given up for good"),
     (
         ("detections_dropped_privacy",),
         "birdd_detections_dropped_privacy",
@@ -41,6 +43,7 @@ GAUGES: List[Tuple[Sequence[str], str, str]] = [
     (("uptime_s",), "birdd_uptime_seconds", "Seconds since the daemon started"),
     (("realtime_factor",), "birdd_realtime_factor", "Audio seconds per wall-clock second"),
     (("outbox_backlog",), "birdd_outbox_backlog", "Detections not yet acknowledged by the broker"),
+    (("clip_uploads", "waiting"), "birdd_clip_uploads_waiting", "Clips not yet on the hub"),
     (("disk_free_bytes",), "birdd_disk_free_bytes", "Free bytes on the database's file system"),
     (("cpu_temp_c",), "birdd_cpu_temperature_celsius", "The first readable thermal zone"),
 ]

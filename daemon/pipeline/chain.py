@@ -89,6 +89,9 @@ class Pipeline:
             gate=postprocessor.gate_counts,
             clips=self.clips.counts if self.clips else None,
         )
+        self.reporters: List[Callable[[], Dict[str, Any]]] = []
+        """Other parts of the run whose figures join the pipeline's in ``health`` (the clip
+        uploader): the stats message and the metrics endpoint both read ``health``."""
         self._errors: List[BaseException] = []
         self._windowers_left = len(self.streams)
         self._windowers_lock = threading.Lock()
@@ -262,7 +265,10 @@ class Pipeline:
 
     def health(self) -> Dict[str, Any]:
         """The pipeline's part of the ``…/stats`` message (read from any thread)."""
-        return pipeline_health(self)
+        fields = pipeline_health(self)
+        for report in self.reporters:
+            fields.update(report())
+        return fields
 
     def _update(self, began: float) -> None:
         stages = self.stages
