@@ -110,7 +110,7 @@ class AudioConfig(Strict):
     decoder: Literal["ffmpeg", "pyav"] = Field(
         "ffmpeg",
         description="How network streams are decoded: 'ffmpeg' (one ffmpeg process per stream) "
-        "or 'pyav' (inside the daemon, for hundreds of streams: plain http:// WAV, MP3 and AAC "
+        "or 'pyav' (inside the daemon, for hundreds of streams: http(s):// WAV, MP3 and AAC "
         "all through one reader thread, other streams a PyAV thread each; pip install "
         "'birdd[pyav]').",
     )

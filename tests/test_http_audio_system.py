@@ -1,11 +1,13 @@
-"""PyavSource on plain HTTP streams from loopback servers started here: WAV and MP3 through the
+"""PyavSource on HTTP(S) streams from loopback servers started here: WAV and MP3 through the
 process's one stream reader thread, the right samples at the model's rate, HTTP errors and
-redirects, formats that fall back to a PyAV thread, a stream that ends and comes back (a gap
-on the first block after it), and a stalled server caught by the watchdog."""
+redirects, formats that fall back to a PyAV thread, HTTPS with a certificate the system trusts
+(the reader) and one it does not (a PyAV thread, as before), a stream that ends and comes back
+(a gap on the first block after it), and a stalled server caught by the watchdog."""
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,10 +16,12 @@ from typing import Callable, Dict, List
 import numpy as np
 import pytest
 from birdd_testing import recording
+from broker import make_certificates
 from http_streams import StreamServer, wav_header
 from test_http_audio import write_mp3
 
 from birdd.daemon.sources.base import Block
+from birdd.daemon.sources.httpaudio import tls_context
 from birdd.daemon.sources.live import ReconnectPolicy
 from birdd.daemon.sources.pyav import PyavSource
 
@@ -239,3 +243,53 @@ def test_stalled_server_is_caught_by_the_watchdog(routes: Routes) -> None:
         running.stop()
     assert noticed >= POLICY.watchdog_s
     assert running.blocks == []
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory, wav_server):
+    """``/live.wav`` over HTTPS, with a certificate signed by a test CA (``certs.ca_file``)."""
+    certs = make_certificates(tmp_path_factory.mktemp("pki"))
+    audio = wav_header(48000) + wav_server.audio.chunk(0, 4 * 48000)
+    server = Routes({"/live.wav": lambda handler: send(handler, "audio/wav", audio)})
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(certs.server_cert), str(certs.server_key))
+    server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+    yield server, certs
+    server.close()
+
+
+@pytest.fixture
+def trusting(monkeypatch):
+    """Make the process trust only the CA file given (the system's CA store for OpenSSL)."""
+
+    def trust(ca_file) -> None:
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        tls_context.cache_clear()
+
+    yield trust
+    tls_context.cache_clear()
+
+
+def test_https_with_a_trusted_certificate_through_the_reader(tls_server, wav_server, trusting):
+    server, certs = tls_server
+    trusting(certs.ca_file)
+    running = Running(f"https://127.0.0.1:{server.server.server_address[1]}/live.wav")
+    try:
+        running.wait(lambda: running.frames() >= 2 * 48000)
+    finally:
+        running.stop()
+    assert running.source.describe().endswith("through the stream reader (wav)")
+    got = np.concatenate([block.samples[:, 0] for block in running.blocks])[: 2 * 48000]
+    sent = np.frombuffer(wav_server.audio.chunk(0, 2 * 48000), "<i2") / 32768.0
+    np.testing.assert_allclose(got, sent, atol=1 / 32768, rtol=0)
+
+
+def test_https_with_a_certificate_not_trusted_keeps_a_pyav_thread(tls_server, trusting):
+    server, certs = tls_server
+    trusting(certs.other_ca_file)
+    running = Running(f"https://127.0.0.1:{server.server.server_address[1]}/live.wav")
+    try:
+        running.wait(lambda: running.frames() >= 48000)
+    finally:
+        running.stop()
+    assert running.source.describe().endswith("through PyAV")

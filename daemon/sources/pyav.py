@@ -116,12 +116,13 @@ class PyavSource(NetworkSource):
             raise SourceError(f"{self.name}: audio.decoder pyav reads 1 or 2 channels")
 
     def start(self, slot: StartSlot) -> Connection:
-        """Plain HTTP WAV/MP3/AAC on the process's one stream reader; anything else (or a
-        stream that turns out to be another format) on a PyAV thread of its own."""
+        """HTTP(S) WAV/MP3/AAC on the process's one stream reader; anything else (or a
+        stream that turns out to be another format, or an untrusted certificate) on a PyAV
+        thread of its own."""
         request = StreamRequest(
             self.url, self.channels, self.sample_rate, self._block_frames, self.policy.watchdog_s
         )
-        if urlsplit(self.url).scheme.lower() == "http":
+        if urlsplit(self.url).scheme.lower() in ("http", "https"):
             shared = open_shared(request, slot, process_reader())
             if isinstance(shared, HttpAudioConnection):
                 self._via = f"the stream reader ({shared.kind})"

@@ -1,7 +1,7 @@
 """What every in-process network decoder does with its audio once decoded: cut it into blocks
 of the configured length, hold it back to real time, and queue it for the supervisor.
 
-Shared by the PyAV thread per stream (``pyav``) and the one reader thread for all plain HTTP
+Shared by the PyAV thread per stream (``pyav``) and the one reader thread for all HTTP(S)
 streams (``httpaudio``), so that both deliver the same blocks at the same pace.
 """
 

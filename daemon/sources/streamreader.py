@@ -1,4 +1,4 @@
-"""One thread reading every plain HTTP audio stream of the process.
+"""One thread reading every HTTP(S) audio stream of the process.
 
 A thread per stream (PyAV) cost 1.5 cores for 250 real-time WAV streams on 2 cores, half of
 it system time: each thread woke for every packet and for FFmpeg's 100 ms poll, and fought
@@ -18,6 +18,7 @@ import itertools
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -29,6 +30,8 @@ from birdd.daemon.sources.base import SourceError
 log = logging.getLogger("birdd")
 
 RECV_BYTES = 65536
+NOT_YET = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+"""Nothing to read now: a TLS socket says so with its own errors (half a record came)."""
 
 
 class ReadStream(ABC):
@@ -113,28 +116,37 @@ class StreamReader:
         stream.sock.close()
 
     def _read(self, stream: ReadStream) -> None:
+        """Read what arrived; for TLS, also what the socket already decrypted, which the
+        selector cannot see."""
+        while self._read_once(stream) and _decrypted(stream.sock):
+            pass
+
+    def _read_once(self, stream: ReadStream) -> bool:
+        """One read and its feed; False when the stream waits (nothing more, paused, ended)."""
         try:
             data = stream.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
+        except NOT_YET:
+            return False
         except OSError as exc:
             self._end(stream, f"the connection failed: {exc.strerror or exc}")
-            return
+            return False
         if not data:
             self._end(stream, "the stream ended")
-            return
+            return False
         try:
             wait = stream.feed(data)
         except SourceError as exc:
             self._end(stream, str(exc))
-            return
+            return False
         except Exception as exc:  # a decoder bug must not end every other stream
             log.exception("stream reader: reading a stream failed")
             self._end(stream, f"{type(exc).__name__}: {exc}")
-            return
+            return False
         if wait > 0:
             self._selector.unregister(stream.sock)
             heapq.heappush(self._paused, (time.monotonic() + wait, next(self._sequence), stream))
+            return False
+        return True
 
     def _end(self, stream: ReadStream, reason: str) -> None:
         self._remove(stream)
@@ -151,6 +163,12 @@ class StreamReader:
             _, _, stream = heapq.heappop(self._paused)
             if stream in self._live:
                 self._selector.register(stream.sock, selectors.EVENT_READ, stream)
+                if _decrypted(stream.sock):
+                    self._read(stream)
+
+
+def _decrypted(sock: socket.socket) -> bool:
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
 _READER: Optional[StreamReader] = None
