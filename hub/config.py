@@ -211,6 +211,28 @@ class ClipsConfig(Strict):
         "(# comments); unset: $CREDENTIALS_DIRECTORY/hub-clip-tokens when it exists. Without "
         "it the hub takes no clips.",
     )
+    max_total_mb: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Most megabytes (10^6 bytes) the clips may fill; beyond it the hub deletes "
+        "clips (each station's surplus beyond keep_per_species_day first, oldest first). "
+        "null: no size limit (min_free_mb still holds).",
+    )
+    max_age_days: Optional[float] = Field(
+        None, gt=0, description="Delete clips older than this many days. null: no age limit."
+    )
+    keep_per_species_day: int = Field(
+        10,
+        ge=1,
+        description="When clips must go, each station keeps its this many best-confidence "
+        "clips of a species and UTC day until the others (its surplus) are gone.",
+    )
+    min_free_mb: float = Field(
+        100.0,
+        ge=0,
+        description="Free megabytes kept on the clips' disk: below it the hub deletes clips "
+        "as for max_total_mb. 0: no floor.",
+    )
 
     @field_validator("dir")
     @classmethod

@@ -1,7 +1,8 @@
-"""``birdd hub serve``: the store, the ingest and (when there is one) the web server, together.
+"""``birdd hub serve``: the store, the ingest, the clips' budget and (when there is one) the
+web server, together.
 
-The web server (``hub.web.server.start_web``: the dashboard and the HTTP API) reads the same
-store through its own connection.
+The web server (``hub.web.server.start_web``: the dashboard and the HTTP API) and the clips'
+budget (``hub.clipbudget``) use the same store through connections of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, Optional
 
 from birdd.daemon.mqtt.messages import load_schema_check
 from birdd.daemon.retry import Backoff
+from birdd.hub.clipbudget import ClipKeeper
 from birdd.hub.config import HubConfig
 from birdd.hub.ingest import Received, Session, Writer
 from birdd.hub.store import Store, StoreUnavailable, open_store
@@ -62,12 +64,15 @@ def serve(config: HubConfig, stop: threading.Event, web: bool = True) -> int:
     session = Session(config, inbox)
     writer = Writer(store, session, inbox, check, config.ingest)
     server = _start_web(config, opener) if web else None
+    keeper = ClipKeeper(opener, config.clips)
     writer.start()
     session.start()
+    keeper.start()
     began = time.monotonic()
     stop.wait()
     session.stop()
     writer.stop()
+    keeper.stop()
     if server is not None:
         server.stop()
     store.close()

@@ -16,7 +16,14 @@ from broker import free_port
 from postgres import PASSWORD, Postgres
 
 from birdd.hub.store import Batch, DetectionQuery, StoreError, StoreUnavailable, open_store
-from birdd.hub.store.base import NewDetection, NewRejected, NewStats, NewStatus, Store
+from birdd.hub.store.base import (
+    ClipRow,
+    NewDetection,
+    NewRejected,
+    NewStats,
+    NewStatus,
+    Store,
+)
 from birdd.hub.store.schema import LATEST
 
 DATABASES = itertools.count()
@@ -166,6 +173,25 @@ def test_rejected_messages_are_kept_with_the_reason(store):
         ("not JSON", 3, b"\x00\xff{"),
     ]
     assert store.rejected(before_id=rows[0].id)[0].reason == "not JSON"
+
+
+def test_held_clips_carry_their_detection_and_forgotten_clips_leave_it(store):
+    store.write(Batch(detections=[detection(1, confidence=0.8), detection(2)]))
+    for n, sha in ((1, "a" * 64), (2, "a" * 64), (3, "b" * 64)):  # 3: its message not yet in
+        store.add_clip(ClipRow(f"{n:032x}", "garden", sha, 1000 * n, 1.0, 48000, T0 + n))
+    held = {clip.detection_id: clip for clip in store.held_clips()}
+    one, three = held[f"{1:032x}"], held[f"{3:032x}"]
+    assert (one.sha256, one.size, one.start_ms, one.scientific) == (
+        "a" * 64,
+        1000,
+        T0 + 60_000,
+        "Turdus merula",
+    )
+    assert one.confidence == 0.8
+    assert (three.start_ms, three.scientific, three.confidence) == (T0 + 3, "", None)
+    store.forget_clips([f"{1:032x}", f"{3:032x}"])
+    assert [clip.detection_id for clip in store.held_clips()] == [f"{2:032x}"]
+    assert store.count_detections(DetectionQuery()) == 2
 
 
 def test_an_unwritable_sqlite_path_is_one_line(tmp_path):

@@ -239,6 +239,20 @@ class ClipRow:
     received_ms: int
 
 
+@dataclass(frozen=True)
+class HeldClip:
+    """A clip as the budget weighs it: its file, and its detection's time, species and
+    confidence (the upload time and no species when its detection message has not come)."""
+
+    detection_id: str
+    station: str
+    sha256: str
+    size: int
+    start_ms: int
+    scientific: str
+    confidence: Optional[float]
+
+
 class Store(ABC):
     """The hub's database. Every method is one transaction."""
 
@@ -319,6 +333,14 @@ class Store(ABC):
     @abstractmethod
     def clips(self, detection_ids: List[str]) -> Dict[str, ClipRow]:
         """The clips of these detections that the hub holds, by detection id."""
+
+    @abstractmethod
+    def held_clips(self) -> List[HeldClip]:
+        """Every clip the hub holds, for the disk budget."""
+
+    @abstractmethod
+    def forget_clips(self, detection_ids: List[str]) -> None:
+        """Delete these clips' rows (their files are gone); the detections stay."""
 
     @abstractmethod
     def close(self) -> None: ...
