@@ -7,8 +7,9 @@ supervisor thread with the watchdog as timeout; then the socket goes to the read
 hands each arrival to the stream's decoder: WAV is parsed here (its PCM needs no codec), MP3
 and AAC go through PyAV's codec parser. Anything else (RTSP, Ogg and other containers) is not
 ours: the caller gives it a PyAV thread. So is an https server whose certificate the system's
-CAs do not vouch for (a recorder's self-signed one): FFmpeg reads it without checking, as it
-did before this reader existed, and this reader does not lower that bar for everyone else.
+CAs do not vouch for (a recorder's self-signed one), or whose TLS fails otherwise: FFmpeg
+reads it without checking, as it did before this reader existed, and this reader does not
+lower that bar for everyone else.
 
 The few lines of HTTP are our own: ``http.client`` cannot hand its socket over (its buffered
 reader may already hold the first audio) and refuses SHOUTcast's ``ICY 200 OK`` status line.
@@ -104,8 +105,8 @@ def tls_context() -> ssl.SSLContext:
 
 def open_http(url: str, timeout_s: float) -> HttpResponse:
     """GET ``url`` (HTTP/1.0: no chunked body), following redirects. Raises SourceError (one
-    line) when the server is not there or refuses, NotOurs when it is not HTTP(S) or its
-    certificate does not check out."""
+    line) when the server is not there or refuses, NotOurs when it is not HTTP(S) or its TLS
+    fails (a certificate that does not check out)."""
     for _ in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -134,7 +135,7 @@ def open_http(url: str, timeout_s: float) -> HttpResponse:
                 if not chunk:
                     raise SourceError("the stream ended before its first audio")
                 body += chunk
-        except ssl.SSLCertVerificationError:
+        except ssl.SSLError:  # untrusted, or TLS this Python will not speak: FFmpeg may
             sock.close()
             raise NotOurs(url) from None
         except socket.timeout:
