@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from typing_extensions import Literal
 
+from birdd.daemon.clips.config import ClipBudgetConfig
 from birdd.daemon.mqtt.config import DEFAULT_PASSWORD_ENV, MqttConfig, TLSConfig
 from birdd.engines.models.modeldir import data_dir
 
@@ -196,7 +197,7 @@ def _secret(env: str, path: Optional[Path], credential: str, setting: str) -> Op
         raise ValueError(f"{setting} {path}: cannot read it ({exc.strerror})") from None
 
 
-class ClipsConfig(Strict):
+class ClipsConfig(ClipBudgetConfig):
     dir: Path = Field(
         default_factory=lambda: data_dir() / "hub-clips",
         description="Folder for the clips stations upload (PUT /api/clips/STATION/ID) and "
@@ -210,22 +211,6 @@ class ClipsConfig(Strict):
         description="File of the stations allowed to upload: one 'STATION TOKEN' per line "
         "(# comments); unset: $CREDENTIALS_DIRECTORY/hub-clip-tokens when it exists. Without "
         "it the hub takes no clips.",
-    )
-    max_total_mb: Optional[float] = Field(
-        None,
-        gt=0,
-        description="Most megabytes (10^6 bytes) the clips may fill; beyond it the hub deletes "
-        "clips (each station's surplus beyond keep_per_species_day first, oldest first). "
-        "null: no size limit (min_free_mb still holds).",
-    )
-    max_age_days: Optional[float] = Field(
-        None, gt=0, description="Delete clips older than this many days. null: no age limit."
-    )
-    keep_per_species_day: int = Field(
-        10,
-        ge=1,
-        description="When clips must go, each station keeps its this many best-confidence "
-        "clips of a species and UTC day until the others (its surplus) are gone.",
     )
     min_free_mb: float = Field(
         100.0,

@@ -83,7 +83,30 @@ class UploadConfig(_Strict):
         return None if value is None else value.rstrip("/")
 
 
-class ClipsConfig(_Strict):
+class ClipBudgetConfig(_Strict):
+    """A clips folder's size and age budget, the same on a station and on the hub
+    (``daemon.clips.budget``; the hub keeps each station's best clips apart)."""
+
+    max_total_mb: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Most megabytes (10^6 bytes) the clips may fill; beyond it the "
+        "housekeeping deletes clips (the surplus beyond keep_per_species_day first, oldest "
+        "first). null: no size limit (the free floor still holds).",
+    )
+    max_age_days: Optional[float] = Field(
+        None, gt=0, description="Delete clips older than this many days. null: no age limit."
+    )
+    keep_per_species_day: int = Field(
+        10,
+        ge=1,
+        description="When clips must go, each species (on the hub: of each station) keeps "
+        "its this many best-confidence clips of a UTC day until the others (its surplus) are "
+        "gone.",
+    )
+
+
+class ClipsConfig(ClipBudgetConfig):
     enabled: bool = Field(
         False, description="Save the audio of every detection event (`--clips DIR` turns it on)."
     )
@@ -101,23 +124,6 @@ class ClipsConfig(_Strict):
         "flac", description="flac or wav, 16-bit mono at the model's rate (48 kHz for BirdNET)."
     )
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    max_total_mb: Optional[float] = Field(
-        None,
-        gt=0,
-        description="Most megabytes (10^6 bytes) the clips may fill; beyond it the "
-        "housekeeping deletes clips (the surplus beyond keep_per_species_day first, oldest "
-        "first). null: no size limit (storage.min_free_mb still holds).",
-    )
-    max_age_days: Optional[float] = Field(
-        None, gt=0, description="Delete clips older than this many days. null: no age limit."
-    )
-    keep_per_species_day: int = Field(
-        10,
-        ge=1,
-        description="When clips must go, each species keeps its this many best-confidence "
-        "clips of a UTC day until the others (its surplus) are gone.",
-    )
-
     upload: UploadConfig = Field(default_factory=UploadConfig)
 
     @field_validator("dir")
