@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from birdd.daemon.clips.budget import Budget, ClipFile, delete_files, select
+from birdd.daemon.clips.budget import Budget, ClipFile, bytes_to_free, delete_files, select
 from birdd.hub.clipfiles import ClipFiles
 from birdd.hub.config import ClipsConfig
 from birdd.hub.store import Store, StoreError
@@ -86,14 +86,12 @@ def _weight(clip: ClipFile) -> tuple:
 
 
 def _bytes_needed(config: ClipsConfig) -> int:
-    """How far the clips' disk is under the free floor, in bytes (0 when it is not)."""
-    if config.min_free_mb <= 0:
-        return 0
+    """What the clips' disk needs freed, by the station's rule (0 above the floor)."""
     try:
         free = shutil.disk_usage(str(config.dir)).free
     except OSError:
         return 0  # no folder yet: nothing to delete either
-    return max(0, int(config.min_free_mb * MB) - free)
+    return bytes_to_free(free, int(config.min_free_mb * MB))
 
 
 class ClipKeeper:

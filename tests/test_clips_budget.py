@@ -14,7 +14,15 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from birdd.daemon.clips.budget import Budget, ClipFile, delete_files, parse_clip, scan, select
+from birdd.daemon.clips.budget import (
+    Budget,
+    ClipFile,
+    bytes_to_free,
+    delete_files,
+    parse_clip,
+    scan,
+    select,
+)
 from birdd.daemon.clips.writer import ClipCounts, DiskGuard
 from birdd.daemon.config import ConfigError, load_config
 from birdd.daemon.store import sqlite_maintenance as db
@@ -76,6 +84,14 @@ def test_the_free_floor_frees_what_it_needs_counting_expired_clips():
     budget = Budget(None, 30 * DAY, 10)
     assert names(select(clips, budget, NOW, bytes_needed=250)) == ["x", "a", "b"]
     assert names(select(clips, budget, NOW, bytes_needed=50)) == ["x"]
+
+
+def test_under_the_floor_a_pass_frees_a_tenth_more_or_at_least_the_resume_headroom():
+    mb = 1_000_000
+    assert bytes_to_free(free=101 * mb, min_free_bytes=100 * mb) == 0
+    assert bytes_to_free(free=95 * mb, min_free_bytes=100 * mb) == 15 * mb  # to 110 MB
+    assert bytes_to_free(free=9 * mb, min_free_bytes=10 * mb) == 5 * mb  # to 10 + 4 MB
+    assert bytes_to_free(free=0, min_free_bytes=0) == 0  # no floor
 
 
 def test_clip_names_are_read_and_strangers_left_alone(tmp_path):

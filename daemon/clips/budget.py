@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 CLIP_SUFFIXES = (".flac", ".wav")
+FLOOR_MARGIN = 0.1
+RESUME_HEADROOM = 4_000_000
+"""Stopped clips resume once this many bytes more than the floor are free (and the clip
+fits), so that a disk at the edge does not stop and resume them clip after clip."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,15 @@ def scan(folder: Path) -> List[ClipFile]:
                 if clip is not None:
                     clips.append(clip)
     return clips
+
+
+def bytes_to_free(free: int, min_free_bytes: int) -> int:
+    """Under the free floor: what to delete to reach 10% more than the floor, at least
+    ``RESUME_HEADROOM`` more (stopped clips then resume with room to spare, and a disk at the
+    edge is not trimmed clip by clip); 0 at or above the floor."""
+    if free >= min_free_bytes:
+        return 0
+    return min_free_bytes + max(int(min_free_bytes * FLOOR_MARGIN), RESUME_HEADROOM) - free
 
 
 def select(

@@ -26,6 +26,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence
 import numpy as np
 import soundfile
 
+from birdd.daemon.clips.budget import RESUME_HEADROOM
 from birdd.daemon.clips.spans import ClipSpan, clip_name
 from birdd.daemon.pipeline.ring import RingBuffer
 from birdd.daemon.records import ClipInfo, Detection
@@ -36,9 +37,6 @@ QUEUE_SIZE = 16
 WARN_EVERY = 100
 """Of clips that cannot be written, the first and every 100th after it are logged."""
 FORMATS = {"flac": "FLAC", "wav": "WAV"}
-RESUME_HEADROOM = 4_000_000
-"""Stopped clips resume once this many bytes more than the floor are free (and the clip
-fits), so that a disk at the edge does not stop and resume them clip after clip."""
 Publish = Callable[[Sequence[Detection]], None]
 
 

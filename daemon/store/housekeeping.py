@@ -22,17 +22,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-from birdd.daemon.clips.budget import Budget, ClipFile, delete_files, scan, select
-from birdd.daemon.clips.writer import RESUME_HEADROOM
+from birdd.daemon.clips.budget import (
+    Budget,
+    ClipFile,
+    bytes_to_free,
+    delete_files,
+    scan,
+    select,
+)
 from birdd.daemon.config import BirddConfig
 from birdd.daemon.store import sqlite_maintenance as db
 from birdd.daemon.store.config import HousekeepingConfig
 
 log = logging.getLogger("birdd")
-
-FLOOR_MARGIN = 0.1
-"""Under the floor, clips are deleted until 10% more than the floor (at least the writer's
-``RESUME_HEADROOM`` more) is free, so that clips resume with room to spare."""
 
 
 class Housekeeping:
@@ -171,14 +173,9 @@ class Housekeeping:
             low = free < self.min_free_bytes
             helps = os.stat(folder).st_dev == clips_device
             if low and helps:
-                shortfall = max(shortfall, self._target() - free)
+                shortfall = max(shortfall, bytes_to_free(free, self.min_free_bytes))
             self._tell(folder, low, free, helps)
         return shortfall
-
-    def _target(self) -> int:
-        """The free bytes to reach once under the floor."""
-        headroom = max(int(self.min_free_bytes * FLOOR_MARGIN), RESUME_HEADROOM)
-        return self.min_free_bytes + headroom
 
     def _tell(self, folder: Path, low: bool, free: int, helps: bool) -> None:
         """One line when a disk falls under the floor and one when it is back above."""
