@@ -157,6 +157,7 @@ class ClipUploader:
         for clip in clips:
             if self._stopping.is_set() or not self._one(clip):
                 return
+            self.waiting = max(0, self.waiting - 1)  # sent, or failed for good
 
     def _one(self, clip: UnsentClip) -> bool:
         """Send one clip and mark it; False when the hub could not take it now (after the
@@ -165,13 +166,11 @@ class ClipUploader:
         if outcome.kind == DONE:
             self._store.mark_uploaded([clip.rowid])
             self.uploaded += 1
-            self.waiting = max(0, self.waiting - 1)
             self._recovered()
             return True
         if outcome.kind == FAILED:
             self._store.mark_failed(clip.rowid, outcome.detail)
             self.failed += 1
-            self.waiting = max(0, self.waiting - 1)
             log.warning(
                 "clips: %s not uploaded, for good: %s", Path(clip.path).name, outcome.detail
             )
