@@ -118,10 +118,10 @@ class Resampler:
 
             self._stream = soxr.ResampleStream(source_rate, target_rate, channels, "float32")
 
-    def __call__(self, mono: np.ndarray, last: bool = False) -> np.ndarray:
+    def __call__(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
         if self._stream is None:
-            return np.ascontiguousarray(mono, dtype=np.float32)
-        return self._stream.resample_chunk(np.ascontiguousarray(mono, np.float32), last=last)
+            return np.ascontiguousarray(samples, dtype=np.float32)
+        return self._stream.resample_chunk(np.ascontiguousarray(samples, np.float32), last=last)
 
 
 def check_channel(channel: Union[int, str, List[int]], available: int, source: str) -> None:
